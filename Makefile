@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+OUT    ?= outputs/demo
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0   # the CPU build first, so nothing pulls a CUDA build
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/interfero simulate --image data/demo/crescent_grf_64.fits --array EHT2017 --out $(OUT)
+	$(VENV)/bin/interfero inspect $(OUT)/obs.uvfits --json $(OUT)/inspect.json
+
+test: $(VENV)/.test
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/forward.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Posterior inference and the top-level command line (``posterior.cli``)."""

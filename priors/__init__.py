@@ -1,0 +1,1 @@
+"""Score-based and classical image priors (built in a later issue)."""
