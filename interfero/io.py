@@ -84,6 +84,7 @@ def read_uvfits(path: str | Path) -> Observation:
         head = f.read(80)
     if not head.startswith(b"SIMPLE"):
         raise InterferoError(f"{path}: not a FITS/uvfits file")
+    _check_uvfits_weights(path)
     eh = import_ehtim()
     try:
         with quiet():
@@ -92,6 +93,39 @@ def read_uvfits(path: str | Path) -> Observation:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InterferoError(f"{path}: not a readable uvfits file ({msg})") from None
     return observation_from_ehtim(o, source_file=str(path))
+
+
+def _check_uvfits_weights(path: Path) -> None:
+    """Refuse NaN/infinite visibilities or weights (weight = 1/sigma^2: NaN or zero sigma).
+
+    Zero or negative weights mean "flagged" in uvfits and those points are dropped;
+    a file whose every point is flagged is refused.
+    """
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = hdul[0]
+            if not isinstance(hdu, fits.GroupsHDU) or hdu.data is None:
+                raise InterferoError(f"{path}: not a uvfits file (no random-groups visibility table)")
+            data = np.asarray(hdu.data["DATA"], dtype=float)
+    except InterferoError:
+        raise
+    except Exception as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InterferoError(f"{path}: not a readable uvfits file ({msg})") from None
+    if data.shape[-1] != 3 or data.size == 0:
+        raise InterferoError(f"{path}: uvfits visibility table is empty or malformed")
+    vis = data[..., :2]
+    wt = data[..., 2]
+    used = wt > 0
+    if np.any(np.isnan(wt)) or np.any(np.isinf(wt)):
+        n = int(np.sum(~np.isfinite(wt)))
+        raise InterferoError(f"{path}: {n} visibility weights are NaN or infinite (NaN or zero sigma)")
+    if not np.any(used):
+        raise InterferoError(f"{path}: every visibility is flagged (no positive weight)")
+    if not np.all(np.isfinite(vis[used])):
+        raise InterferoError(f"{path}: unflagged visibilities contain NaN or infinite values")
 
 
 def observation_from_ehtim(o, **meta) -> Observation:

@@ -243,8 +243,11 @@ class InterferometryOperator(Operator):
 
     def pseudo_inverse(self, y: VLBIData | None = None) -> torch.Tensor:
         """Natural-weighted dirty image from ``y.vis``, or from the observation's visibilities."""
-        vis = y.vis if (y is not None and y.vis is not None) else torch.tensor(self.obs.vis)[None]
-        return self.vis_op.pseudo_inverse(vis)
+        if y is not None and y.vis is not None:
+            return self.vis_op.pseudo_inverse(y.vis)
+        batch = y[y.products()[0]].shape[0] if y is not None else 1
+        dirty = self.vis_op.pseudo_inverse(torch.tensor(self.obs.vis)[None])
+        return dirty.expand(batch, -1, -1, -1).clone()
 
 
 def _abs(vis: torch.Tensor) -> torch.Tensor:
