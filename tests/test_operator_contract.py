@@ -43,7 +43,9 @@ def _make(name: str, small_obs):
         return VisibilityOperator(small_obs.u, small_obs.v, geom, sigma=small_obs.sigma)
     if name == "vis_nufft":
         pytest.importorskip("finufft")
-        return VisibilityOperator(small_obs.u, small_obs.v, geom, sigma=small_obs.sigma, method="nufft", nufft_eps=1e-12)
+        return VisibilityOperator(
+            small_obs.u, small_obs.v, geom, sigma=small_obs.sigma, method="nufft", nufft_eps=1e-12
+        )
     if name == "vlbi_all":
         return InterferometryOperator(small_obs, geom, products=("vis", "amp", "cphase", "logcamp"), total_flux=1.5)
     if name == "vlbi_closure":
