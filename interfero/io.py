@@ -251,7 +251,7 @@ def read_fits_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
     ra_deg = h.get("OBSRA", h.get("CRVAL1", 0.0))
     geom = ImageGeometry(
         npix=npix,
-        fov_uas=psize_rad * npix / RAD_PER_UAS,
+        fov_uas=float(f"{psize_rad * npix / RAD_PER_UAS:.12g}"),  # undo degree round-off
         ra=float(ra_deg) * 12.0 / 180.0,
         dec=float(h.get("OBSDEC", h.get("CRVAL2", 0.0))),
         rf=float(h.get("FREQ", 230e9)),
