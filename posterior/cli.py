@@ -13,8 +13,15 @@ from interfero import cli as interfero_cli
 from interfero.errors import InterferoError
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2 (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interfero", description="Bayesian black-hole imaging toolkit")
+    parser = OneLineErrorParser(prog="interfero", description="Bayesian black-hole imaging toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
     interfero_cli.add_subcommands(sub)
     return parser

@@ -114,7 +114,8 @@ def test_nonpositive_settings_rejected(tmp_path, capsys, argv):
     with pytest.raises(SystemExit) as e:
         main(["simulate", "--model", "ring", "--out", str(tmp_path / "o"), *argv])
     assert e.value.code == 2
-    assert "must be > 0" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be > 0" in err[0]
     assert not (tmp_path / "o").exists()
 
 
