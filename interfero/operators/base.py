@@ -166,22 +166,3 @@ class LinearOperator(Operator):
     @abstractmethod
     def adjoint(self, y) -> torch.Tensor:
         """The adjoint ``A^T y`` (real inner product), an image batch."""
-
-    def pseudo_inverse(self, y) -> torch.Tensor:
-        """Least-squares image by conjugate gradients on ``A^T A x = A^T y`` (50 iterations)."""
-        b = self.adjoint(y)
-        x = torch.zeros_like(b)
-        r = b.clone()
-        p = r.clone()
-        rs = _batch_sum(r * r)
-        for _ in range(50):
-            ap = self.adjoint(self(p))
-            alpha = rs / _batch_sum(p * ap).clamp_min(1e-30)
-            x = x + alpha.view(-1, 1, 1, 1) * p
-            r = r - alpha.view(-1, 1, 1, 1) * ap
-            rs_new = _batch_sum(r * r)
-            if torch.all(rs_new <= 1e-20 * _batch_sum(b * b).clamp_min(1e-30)):
-                break
-            p = r + (rs_new / rs.clamp_min(1e-30)).view(-1, 1, 1, 1) * p
-            rs = rs_new
-        return x

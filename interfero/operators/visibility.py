@@ -36,12 +36,17 @@ def triangle_pulse_ft(u: np.ndarray, psize_rad: float) -> np.ndarray:
     return np.sinc(psize_rad * u) ** 2
 
 
-def dft_matrix(u: np.ndarray, v: np.ndarray, geom: ImageGeometry) -> np.ndarray:
-    """Complex ``(N_vis, npix*npix)`` matrix, rows of the flattened (row-major) image."""
-    c = pixel_coordinates(geom.npix, geom.psize_rad)
+def _dft_factors(u, v, geom: ImageGeometry):
+    """Pixel coordinates (rad), u and v as float arrays, and the pulse transfer at (u, v)."""
     u = np.asarray(u, dtype=float)
     v = np.asarray(v, dtype=float)
     pulse = triangle_pulse_ft(u, geom.psize_rad) * triangle_pulse_ft(v, geom.psize_rad)
+    return pixel_coordinates(geom.npix, geom.psize_rad), u, v, pulse
+
+
+def dft_matrix(u: np.ndarray, v: np.ndarray, geom: ImageGeometry) -> np.ndarray:
+    """Complex ``(N_vis, npix*npix)`` matrix, rows of the flattened (row-major) image."""
+    c, u, v, pulse = _dft_factors(u, v, geom)
     ey = np.exp(2j * np.pi * np.outer(v, c))  # (N, rows)
     ex = np.exp(2j * np.pi * np.outer(u, c))  # (N, cols)
     return (pulse[:, None, None] * ey[:, :, None] * ex[:, None, :]).reshape(len(u), -1)
@@ -53,10 +58,7 @@ def visibilities(image: np.ndarray, u: np.ndarray, v: np.ndarray, geom: ImageGeo
     ``V_k = P_k sum_i e^{2 pi i v_k y_i} sum_j I_ij e^{2 pi i u_k x_j}``: two
     small exponential tables and one ``(N, N) x (N, M)`` product.
     """
-    c = pixel_coordinates(geom.npix, geom.psize_rad)
-    u = np.asarray(u, dtype=float)
-    v = np.asarray(v, dtype=float)
-    pulse = triangle_pulse_ft(u, geom.psize_rad) * triangle_pulse_ft(v, geom.psize_rad)
+    c, u, v, pulse = _dft_factors(u, v, geom)
     ex = np.exp(2j * np.pi * np.outer(c, u))  # (cols, M)
     ey = np.exp(2j * np.pi * np.outer(c, v))  # (rows, M)
     return pulse * np.einsum("im,im->m", ey, np.asarray(image, dtype=float) @ ex)
