@@ -54,12 +54,12 @@ def test_inspect_counts_match_ehtim(eh, capsys, tmp_path):
     assert (s["n_cphase"], s["n_logcamp"]) == (ncp, nlc)
 
 
-def _bad_weights(tmp_path, value):
+def _bad_weights(folder, name, value):
     src = shared_path("observations", "ehtim_sample", "obs.uvfits")
     with fits.open(src) as h:
         h[0].data["DATA"][:3, ..., 2] = value
-        h.writeto(tmp_path / "bad.uvfits")
-    return tmp_path / "bad.uvfits"
+        h.writeto(folder / name)
+    return folder / name
 
 
 def _bad_inputs(tmp_path):
@@ -79,8 +79,8 @@ def _bad_inputs(tmp_path):
         "not uvfits": (["inspect", text], "not a FITS"),
         "empty uvfits": (["inspect", empty], "empty"),
         "truncated uvfits": (["inspect", trunc], "not a readable uvfits"),
-        "NaN sigma": (["inspect", _bad_weights(tmp_path, np.nan)], "NaN"),
-        "zero sigma": (["inspect", _bad_weights(tmp_path / "..", np.inf)], "zero sigma"),
+        "NaN sigma": (["inspect", _bad_weights(tmp_path, "nan_sigma.uvfits", np.nan)], "NaN"),
+        "zero sigma": (["inspect", _bad_weights(tmp_path, "zero_sigma.uvfits", np.inf)], "zero sigma"),
         "non-square image": (["simulate", "--image", rect], "not square"),
         "unknown station": (["simulate", "--model", "ring", "--stations", "ALMA,XYZ"], "unknown station 'XYZ'"),
         "malformed array": (["simulate", "--model", "ring", "--array", badarr], "unknown column"),
