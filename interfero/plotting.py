@@ -14,10 +14,11 @@ from .io import ImageGeometry, atomic_path  # noqa: E402
 from .observation import Observation  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
+    return Path(path)
 
 
 def plot_uv_coverage(obs: Observation, path: str | Path, title: str | None = None) -> None:
@@ -39,7 +40,7 @@ def plot_uv_coverage(obs: Observation, path: str | Path, title: str | None = Non
     ax.set_title(title or f"{obs.source}: {obs.n_vis} visibilities, {obs.n_baselines} baselines")
     if len(uniq) <= 40:
         ax.legend(fontsize=5, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_image(
@@ -53,7 +54,7 @@ def plot_image(
     ax.set_ylabel("relative Dec ($\\mu$as)")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label=unit)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_images(panels: list[tuple[np.ndarray, str]], geom: ImageGeometry, path: str | Path) -> None:
@@ -66,4 +67,4 @@ def plot_images(panels: list[tuple[np.ndarray, str]], geom: ImageGeometry, path:
         ax.set_xlabel("relative RA ($\\mu$as)")
         fig.colorbar(im, ax=ax, fraction=0.046)
     np.atleast_1d(axes)[0].set_ylabel("relative Dec ($\\mu$as)")
-    _save(fig, path)
+    save_figure(fig, path)

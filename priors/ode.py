@@ -1,0 +1,190 @@
+"""Exact log-density of a score model through the probability-flow ODE.
+
+For the PF-ODE ``dx/dt = F(x, t) = f(x, t) - 0.5 g(t)^2 score(x, t)``, the
+instantaneous change of variables gives (integrating forward from ``eps``)::
+
+    log p_eps(x) = log pi(x(T)) + int_eps^T div_x F(x(t), t) dt,   x(eps) = x.
+
+The state ``(x, int div F)`` is integrated with torchdiffeq (``dopri5`` by
+default; ``rtol``/``atol`` settable). The divergence is
+
+- ``"exact"``: the trace of the Jacobian by ``D`` vector-Jacobian products of
+  the one-hot basis, batched into one network call of ``D*B`` images per
+  chunk (``chunk`` basis vectors at a time): for small images;
+- ``"hutchinson"``: ``mean_k v_k^T (dF/dx) v_k`` with ``K`` probes ``v_k``
+  (Rademacher or Gaussian) drawn once per solve (FFJORD), unbiased.
+
+Gradients of ``log p`` with respect to ``x``:
+
+- ``gradient="backprop"`` backpropagates through the solver's operations
+  (memory grows with the number of function evaluations: about 35 MB per
+  32x32 image per evaluation for a 1M-parameter U-Net; chunk the batch);
+- ``gradient="adjoint"`` solves the adjoint ODE backwards
+  (``torchdiffeq.odeint_adjoint``, constant memory; ``adjoint_params=()`` so
+  only ``x`` gets a gradient, network weights are treated as constants);
+- ``gradient="none"`` computes the value only (no graph is kept).
+
+See ``docs/priors.md`` for the settings under which gradients are trustworthy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from interfero.errors import InterferoError
+
+from .sde import SDE, ScoreFn
+
+DIVERGENCES = ("exact", "hutchinson")
+GRADIENTS = ("backprop", "adjoint", "none")
+PROBES = ("rademacher", "gaussian")
+_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+def draw_probes(shape, k: int, kind: str, generator=None, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``k`` probe tensors of ``shape`` with ``E[v v^T] = I``: Rademacher (+-1) or standard Gaussian."""
+    if kind == "rademacher":
+        return torch.randint(0, 2, (k, *shape), generator=generator, device=device).to(dtype) * 2 - 1
+    if kind == "gaussian":
+        return torch.randn((k, *shape), generator=generator, dtype=dtype, device=device)
+    raise InterferoError(f"unknown probe distribution {kind!r} (choose from {', '.join(PROBES)})")
+
+
+class PFODEDynamics(nn.Module):
+    """Right-hand side ``(F(x, t), div F(x, t))`` of the augmented PF-ODE; counts evaluations."""
+
+    def __init__(self, score_fn: ScoreFn, sde: SDE, divergence: str, probes: torch.Tensor | None,
+                 chunk: int, keep_graph: bool) -> None:
+        super().__init__()
+        self.score_fn, self.sde = score_fn, sde
+        self.divergence, self.probes, self.chunk = divergence, probes, chunk
+        self.keep_graph = keep_graph
+        self.nfe = 0
+
+    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.sde.probability_flow_drift(self.score_fn, x, t.expand(x.shape[0]))
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        x = state[0]
+        self.nfe += 1
+        outer_grad = torch.is_grad_enabled()
+        create_graph = self.keep_graph and outer_grad
+        with torch.enable_grad():
+            if not (outer_grad and x.requires_grad):  # a fresh leaf unless x is part of the caller's graph
+                x = x.detach().requires_grad_(True)
+            if self.divergence == "exact":
+                drift, div = self._exact(x, t, create_graph)
+            else:
+                drift, div = self._hutchinson(x, t, create_graph)
+        if not create_graph:
+            drift, div = drift.detach(), div.detach()
+        return drift, div
+
+    def _replicated(self, x, k):
+        return x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
+
+    def _hutchinson(self, x, t, create_graph):
+        v = self.probes
+        k, b = v.shape[0], x.shape[0]
+        xr = self._replicated(x, k) if k > 1 else x
+        out = self.drift(xr, t)
+        vf = v.reshape(k * b, *x.shape[1:])
+        (vjp,) = torch.autograd.grad((out * vf).sum(), xr, create_graph=create_graph)
+        div = (vjp * vf).reshape(k, b, -1).sum(-1).mean(0)
+        return out[:b], div
+
+    def _exact(self, x, t, create_graph):
+        b, d = x.shape[0], x[0].numel()
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        div = torch.zeros(b, dtype=x.dtype, device=x.device)
+        drift = None
+        for start in range(0, d, self.chunk):
+            e = eye[start : start + self.chunk]  # (c, d)
+            c = e.shape[0]
+            xr = self._replicated(x, c)
+            out = self.drift(xr, t)
+            ef = e[:, None, :].expand(c, b, d).reshape(c * b, *x.shape[1:])
+            (vjp,) = torch.autograd.grad((out * ef).sum(), xr, create_graph=create_graph)
+            div = div + (vjp * ef).reshape(c, b, -1).sum(-1).sum(0)
+            if drift is None:
+                drift = out[:b]
+        return drift, div
+
+
+@dataclass
+class PFODEResult:
+    """``logp`` ``(B,)``; ``z`` the state at ``T``; ``prior_logp`` and ``delta_logp`` its two terms."""
+
+    logp: torch.Tensor
+    z: torch.Tensor
+    prior_logp: torch.Tensor
+    delta_logp: torch.Tensor
+    nfe_forward: int
+    dynamics: PFODEDynamics
+
+    @property
+    def nfe(self) -> int:
+        """Function evaluations so far (forward solve, plus the adjoint solve once backward has run)."""
+        return self.dynamics.nfe
+
+
+def pf_ode_logp(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: torch.Tensor,
+    divergence: str = "hutchinson",
+    probes: int = 1,
+    probe: str = "rademacher",
+    gradient: str = "backprop",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    chunk: int = 256,
+    generator: torch.Generator | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_options: dict | None = None,
+) -> PFODEResult:
+    """``log p_eps(x)`` of the score model's PF-ODE, per batch item (see the module docstring).
+
+    ``x`` is ``(B, C, H, W)`` in the model's own units (float32 or float64).
+    """
+    from torchdiffeq import odeint, odeint_adjoint
+
+    if divergence not in DIVERGENCES:
+        raise InterferoError(f"unknown divergence {divergence!r} (choose from {', '.join(DIVERGENCES)})")
+    if gradient not in GRADIENTS:
+        raise InterferoError(f"unknown gradient mode {gradient!r} (choose from {', '.join(GRADIENTS)})")
+    if probes < 1:
+        raise InterferoError("the Hutchinson estimator needs at least one probe")
+    if not torch.all(torch.isfinite(x)):
+        raise InterferoError("log p of an image with NaN or infinite pixels")
+    v = None
+    if divergence == "hutchinson":
+        v = draw_probes(x.shape, probes, probe, generator, x.dtype, x.device)
+    dyn = PFODEDynamics(score_fn, sde, divergence, v, chunk, keep_graph=gradient != "none")
+    ts = torch.tensor([sde.eps, sde.T], dtype=x.dtype, device=x.device)
+    state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    # Adaptive Runge-Kutta steps in torchdiffeq may overshoot the end time and interpolate back. Past T
+    # that is harmless, but the adjoint solve runs from T down to eps, and an overshoot evaluates the score
+    # at t < eps (t < 0: std(t) is NaN) -- the cause of 'underflow in dt'. step_t makes every solve land
+    # exactly on eps and T.
+    fixed = {"step_t": ts} if method in _ADAPTIVE else {}
+    if gradient == "adjoint":
+        opts = {"norm": "seminorm", **fixed} if adjoint_options is None else {**fixed, **adjoint_options}
+        zs, deltas = odeint_adjoint(
+            dyn, state, ts, rtol=rtol, atol=atol, method=method, options=dict(fixed), adjoint_params=(),
+            adjoint_rtol=adjoint_rtol if adjoint_rtol is not None else rtol,
+            adjoint_atol=adjoint_atol if adjoint_atol is not None else atol, adjoint_options=opts,
+        )
+    elif gradient == "backprop":
+        zs, deltas = odeint(dyn, state, ts, rtol=rtol, atol=atol, method=method, options=dict(fixed))
+    else:
+        with torch.no_grad():
+            zs, deltas = odeint(dyn, state, ts, rtol=rtol, atol=atol, method=method, options=dict(fixed))
+    z, delta = zs[-1], deltas[-1]
+    prior = sde.prior_logp(z)
+    return PFODEResult(prior + delta, z, prior, delta, dyn.nfe, dyn)

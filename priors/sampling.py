@@ -1,0 +1,58 @@
+"""Sampling a score model's prior: reverse-time SDE (Euler-Maruyama) and the probability-flow ODE.
+
+Small stateless functions in the k-diffusion style: ``(score_fn, sde, x, ...,
+callback)``; ``x`` is the starting state at ``T`` (draw it with
+``sde.prior_sampling``). Both return the denoised state at ``sde.eps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .sde import SDE, ScoreFn, _bcast
+
+
+@torch.no_grad()
+def reverse_sde(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: torch.Tensor,
+    steps: int = 500,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    progress: bool = False,
+    denoise: bool = True,
+) -> torch.Tensor:
+    """Euler-Maruyama on ``dx = [f - g^2 score] dt + g dw_bar`` from ``T`` to ``eps``.
+
+    ``denoise``: the last step returns the mean (no noise), as in score_sde.
+    """
+    ts = torch.linspace(sde.T, sde.eps, steps + 1, dtype=x.dtype, device=x.device)
+    for i in tqdm(range(steps), disable=not progress, desc="sampling"):
+        t, dt = ts[i].expand(x.shape[0]), ts[i + 1] - ts[i]  # dt < 0
+        f, g = sde.sde(x, t)
+        g = _bcast(g, x)
+        mean = x + (f - g**2 * score_fn(x, t)) * dt
+        last = i == steps - 1
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = mean if (last and denoise) else mean + g * (-dt).sqrt() * noise
+        if callback is not None:
+            callback(i, ts[i + 1], x)
+    return x
+
+
+@torch.no_grad()
+def probability_flow(
+    score_fn: ScoreFn, sde: SDE, x: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5"
+) -> torch.Tensor:
+    """Integrates the probability-flow ODE from ``T`` to ``eps`` (deterministic map of ``x``)."""
+    from torchdiffeq import odeint
+
+    def f(t, y):
+        return sde.probability_flow_drift(score_fn, y, t.expand(y.shape[0]))
+
+    ts = torch.tensor([sde.T, sde.eps], dtype=x.dtype, device=x.device)
+    return odeint(f, x, ts, rtol=rtol, atol=atol, method=method)[-1]

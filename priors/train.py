@@ -1,0 +1,330 @@
+"""Denoising score matching: the training loop of score priors.
+
+Loss (continuous t, noise prediction): ``E_{t ~ U(eps, 1), z} || net(alpha x + std z, t) - z ||^2``,
+i.e. DSM with weighting ``std(t)^2``. Adam with linear warm-up, gradient-norm
+clipping, EMA weights (``torch.optim.swa_utils.AveragedModel``), tqdm
+progress, periodic sample grids (PNG, reverse SDE from the EMA weights).
+
+Reproducible and resumable: the randomness of step ``k`` (batch indices,
+flips, t, noise) comes from a generator seeded by ``(seed, rank, k)``, and a
+checkpoint holds the network, EMA, optimiser state and step. A checkpoint is
+``ckpt-STEP.safetensors`` (written atomically) named by ``checkpoint.json``
+(written atomically afterwards), so a kill -9 at any moment leaves the last
+complete checkpoint; ``resume=True`` continues from it exactly (same weights as
+an uninterrupted run). The EMA network is exported as the prior file pair
+``prior.safetensors`` / ``prior.json`` (see :mod:`priors.checkpoint`).
+
+Several processes: launched with ``torchrun --nproc_per_node=N``, the loop uses
+``torch.distributed`` (gloo on the CPU, NCCL on GPUs) with
+``DistributedDataParallel``; each rank draws its own ``batch_size`` images
+(the global batch is ``N * batch_size``) and rank 0 writes every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from interfero.errors import InterferoError
+from interfero.io import atomic_write_text
+
+from .checkpoint import load_state, load_tensors, save_tensors, write_prior
+from .datasets.store import load_dataset
+from .networks import UNet, count_parameters
+from .sde import SDE, _bcast, sde_from_config
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all saved with the checkpoints)."""
+
+    data: str
+    out: str
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    width: int = 32
+    channel_mult: list[int] | None = None
+    num_res_blocks: int = 1
+    dropout: float = 0.0
+    sde: dict = field(default_factory=lambda: {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
+    augment: bool = True
+    ckpt_every: int = 500
+    sample_every: int = 2000
+    sample_steps: int = 200
+    log_every: int = 50
+    seed: int = 0
+    threads: int | None = None
+    keep_checkpoints: int = 2
+
+
+def data_transform(images: np.ndarray) -> dict:
+    """``z = (x - shift) / scale`` mapping pixel values to about [-1, 1].
+
+    ``lo`` = smallest pixel, ``hi`` = 99.5th percentile of the per-image maxima.
+    """
+    lo = float(images.min())
+    hi = float(np.percentile(images.reshape(images.shape[0], -1).max(axis=1), 99.5))
+    if not hi > lo:
+        raise InterferoError("training images are constant; nothing to learn")
+    return {"shift": 0.5 * (hi + lo), "scale": 0.5 * (hi - lo)}
+
+
+def dsm_loss(net, sde: SDE, z0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise-prediction DSM loss per image ``(B,)`` at random ``t ~ U(eps, T)``."""
+    t = sde.eps + (sde.T - sde.eps) * torch.rand(z0.shape[0], generator=generator, dtype=z0.dtype)
+    noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
+    alpha, std = sde.coefficients(t)
+    xt = _bcast(alpha, z0) * z0 + _bcast(std, z0) * noise
+    return (net(xt, t) - noise).pow(2).reshape(z0.shape[0], -1).mean(-1)
+
+
+def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random flips and 90-degree rotations (the 8 symmetries of the square), per image."""
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    rot = torch.randint(4, (x.shape[0],), generator=g)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return torch.stack([torch.rot90(xi, int(k), dims=(-2, -1)) for xi, k in zip(x, rot)])
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class Trainer:
+    """One training run (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        self.cfg = config
+        self.out = Path(config.out)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.distributed = self.world > 1
+        if config.threads:
+            torch.set_num_threads(int(config.threads))
+        if config.steps <= 0 or config.batch_size <= 0:
+            raise InterferoError("steps and batch size must be > 0")
+        data = load_dataset(config.data)
+        images = data["images"]
+        if images.shape[-1] != images.shape[-2]:
+            raise InterferoError(f"training images must be square, got {images.shape[-2:]}")
+        self.data_info = {k: data[k] for k in ("kind", "fov_uas", "units")} | {"n_images": int(images.shape[0])}
+        self.image_size, self.channels = int(images.shape[-1]), int(images.shape[1])
+        self.sde = sde_from_config(config.sde)
+        self.progress = progress and self.rank == 0
+        self.device = torch.device("cpu")
+        if self.distributed:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            if not torch.distributed.is_initialized():
+                torch.distributed.init_process_group(backend)
+        elif torch.cuda.is_available():
+            self.device = torch.device("cuda")
+        self.transform = None
+        ckpt = self._read_pointer() if resume else None
+        if ckpt is not None:
+            self.transform = ckpt["transform"]
+            if ckpt["config"]["data"] != config.data or ckpt["image_size"] != self.image_size:
+                raise InterferoError(f"{self.out}: the checkpoint was made for other data ({ckpt['config']['data']})")
+        else:
+            self.transform = data_transform(images)
+        self.z = (torch.from_numpy(images) - self.transform["shift"]) / self.transform["scale"]
+        torch.manual_seed(config.seed)
+        self.net = UNet(
+            image_size=self.image_size, channels=self.channels, width=config.width,
+            channel_mult=tuple(config.channel_mult) if config.channel_mult else None,
+            num_res_blocks=config.num_res_blocks, dropout=config.dropout,
+        ).to(self.device)
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.step = 0
+        self.history: list[list[float]] = []
+        if ckpt is not None:
+            self._load(ckpt)
+        self.model = self.net
+        if self.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.net)
+
+    # --- checkpoints --------------------------------------------------------------------
+    def _read_pointer(self) -> dict | None:
+        path = self.out / "checkpoint.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise InterferoError(f"{path}: corrupted checkpoint record ({err})") from None
+
+    def _load(self, ckpt: dict) -> None:
+        tensors = load_tensors(self.out / ckpt["file"])
+        load_state(self.net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, ckpt["file"])
+        load_state(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, ckpt["file"])
+        _load_optimizer(self.opt, tensors, ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.history = ckpt.get("history", [])
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        name = f"ckpt-{self.step:08d}.safetensors"
+        opt_tensors, opt_meta = _optimizer_tensors(self.opt)
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+        save_tensors(tensors | opt_tensors, self.out / name)
+        record = {
+            "file": name, "step": self.step, "config": asdict(self.cfg), "transform": self.transform,
+            "image_size": self.image_size, "optimizer": opt_meta, "history": self.history,
+        }
+        atomic_write_text(self.out / "checkpoint.json", json.dumps(record))
+        old = sorted(self.out.glob("ckpt-*.safetensors"))[: -self.cfg.keep_checkpoints]
+        for p in old:
+            if p.name != name:
+                p.unlink(missing_ok=True)
+        self.export()
+
+    def export(self) -> None:
+        """Writes the EMA network as the prior file pair ``prior.safetensors`` / ``prior.json``."""
+        record = {
+            "sde": self.sde.config(),
+            "transform": self.transform,
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "fov_uas": self.data_info["fov_uas"],
+            "units": self.data_info["units"],
+            "training": {
+                "steps": self.step, "batch_size": self.cfg.batch_size * self.world, "data": self.data_info,
+                "parameters": count_parameters(self.net), "final_loss": self.history[-1][1] if self.history else None,
+                "config": asdict(self.cfg),
+            },
+        }
+        write_prior(self.ema.module, record, self.out / "prior")
+
+    # --- loop ---------------------------------------------------------------------------
+    def _lr(self) -> float:
+        return self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup))
+
+    def train_step(self) -> float:
+        g = _step_generator(self.cfg.seed, self.rank, self.step)
+        idx = torch.randint(self.z.shape[0], (self.cfg.batch_size,), generator=g)
+        z0 = self.z[idx]
+        if self.cfg.augment:
+            z0 = _augment(z0, g)
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr()
+        loss = dsm_loss(self.model, self.sde, z0.to(self.device), g).mean() if self.device.type == "cpu" else None
+        if loss is None:  # GPU: draw on the CPU generator, compute on the device
+            t = self.sde.eps + (self.sde.T - self.sde.eps) * torch.rand(z0.shape[0], generator=g)
+            noise = torch.randn(z0.shape, generator=g)
+            alpha, std = self.sde.coefficients(t)
+            xt = (_bcast(alpha, z0) * z0 + _bcast(std, z0) * noise).to(self.device)
+            loss = (self.model(xt, t.to(self.device)) - noise.to(self.device)).pow(2).mean()
+        if not torch.isfinite(loss):
+            raise InterferoError(f"training loss became {loss.item()} at step {self.step}; lower --lr")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.ema.update_parameters(self.net)
+        self.step += 1
+        value = loss.detach()
+        if self.distributed:
+            torch.distributed.all_reduce(value)
+            value = value / self.world
+        return float(value)
+
+    def sample_grid(self, n: int = 16) -> Path | None:
+        if self.rank != 0:
+            return None
+        from interfero.plotting import save_figure
+
+        from .networks import NoisePredictionScore
+        from .sampling import reverse_sde
+
+        score = NoisePredictionScore(self.ema.module.eval(), self.sde)
+        g = torch.Generator().manual_seed(self.cfg.seed + 7)
+        x = self.sde.prior_sampling((n, self.channels, self.image_size, self.image_size), generator=g)
+        x = reverse_sde(score, self.sde, x.to(self.device), steps=self.cfg.sample_steps, generator=None)
+        self.ema.module.train()
+        images = (x.cpu() * self.transform["scale"] + self.transform["shift"]).numpy()[:, 0]
+        return save_figure(_grid_figure(images, f"step {self.step}"), self.out / f"samples-{self.step:08d}.png")
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        start, t0 = self.step, time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc="train-prior")
+        running = None
+        while self.step < cfg.steps:
+            loss = self.train_step()
+            running = loss if running is None else 0.98 * running + 0.02 * loss
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self.history.append([self.step, running])
+                bar.set_postfix(loss=f"{running:.4f}")
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                self.sample_grid()
+            if self.distributed:
+                torch.distributed.barrier()
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        return {"steps": self.step, "new_steps": self.step - start, "seconds": elapsed,
+                "steps_per_s": (self.step - start) / elapsed if elapsed > 0 else float("nan"),
+                "final_loss": running}
+
+
+def _grid_figure(images: np.ndarray, title: str):
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.3))
+    for ax in np.atleast_1d(axes).flat:
+        ax.axis("off")
+    for ax, im in zip(np.atleast_1d(axes).flat, images):
+        ax.imshow(im, cmap="afmhot", vmin=0 if im.min() >= 0 else None)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    trainer = Trainer(config, resume=resume, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,59 @@
+"""Recipe of the shipped default prior ``bh32`` (and ``bh64`` with --npix 64).
+
+    python scripts/train_default_prior.py --out outputs/bh32 [--steps N] [--resume]
+
+1. generates the synthetic black-hole set (priors.datasets.blackholes,
+   20000 images, 32x32 over 160 uas, seed 0) into OUT/blackholes.h5;
+2. trains the noise-prediction U-Net on it with the VP SDE (settings below;
+   resumable: rerun with --resume after an interruption);
+3. copies the EMA weights to data/weights/bh{npix}.safetensors/.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from priors.datasets import make_dataset
+from priors.datasets.store import write_dataset
+from priors.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="outputs/bh32")
+    ap.add_argument("--npix", type=int, default=32)
+    ap.add_argument("--n-images", type=int, default=20000)
+    ap.add_argument("--steps", type=int, default=12000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--no-install", action="store_true", help="do not copy the result into data/weights")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "blackholes.h5"
+    if not data.is_file():
+        d = make_dataset("blackholes", args.n_images, args.npix, fov_uas=160.0, seed=0, progress=True)
+        write_dataset(data, d)
+    cfg = TrainConfig(
+        data=str(data), out=str(out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=200,
+        width=args.width, ema_decay=0.999, ckpt_every=min(250, args.steps), sample_every=1000, sample_steps=200,
+        threads=args.threads, augment=True,
+    )
+    print(train(cfg, resume=args.resume))
+    if not args.no_install:
+        dest = REPO / "data" / "weights"
+        dest.mkdir(parents=True, exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(out / f"prior{suffix}", dest / f"bh{args.npix}{suffix}")
+        print(f"installed {dest}/bh{args.npix}.*")
+
+
+if __name__ == "__main__":
+    main()
