@@ -11,6 +11,7 @@ import sys
 
 from interfero import cli as interfero_cli
 from interfero.errors import InterferoError
+from priors import cli as priors_cli
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="interfero", description="Bayesian black-hole imaging toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
     interfero_cli.add_subcommands(sub)
+    priors_cli.add_subcommands(sub)
     return parser
 
 

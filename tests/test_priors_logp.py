@@ -1,0 +1,119 @@
+"""Exact PF-ODE log p, Hutchinson, gradients and the ELBO against the closed-form Gaussian (16x16 faces)."""
+
+import math
+
+import pytest
+import torch
+
+from priors.classical import GaussianPrior
+from priors.datasets.faces import face_gaussian
+from priors.elbo import elbo
+from priors.ode import pf_ode_logp
+from priors.score_prior import ScorePrior
+from priors.sde import VPSDE, _bcast
+from priors.train import data_transform
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def gauss():
+    g = face_gaussian(16)
+    sde = VPSDE()
+    score = g.diffused(sde)
+    x = g.sample(6, generator=torch.Generator().manual_seed(0))
+    exact = pf_ode_logp(score, sde, x, divergence="exact", gradient="none", rtol=1e-6, atol=1e-6)
+    return g, sde, score, x, exact
+
+
+def test_exact_trace_logp_equals_closed_form(gauss):
+    g, sde, score, x, res = gauss
+    truth = score.log_prob(x, sde.eps)  # the closed-form density of x(eps)
+    # The model replaces p_T by pi = N(0, I); adding back that (closed-form) difference, the ODE is exact.
+    correction = score.log_prob(res.z, sde.T) - sde.prior_logp(res.z)
+    assert torch.max(torch.abs(res.logp + correction - truth)) < 2e-3
+    # Uncentred data: alpha(T) = 6.6e-3 of the data mean survives in x(T), about 0.1 nat.
+    assert torch.max(torch.abs(res.logp - truth)) < 0.2
+    # x(eps) vs x(0): the eps-smoothing is small too
+    assert torch.max(torch.abs(truth - g.log_prob(x))) < 0.5
+
+
+def test_exact_logp_within_005_nats_with_training_transform(gauss):
+    # As trained: pixels mapped to about [-1, 1] (priors.train.data_transform), so the data are roughly centred.
+    g, sde, _, x, _ = gauss
+    tr = data_transform(g.sample(1000, generator=torch.Generator().manual_seed(9)).numpy())
+    gz = GaussianPrior((g.mean - tr["shift"]) / tr["scale"], g.cov / tr["scale"] ** 2)
+    prior = ScorePrior(gz.diffused(sde), sde, (1, 16, 16), tr["shift"], tr["scale"], method="ode",
+                       ode={"divergence": "exact", "gradient": "none", "rtol": 1e-6, "atol": 1e-6})
+    z = prior.to_z(x)
+    truth = gz.diffused(sde).log_prob(z, sde.eps) - 256 * math.log(tr["scale"])
+    err = torch.abs(prior.log_prob(x) - truth)
+    # what is left is the model's pi = N(0, I) in place of p_T (see test_exact_trace_logp_equals_closed_form)
+    assert torch.mean(err) < 0.05 and torch.max(err) < 0.1
+
+
+def test_hutchinson_is_unbiased(gauss):
+    _, sde, score, x, exact = gauss
+    for probe in ("rademacher", "gaussian"):
+        xr = x[:2].repeat_interleave(24, 0)  # every batch item has its own probe
+        res = pf_ode_logp(score, sde, xr, divergence="hutchinson", probe=probe, gradient="none", rtol=1e-6,
+                          atol=1e-6, generator=torch.Generator().manual_seed(1))
+        est = res.logp.reshape(2, 24)
+        mean, se = est.mean(1), est.std(1) / 24**0.5
+        assert torch.all(se > 0)
+        assert torch.all(torch.abs(mean - exact.logp[:2]) < 3 * se + 1e-3), (mean, exact.logp[:2], se)
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_ode_gradient_matches_analytic(gauss, gradient, divergence):
+    _, sde, score, x, _ = gauss
+    xs = x[:2].clone().requires_grad_(True)
+    res = pf_ode_logp(score, sde, xs, divergence=divergence, gradient=gradient, rtol=1e-5, atol=1e-5,
+                      generator=torch.Generator().manual_seed(2))
+    (gx,) = torch.autograd.grad(res.logp.sum(), xs)
+    ga = score(x[:2], torch.full((2,), sde.eps, dtype=torch.float64))
+    cos = torch.nn.functional.cosine_similarity(gx.reshape(2, -1), ga.reshape(2, -1))
+    assert torch.all(cos > 0.999), cos
+    if gradient == "adjoint":
+        assert res.nfe > res.nfe_forward  # the backward solve ran
+
+
+def test_float32_logp(gauss):
+    _, sde, score, x, exact = gauss
+    res = pf_ode_logp(score, sde, x[:2].float(), divergence="exact", gradient="none", rtol=1e-5, atol=1e-5)
+    assert res.logp.dtype == torch.float32
+    assert torch.max(torch.abs(res.logp.double() - exact.logp[:2])) < 0.05
+
+
+def test_elbo_is_a_lower_bound_with_small_gap(gauss):
+    _, sde, score, x, exact = gauss
+
+    def noise(z, t):
+        _, std = sde.coefficients(t)
+        return -_bcast(std, z) * score(z, t)
+
+    gen = torch.Generator().manual_seed(4)
+    vals = torch.stack([elbo(noise, sde, x, draws=32, generator=gen) for _ in range(8)])  # (8, B)
+    gap = vals - exact.logp[None]
+    mean, se = gap.mean(), gap.std() / gap.numel() ** 0.5
+    assert mean < 3 * se  # a lower bound, on average over draws
+    assert mean > -3.0 - 3 * se  # documented: within ~3 nats for the exact score at 16x16 (docs/priors.md)
+
+
+def test_score_prior_with_transform_and_methods(gauss):
+    g, sde, score, x, exact = gauss
+    # Gaussian data stored in units 10x larger: log p_x = log p_z - D log 10
+    prior = ScorePrior(score, sde, (1, 16, 16), shift=0.0, scale=10.0, method="ode",
+                       ode={"divergence": "exact", "gradient": "none", "rtol": 1e-6, "atol": 1e-6})
+    lp = prior.log_prob(10 * x[:2])
+    torch.testing.assert_close(lp, exact.logp[:2] - 256 * torch.log(torch.tensor(10.0, dtype=torch.float64)))
+    assert prior.normalised == "exact"
+    s = prior.score(10 * x[:2])
+    torch.testing.assert_close(s, score(x[:2], torch.full((2,), sde.eps, dtype=torch.float64)) / 10)
+    prior.method = "elbo"
+    assert prior.normalised == "bound"
+    xs = (10 * x[:2]).requires_grad_(True)
+    val = prior.log_prob(xs, generator=torch.Generator().manual_seed(0))
+    (gx,) = torch.autograd.grad(val.sum(), xs)
+    assert val.shape == (2,) and torch.all(torch.isfinite(gx))
