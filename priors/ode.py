@@ -147,10 +147,13 @@ def pf_ode_logp(
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
     adjoint_options: dict | None = None,
+    land_on_endpoints: bool = True,
 ) -> PFODEResult:
     """``log p_eps(x)`` of the score model's PF-ODE, per batch item (see the module docstring).
 
     ``x`` is ``(B, C, H, W)`` in the model's own units (float32 or float64).
+    ``land_on_endpoints=False`` restores torchdiffeq's default stepping (for the
+    record: its adjoint solve then fails, see the comment below).
     """
     from torchdiffeq import odeint, odeint_adjoint
 
@@ -172,7 +175,7 @@ def pf_ode_logp(
     # that is harmless, but the adjoint solve runs from T down to eps, and an overshoot evaluates the score
     # at t < eps (t < 0: std(t) is NaN) -- the cause of 'underflow in dt'. step_t makes every solve land
     # exactly on eps and T.
-    fixed = {"step_t": ts} if method in _ADAPTIVE else {}
+    fixed = {"step_t": ts} if (method in _ADAPTIVE and land_on_endpoints) else {}
     if gradient == "adjoint":
         opts = {"norm": "seminorm", **fixed} if adjoint_options is None else {**fixed, **adjoint_options}
         zs, deltas = odeint_adjoint(
