@@ -21,6 +21,7 @@ $(VENV)/.test: $(VENV)/.base
 demo: $(VENV)/.base
 	$(VENV)/bin/interfero simulate --image data/demo/crescent_grf_64.fits --array EHT2017 --out $(OUT)
 	$(VENV)/bin/interfero inspect $(OUT)/obs.uvfits --json $(OUT)/inspect.json
+	$(VENV)/bin/interfero sample-prior --prior default --n 16 --steps 300 --out $(OUT)/prior
 
 test: $(VENV)/.test
 	$(PY) -m ruff check .
@@ -28,6 +29,7 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/forward.py
+	$(PY) benchmarks/priors.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

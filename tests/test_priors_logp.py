@@ -117,3 +117,13 @@ def test_score_prior_with_transform_and_methods(gauss):
     val = prior.log_prob(xs, generator=torch.Generator().manual_seed(0))
     (gx,) = torch.autograd.grad(val.sum(), xs)
     assert val.shape == (2,) and torch.all(torch.isfinite(gx))
+
+
+def test_adjoint_fails_without_landing_on_endpoints(gauss):
+    # torchdiffeq steps past the end time; backwards that means t < eps (NaN std for t < 0): the documented cause
+    _, sde, score, x, _ = gauss
+    xs = x[:1].clone().requires_grad_(True)
+    res = pf_ode_logp(score, sde, xs, divergence="hutchinson", gradient="adjoint", rtol=1e-6, atol=1e-6,
+                      land_on_endpoints=False)
+    with pytest.raises(AssertionError, match="underflow in dt"):
+        torch.autograd.grad(res.logp.sum(), xs)
