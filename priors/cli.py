@@ -41,7 +41,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--channel-mult", help="comma-separated width multipliers per resolution, e.g. 1,2,2")
     t.add_argument("--num-res-blocks", type=_positive(int), default=1)
     t.add_argument("--sde", choices=("vp", "subvp", "ve"), default="vp")
-    t.add_argument("--eps", type=_positive(float), default=1e-3, help="smallest diffusion time")
+    t.add_argument("--eps", type=_positive(float), help="smallest diffusion time (default 1e-3; VE 1e-5)")
     t.add_argument("--no-augment", action="store_true", help="no random flips / 90-degree rotations")
     t.add_argument("--ckpt-every", type=_positive(int), default=500)
     t.add_argument("--sample-every", type=int, default=2000, help="sample grid every N steps (0: never)")
@@ -88,10 +88,8 @@ def run_train_prior(args: argparse.Namespace) -> dict:
     from .sde import SDES
     from .train import TrainConfig, train
 
-    sde = {"name": args.sde, "eps": args.eps}
-    if args.sde == "ve":
-        sde["eps"] = min(args.eps, 1e-5) if args.eps == 1e-3 else args.eps
-    SDES[args.sde](**{k: v for k, v in sde.items() if k != "name"})  # validate before writing
+    settings = {} if args.eps is None else {"eps": args.eps}
+    sde = SDES[args.sde](**settings).config()  # validates before anything is written
     if not 0 < args.ema < 1:
         raise InterferoError("--ema must be in (0, 1)")
     cfg = TrainConfig(

@@ -81,12 +81,19 @@ def data_transform(images: np.ndarray) -> dict:
     return {"shift": 0.5 * (hi + lo), "scale": 0.5 * (hi - lo)}
 
 
-def dsm_loss(net, sde: SDE, z0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Noise-prediction DSM loss per image ``(B,)`` at random ``t ~ U(eps, T)``."""
+def dsm_loss(net, sde: SDE, z0: torch.Tensor, generator: torch.Generator | None = None,
+             device: torch.device | None = None) -> torch.Tensor:
+    """Noise-prediction DSM loss per image ``(B,)`` at random ``t ~ U(eps, T)``.
+
+    ``t`` and the noise are drawn on the CPU from ``generator`` (so a run is the same on any device)
+    and moved with the images to ``device``.
+    """
     t = sde.eps + (sde.T - sde.eps) * torch.rand(z0.shape[0], generator=generator, dtype=z0.dtype)
     noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
     alpha, std = sde.coefficients(t)
     xt = _bcast(alpha, z0) * z0 + _bcast(std, z0) * noise
+    if device is not None:
+        xt, t, noise = xt.to(device), t.to(device), noise.to(device)
     return (net(xt, t) - noise).pow(2).reshape(z0.shape[0], -1).mean(-1)
 
 
@@ -243,13 +250,7 @@ class Trainer:
             z0 = _augment(z0, g)
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
-        loss = dsm_loss(self.model, self.sde, z0.to(self.device), g).mean() if self.device.type == "cpu" else None
-        if loss is None:  # GPU: draw on the CPU generator, compute on the device
-            t = self.sde.eps + (self.sde.T - self.sde.eps) * torch.rand(z0.shape[0], generator=g)
-            noise = torch.randn(z0.shape, generator=g)
-            alpha, std = self.sde.coefficients(t)
-            xt = (_bcast(alpha, z0) * z0 + _bcast(std, z0) * noise).to(self.device)
-            loss = (self.model(xt, t.to(self.device)) - noise.to(self.device)).pow(2).mean()
+        loss = dsm_loss(self.model, self.sde, z0, g, self.device).mean()
         if not torch.isfinite(loss):
             raise InterferoError(f"training loss became {loss.item()} at step {self.step}; lower --lr")
         self.opt.zero_grad(set_to_none=True)
