@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -130,9 +129,8 @@ def main() -> None:
         "median_cos_dist_grad_vs_true_score": float(np.median(1 - cos_true)),
         "n": args.n, "train_steps": json.loads(done.read_text())["training"]["steps"],
         "divergence": args.divergence, "probes": args.probes if args.divergence == "hutchinson" else None,
-        "rtol": args.rtol, "logp_seconds": t_logp, "pixels": 256, "nats_per_pixel_note": math.log(2) * 0,
+        "rtol": args.rtol, "logp_seconds": t_logp, "pixels": 256,
     }
-    figures.pop("nats_per_pixel_note")
     text = json.dumps(figures, indent=2)
     atomic_write_text(out / "figures.json", text)
     if args.json:
