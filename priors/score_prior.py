@@ -91,6 +91,9 @@ class ScorePrior(Prior):
             self.last_nfe = res.nfe_forward
             return res.logp + logdet
         if method == "elbo":
+            importance = self.elbo_kwargs.get("importance", True)
+            if self._sampler.importance != importance:
+                self._sampler = TimeSampler(self.sde, importance)
             return elbo(self.noise, self.sde, z, generator=generator, sampler=self._sampler,
                         **{k: v for k, v in self.elbo_kwargs.items() if k != "importance"}) + logdet
         raise InterferoError(f"unknown score-prior method {method!r} (choose from {', '.join(METHODS)})")
