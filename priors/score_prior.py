@@ -22,7 +22,7 @@ from .base import Prior
 from .elbo import TimeSampler, elbo
 from .networks import NoisePredictionScore
 from .ode import pf_ode_logp
-from .sampling import reverse_sde
+from .sampling import probability_flow, reverse_sde
 from .sde import SDE, _bcast
 
 METHODS = ("ode", "elbo")
@@ -107,11 +107,18 @@ class ScorePrior(Prior):
 
     @torch.no_grad()
     def sample(self, n: int, steps: int = 500, generator: torch.Generator | None = None, batch: int = 256,
-               progress: bool = False) -> torch.Tensor:
-        """``n`` images in data units by the reverse SDE (Euler-Maruyama, ``steps`` steps)."""
+               progress: bool = False, sampler: str = "sde", rtol: float = 1e-3) -> torch.Tensor:
+        """``n`` images in data units: ``sampler="sde"`` (reverse SDE, Euler-Maruyama, ``steps`` steps)
+        or ``"ode"`` (the probability-flow ODE, dopri5 at ``rtol``; deterministic given the start)."""
+        if sampler not in ("sde", "ode"):
+            raise InterferoError(f"unknown sampler {sampler!r} (choose from sde, ode)")
         out = []
         for start in range(0, n, batch):
             m = min(batch, n - start)
             z = self.sde.prior_sampling((m, *self.image_shape), generator=generator)
-            out.append(self.from_z(reverse_sde(self.score_model, self.sde, z, steps, generator, progress=progress)))
+            if sampler == "sde":
+                z = reverse_sde(self.score_model, self.sde, z, steps, generator, progress=progress)
+            else:
+                z = probability_flow(self.score_model, self.sde, z, rtol=rtol, atol=rtol)
+            out.append(self.from_z(z))
         return torch.cat(out)

@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--prior", default="default")
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--sampler", choices=("sde", "ode"), default="sde")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="outputs/check_prior")
     ap.add_argument("--json")
@@ -54,11 +55,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     samples = prior.sample(args.n, steps=args.steps, generator=torch.Generator().manual_seed(args.seed),
-                           progress=True).numpy()
+                           progress=True, sampler=args.sampler).numpy()
     t_sample = time.perf_counter() - t0
     train = make_dataset("blackholes", args.n, npix, fov_uas=fov, seed=1000 + args.seed)["images"]
     fs, ft = features(samples, fov), features(train, fov)
-    res = {"prior": prior.name, "n_samples": args.n, "sampler_steps": args.steps, "sampling_seconds": t_sample,
+    res = {"prior": prior.name, "n_samples": args.n, "sampler": args.sampler,
+           "sampler_steps": args.steps if args.sampler == "sde" else None, "sampling_seconds": t_sample,
            "negative_flux_fraction": float(np.clip(-samples, 0, None).sum() / np.abs(samples).sum())}
     for key in ("flux", "diameter", "width"):
         a, b = fs[key][np.isfinite(fs[key])], ft[key][np.isfinite(ft[key])]
