@@ -55,4 +55,6 @@ def probability_flow(
         return sde.probability_flow_drift(score_fn, y, t.expand(y.shape[0]))
 
     ts = torch.tensor([sde.T, sde.eps], dtype=x.dtype, device=x.device)
-    return odeint(f, x, ts, rtol=rtol, atol=atol, method=method)[-1]
+    # land exactly on eps: an adaptive step past it would evaluate the score at t < eps (see priors.ode)
+    options = {"step_t": ts} if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun") else {}
+    return odeint(f, x, ts, rtol=rtol, atol=atol, method=method, options=options)[-1]
