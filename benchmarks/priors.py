@@ -17,21 +17,26 @@ Medians of ``--repeats`` runs after one warm-up.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import tempfile
-import time
+import sys
 from pathlib import Path
 
-import torch
+# This file is called priors.py: keep its own folder off the import path so `priors` is the package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from interfero.io import atomic_write_text
-from priors.datasets import make_dataset
-from priors.datasets.store import write_dataset
-from priors.pretrained import load_prior, shipped_priors
-from priors.train import TrainConfig, Trainer
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from interfero.io import atomic_write_text  # noqa: E402
+from priors.datasets import make_dataset  # noqa: E402
+from priors.datasets.store import write_dataset  # noqa: E402
+from priors.pretrained import load_prior, shipped_priors  # noqa: E402
+from priors.train import TrainConfig, Trainer  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
