@@ -41,7 +41,7 @@ from .sde import SDE, ScoreFn
 DIVERGENCES = ("exact", "hutchinson")
 GRADIENTS = ("backprop", "adjoint", "none")
 PROBES = ("rademacher", "gaussian")
-_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 def draw_probes(shape, k: int, kind: str, generator=None, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -175,7 +175,7 @@ def pf_ode_logp(
     # that is harmless, but the adjoint solve runs from T down to eps, and an overshoot evaluates the score
     # at t < eps (t < 0: std(t) is NaN) -- the cause of 'underflow in dt'. step_t makes every solve land
     # exactly on eps and T.
-    fixed = {"step_t": ts} if (method in _ADAPTIVE and land_on_endpoints) else {}
+    fixed = {"step_t": ts} if (method in ADAPTIVE_METHODS and land_on_endpoints) else {}
     if gradient == "adjoint":
         opts = {"norm": "seminorm", **fixed} if adjoint_options is None else {**fixed, **adjoint_options}
         zs, deltas = odeint_adjoint(

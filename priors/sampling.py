@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .ode import ADAPTIVE_METHODS
 from .sde import SDE, ScoreFn, _bcast
 
 
@@ -56,5 +57,5 @@ def probability_flow(
 
     ts = torch.tensor([sde.T, sde.eps], dtype=x.dtype, device=x.device)
     # land exactly on eps: an adaptive step past it would evaluate the score at t < eps (see priors.ode)
-    options = {"step_t": ts} if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun") else {}
+    options = {"step_t": ts} if method in ADAPTIVE_METHODS else {}
     return odeint(f, x, ts, rtol=rtol, atol=atol, method=method, options=options)[-1]
