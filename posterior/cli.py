@@ -13,6 +13,8 @@ from interfero import cli as interfero_cli
 from interfero.errors import InterferoError
 from priors import cli as priors_cli
 
+from . import reconstruct as rec
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors as one line on stderr and exit status 2 (``--help`` shows the usage)."""
@@ -26,7 +28,73 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     interfero_cli.add_subcommands(sub)
     priors_cli.add_subcommands(sub)
+    add_subcommands(sub)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    d = rec.ReconstructSettings()
+    p = sub.add_parser("reconstruct", help="posterior image with uncertainty from a uvfits file (DPI)")
+    p.add_argument("obs", help="observation (uvfits)")
+    p.add_argument("--prior", default=d.prior, help="shipped prior name (default, bh32) or a prior file stem")
+    p.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode"),
+                   help="ELBO surrogate (fast) or exact probability-flow ODE log p")
+    p.add_argument("--elbo-draws", type=_positive_int, default=d.elbo_draws, help="time/noise draws of the ELBO")
+    p.add_argument("--data", default=",".join(d.products), help="data products: cphase,logcamp[,amp,vis]")
+    p.add_argument("--npix", type=_positive_int, default=d.npix, help="image size in pixels")
+    p.add_argument("--fov", type=_positive_float, default=d.fov_uas, help="field of view in microarcseconds")
+    p.add_argument("--flux", type=_positive_float, help="total flux in Jy (default: the zero-baseline amplitude)")
+    p.add_argument("--flux-sigma", type=_positive_float, default=d.flux_sigma_frac,
+                   help="width of the total-flux term as a fraction of the flux")
+    p.add_argument("--steps", type=int, default=d.steps, help="DPI optimisation steps")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help="flow samples per step")
+    p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam step size")
+    p.add_argument("--samples", type=int, default=d.samples, help="posterior samples written out")
+    p.add_argument("--flow", default=d.flow_kind, choices=("realnvp", "glow"), help="flow architecture")
+    p.add_argument("--blocks", type=_positive_int, default=d.flow_blocks, help="coupling blocks of the flow")
+    p.add_argument("--anneal", type=int, default=0, help="steps of linear data-weight annealing (0 = off)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--allow-fov-mismatch", action="store_true", help="use a prior trained on another field of view")
+    p.add_argument("--truth", help="true image (FITS) for nxcorr / PSNR / SSIM")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_reconstruct)
+
+
+def _reconstruct(args) -> None:
+    products = tuple(x.strip() for x in args.data.split(",") if x.strip())
+    s = rec.ReconstructSettings(
+        prior=args.prior, prior_method=args.prior_method, elbo_draws=args.elbo_draws, products=products,
+        npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, steps=args.steps,
+        batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow, flow_blocks=args.blocks,
+        anneal_steps=args.anneal, seed=args.seed, allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
+    )
+    m = rec.reconstruct(args.obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)
+    keys = ("total_flux", "chi2_cphase", "chi2_logcamp", "nxcorr", "nxcorr_blur10", "runtime_s")
+    print(" ".join(f"{k}={m[k]:.4g}" for k in keys if k in m))
+    print(f"wrote {args.out}/metrics.json, samples.h5, mean.fits, std.fits, report.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,3 +108,23 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: st
             f" expected {tuple(own[bad[0]].shape)})"
         )
     module.load_state_dict(state)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """An optimizer's state as flat tensors (for safetensors) and JSON-able metadata."""
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    """Restores what :func:`optimizer_tensors` saved (other keys of ``tensors`` are ignored)."""
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -76,6 +76,45 @@ class GaussianPrior(Prior):
         return GaussianScore(self.mean, self.cov, sde)
 
 
+class GaussianMixturePrior(Prior):
+    """Isotropic Gaussian mixture ``sum_k w_k N(mu_k, s_k^2 I)`` over images of ``mu_k.shape`` (exact)."""
+
+    normalised = "exact"
+
+    def __init__(self, weights, means, stds) -> None:
+        from .networks import GaussianMixtureScore
+
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.ndim != 4:
+            raise InterferoError(f"mixture means must be (K, C, H, W), got {tuple(means.shape)}")
+        super().__init__(tuple(means.shape[1:]))
+        self.weights, self.means, self.stds = (torch.as_tensor(v, dtype=torch.float64) for v in (weights, means, stds))
+        self._exact = GaussianMixtureScore(self.weights, self.means, self.stds, _NoDiffusion())
+
+    def log_prob(self, x):
+        self.check(x)
+        return self._exact.log_prob(x).to(x.dtype)
+
+    def score(self, x):
+        self.check(x)
+        return self._exact(x, torch.zeros(x.shape[0], dtype=torch.float64))
+
+    def diffused(self, sde):
+        """The exact score of this mixture diffused by ``sde`` (a :class:`GaussianMixtureScore`)."""
+        from .networks import GaussianMixtureScore
+
+        return GaussianMixtureScore(self.weights, self.means, self.stds, sde)
+
+
+class _NoDiffusion:
+    """``alpha = 1, std = 0`` at every t: the undiffused density."""
+
+    @staticmethod
+    def coefficients(t):
+        t = torch.as_tensor(t)
+        return torch.ones_like(t), torch.zeros_like(t)
+
+
 class TVPrior(Prior):
     """Smoothed isotropic total variation, ``log p = -weight * TV_delta(x)`` (unnormalised)."""
 

@@ -232,3 +232,44 @@ class GaussianScore(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(n, self.lam.numel(), generator=generator, dtype=torch.float64)
         return (self.mean[None] + (z * self.lam.sqrt()) @ self.vecs.T).reshape(n, *self.shape)
+
+
+class GaussianMixtureScore(nn.Module):
+    """Exact score of the isotropic mixture ``sum_k w_k N(mu_k, s_k^2 I)`` diffused by ``sde`` (float64).
+
+    ``p_t = sum_k w_k N(alpha mu_k, (alpha^2 s_k^2 + std^2) I)``; the score is the
+    responsibility-weighted sum of the component scores. :meth:`log_prob` gives ``log p_t``.
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, sde: SDE) -> None:
+        super().__init__()
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        means = torch.as_tensor(means, dtype=torch.float64)
+        stds = torch.as_tensor(stds, dtype=torch.float64)
+        if weights.ndim != 1 or means.shape[0] != weights.shape[0] or stds.shape != weights.shape:
+            raise InterferoError("mixture needs K weights, K means and K standard deviations")
+        if (weights <= 0).any() or (stds <= 0).any():
+            raise InterferoError("mixture weights and standard deviations must be > 0")
+        self.shape = tuple(means.shape[1:])
+        self.register_buffer("log_w", torch.log(weights / weights.sum()))
+        self.register_buffer("means", means.reshape(means.shape[0], -1))
+        self.register_buffer("var0", stds**2)
+        self.sde = sde
+
+    def _parts(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        alpha, std = self.sde.coefficients(torch.as_tensor(t, dtype=torch.float64, device=x.device))
+        alpha, std = alpha.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
+        var = alpha**2 * self.var0[None, :, None] + std**2  # (B or 1, K, 1)
+        r = x.reshape(x.shape[0], 1, -1).double() - alpha * self.means[None]  # (B, K, D)
+        d = r.shape[-1]
+        logc = self.log_w[None] - 0.5 * ((r**2).sum(-1) / var[..., 0] + d * torch.log(2 * math.pi * var[..., 0]))
+        return r, var, logc
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        r, var, logc = self._parts(x, t)
+        resp = torch.softmax(logc, dim=1)[..., None]
+        return (-(resp * r / var).sum(1)).to(x.dtype).reshape(x.shape)
+
+    def log_prob(self, x: torch.Tensor, t: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """``log p_t(x)`` in closed form, shape ``(B,)`` (float64)."""
+        return torch.logsumexp(self._parts(x, t)[2], dim=1)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from interfero.errors import InterferoError
 from interfero.io import atomic_write_text
 
-from .checkpoint import load_state, load_tensors, save_tensors, write_prior
+from .checkpoint import load_optimizer, load_state, load_tensors, optimizer_tensors, save_tensors, write_prior
 from .datasets.store import load_dataset
 from .networks import UNet, count_parameters
 from .sde import SDE, _bcast, sde_from_config
@@ -109,24 +109,6 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.stack([torch.rot90(xi, int(k), dims=(-2, -1)) for xi, k in zip(x, rot)])
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v)
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 class Trainer:
     """One training run (see the module docstring)."""
 
@@ -197,7 +179,7 @@ class Trainer:
         tensors = load_tensors(self.out / ckpt["file"])
         load_state(self.net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, ckpt["file"])
         load_state(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, ckpt["file"])
-        _load_optimizer(self.opt, tensors, ckpt["optimizer"])
+        load_optimizer(self.opt, tensors, ckpt["optimizer"])
         self.step = int(ckpt["step"])
         self.history = ckpt.get("history", [])
 
@@ -206,7 +188,7 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         name = f"ckpt-{self.step:08d}.safetensors"
-        opt_tensors, opt_meta = _optimizer_tensors(self.opt)
+        opt_tensors, opt_meta = optimizer_tensors(self.opt)
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
         save_tensors(tensors | opt_tensors, self.out / name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from interfero.operators import (
     InterferometryOperator,
     LinearOperator,
     LowFrequencyDFT,
+    MatrixOperator,
     PoissonNoise,
     VisibilityOperator,
     VLBIData,
@@ -35,6 +38,9 @@ def _make(name: str, small_obs):
         return GaussianBlur(SHAPE, sigma_px=1.3, noise=GaussianNoise(0.1))
     if name == "lowfreq":
         return LowFrequencyDFT(SHAPE, n=3, noise=GaussianNoise(1.0))
+    if name == "matrix":
+        a = torch.randn(5, math.prod(SHAPE), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        return MatrixOperator(SHAPE, a, GaussianNoise(0.2))
     if name == "box_inpaint":
         return box_inpainting(SHAPE, (2, 3, 3, 4), GaussianNoise(0.05))
     if name == "random_inpaint":
@@ -53,8 +59,8 @@ def _make(name: str, small_obs):
     raise KeyError(name)
 
 
-ALL = ["denoise", "denoise_poisson", "blur", "lowfreq", "box_inpaint", "random_inpaint", "vis_dft", "vis_nufft",
-       "vlbi_all", "vlbi_closure"]
+ALL = ["denoise", "denoise_poisson", "blur", "lowfreq", "matrix", "box_inpaint", "random_inpaint", "vis_dft",
+       "vis_nufft", "vlbi_all", "vlbi_closure"]
 
 
 @pytest.fixture(params=ALL)

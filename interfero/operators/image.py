@@ -11,6 +11,7 @@ All take unit-free images ``(B, C, H, W)`` and default to Gaussian noise.
 - :class:`Inpainting`: the pixels where a mask is true (``y`` has shape
   ``(B, n_observed)``); :func:`box_inpainting` and
   :func:`random_inpainting` build the mask.
+- :class:`MatrixOperator`: any dense matrix on the flattened image.
 """
 
 from __future__ import annotations
@@ -170,3 +171,32 @@ __all__ = [
     "random_inpainting",
     "GaussianNoise",
 ]
+
+
+class MatrixOperator(LinearOperator):
+    """``y = A vec(x)`` for a dense real matrix ``A`` of shape ``(M, C*H*W)`` (``y`` has shape ``(B, M)``).
+
+    The general linear-Gaussian problem (small analytic checks, toy posteriors);
+    ``pseudo_inverse`` is the least-squares minimum-norm image ``A^+ y``.
+    """
+
+    def __init__(self, image_shape, matrix, noise: NoiseModel | None = None):
+        super().__init__(image_shape, noise)
+        a = torch.as_tensor(matrix, dtype=torch.float64)
+        d = math.prod(self.image_shape)
+        if a.ndim != 2 or a.shape[1] != d:
+            raise InterferoError(f"matrix must have shape (M, {d}) for images {self.image_shape}, got {tuple(a.shape)}")
+        if not torch.isfinite(a).all():
+            raise InterferoError("matrix has NaN or infinite entries")
+        self.register_buffer("matrix", a)
+        self.register_buffer("pinv", torch.linalg.pinv(a))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_image(x)
+        return x.reshape(x.shape[0], -1) @ self.const("matrix", x).T
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return (y @ self.const("matrix", y)).reshape(y.shape[0], *self.image_shape)
+
+    def pseudo_inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return (y @ self.const("pinv", y).T).reshape(y.shape[0], *self.image_shape)

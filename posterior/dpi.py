@@ -1,0 +1,265 @@
+"""Deep Probabilistic Imaging: a normalizing flow ``q(x)`` fitted to ``p(x | y)`` by reverse KL.
+
+The loss per step is the Monte-Carlo estimate, over a batch ``x ~ q``, of
+
+    E_q[ -w_data * log p(y | x) - w_prior * log p(x) + log q(x) ]
+
+(the negative ELBO of the data up to ``log p(y)``), with ``log p(y | x)`` the
+operator's log-likelihood (its per-product weights and optional total-flux
+term included) and ``log p(x)`` any :class:`priors.base.Prior`. With a
+score-based prior the ELBO surrogate is the default (a lower bound of
+``log p(x)``, so the objective is an upper bound of the exact one); the exact
+PF-ODE prior is selectable.
+
+Annealing (``anneal_steps > 0``): ``w_data`` ramps linearly from
+``anneal_start`` to 1 over the first ``anneal_steps`` steps, which helps the
+flow find the data-consistent region of closure-only problems before the
+prior pulls it in. It changes the target during the ramp, so it is off by
+default; after the ramp the target is the posterior.
+
+Steps with a non-finite loss or gradient are skipped (counted in
+``skipped``) and never written to a checkpoint. Checkpoints (flow, optimizer,
+step, RNG state, loss history) are written atomically every ``ckpt_every``
+steps when ``out`` is given, and ``resume=True`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interfero.errors import InterferoError
+from interfero.io import atomic_write_text
+from priors.base import Prior
+from priors.checkpoint import load_optimizer, load_state, load_tensors, optimizer_tensors, save_tensors
+
+from .flows import Flow
+from .summary import Posterior, summarize
+
+CHECKPOINT = "dpi-checkpoint"
+
+
+@dataclass
+class DPIConfig:
+    """Settings of a DPI fit.
+
+    steps: optimisation steps; batch: flow samples per step; lr: Adam step size;
+    grad_clip: max gradient norm; data_weight / prior_weight: multipliers of the
+    two log-densities (1 = the posterior); anneal_steps / anneal_start: linear
+    ramp of the data weight (0 = off); n_samples: posterior samples drawn at
+    the end; seed; ckpt_every: checkpoint period (steps, with ``out``);
+    log_every: loss-history period.
+    """
+
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    data_weight: float = 1.0
+    prior_weight: float = 1.0
+    anneal_steps: int = 0
+    anneal_start: float = 0.01
+    n_samples: int = 1024
+    seed: int = 0
+    ckpt_every: int = 200
+    log_every: int = 10
+    lr_decay: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise InterferoError(f"number of DPI steps must be >= 1, got {self.steps}")
+        if self.batch < 1 or self.n_samples < 1:
+            raise InterferoError("batch size and number of samples must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InterferoError(f"learning rate must be > 0, got {self.lr}")
+        if self.anneal_steps < 0 or not 0 < self.anneal_start <= 1:
+            raise InterferoError("annealing needs anneal_steps >= 0 and 0 < anneal_start <= 1")
+
+
+class DPITarget:
+    """Unnormalised posterior ``log p(y|x) + log p(x)`` of one operator, data set and prior
+    (normflows' target API: ``log_prob(x) -> (B,)``; also the two terms separately)."""
+
+    def __init__(self, operator, y, prior: Prior, data_weight: float = 1.0, prior_weight: float = 1.0) -> None:
+        if tuple(prior.image_shape) != tuple(operator.image_shape):
+            raise InterferoError(
+                f"prior is for images of shape {tuple(prior.image_shape)},"
+                f" the operator for {tuple(operator.image_shape)}"
+            )
+        self.operator, self.y, self.prior = operator, y, prior
+        self.data_weight, self.prior_weight = float(data_weight), float(prior_weight)
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        return self.operator.log_likelihood(x, self.y)
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prior.log_prob(x)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.data_weight * self.log_likelihood(x) + self.prior_weight * self.log_prior(x)
+
+
+def _data_weight(cfg: DPIConfig, step: int) -> float:
+    if cfg.anneal_steps <= 0 or step >= cfg.anneal_steps:
+        return cfg.data_weight
+    frac = step / cfg.anneal_steps
+    return cfg.data_weight * (cfg.anneal_start + (1 - cfg.anneal_start) * frac)
+
+
+class DPI:
+    """One DPI fit: ``DPI(flow, target, config, out).fit()`` then :meth:`posterior`."""
+
+    def __init__(self, flow: Flow, target: DPITarget, config: DPIConfig, out: str | Path | None = None,
+                 resume: bool = False, progress: bool = True, callback=None) -> None:
+        config.validate()
+        self.flow, self.target, self.cfg = flow, target, config
+        self.out = Path(out) if out is not None else None
+        self.progress, self.callback = progress, callback
+        torch.manual_seed(config.seed)
+        self.opt = torch.optim.Adam(self.flow.parameters(), lr=config.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.step = 0
+        self.history: list[dict] = []
+        self.skipped = 0
+        self.seconds = 0.0
+        if resume:
+            self._resume()
+
+    def _lr_factor(self, step: int) -> float:
+        """Cosine decay to 10% over the run (``lr_decay``), else constant."""
+        if not self.cfg.lr_decay:
+            return 1.0
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, self.cfg.steps) / self.cfg.steps))
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def _paths(self) -> tuple[Path, Path]:
+        return self.out / f"{CHECKPOINT}.safetensors", self.out / f"{CHECKPOINT}.json"
+
+    def save_checkpoint(self) -> None:
+        if self.out is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        tpath, jpath = self._paths()
+        opt_tensors, opt_meta = optimizer_tensors(self.opt)
+        tensors = {f"flow.{k}": v for k, v in self.flow.state_dict().items()} | opt_tensors
+        tensors["rng"] = torch.get_rng_state()
+        save_tensors(tensors, tpath)
+        record = {"step": self.step, "config": asdict(self.cfg), "flow": self.flow.config, "optimizer": opt_meta,
+                  "history": self.history, "skipped": self.skipped, "seconds": self.seconds}
+        atomic_write_text(jpath, json.dumps(record))
+
+    def _resume(self) -> None:
+        if self.out is None:
+            raise InterferoError("resume needs an output directory")
+        tpath, jpath = self._paths()
+        if not jpath.is_file():
+            return  # nothing to resume: a fresh start
+        try:
+            record = json.loads(jpath.read_text())
+        except json.JSONDecodeError as err:
+            raise InterferoError(f"{jpath}: corrupted DPI checkpoint record ({err})") from None
+        if record.get("flow") != self.flow.config:
+            raise InterferoError(f"{jpath}: checkpoint was made with another flow ({record.get('flow')})")
+        tensors = load_tensors(tpath)
+        load_state(self.flow, {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}, str(tpath))
+        load_optimizer(self.opt, tensors, record["optimizer"])
+        torch.set_rng_state(tensors["rng"])
+        self.step = int(record["step"])
+        self.history = record.get("history", [])
+        self.skipped = int(record.get("skipped", 0))
+        self.seconds = float(record.get("seconds", 0.0))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor, last_epoch=self.step - 1)
+
+    # -- optimisation ----------------------------------------------------------------------------------------
+    def loss_terms(self, n: int) -> dict[str, torch.Tensor]:
+        x, log_q = self.flow.sample(n)
+        return {"x": x, "log_q": log_q, "log_lik": self.target.log_likelihood(x), "log_prior": self.target.log_prior(x)}
+
+    def fit(self) -> DPI:
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="dpi", disable=not self.progress, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        seconds0 = self.seconds
+        while self.step < cfg.steps:
+            w = _data_weight(cfg, self.step)
+            terms = self.loss_terms(cfg.batch)
+            per = terms["log_q"] - w * terms["log_lik"] - cfg.prior_weight * terms["log_prior"]
+            loss = per.mean()
+            self.opt.zero_grad(set_to_none=True)
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.grad_clip)
+                ok = bool(torch.isfinite(norm))
+            if ok:
+                self.opt.step()
+            else:
+                self.skipped += 1
+                self.opt.zero_grad(set_to_none=True)
+            self.sched.step()
+            self.step += 1
+            self.seconds = seconds0 + time.perf_counter() - t0
+            if ok and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                rec = {"step": self.step, "loss": loss.item(), "log_lik": terms["log_lik"].mean().item(),
+                       "log_prior": terms["log_prior"].mean().item(), "log_q": terms["log_q"].mean().item(),
+                       "data_weight": w, "seconds": self.seconds}
+                self.history.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", skipped=self.skipped)
+            if self.callback is not None:
+                self.callback(self, terms)
+            if self.out is not None and (self.step % cfg.ckpt_every == 0 or self.step == cfg.steps):
+                self.save_checkpoint()
+            bar.update(1)
+        bar.close()
+        if self.skipped == cfg.steps:
+            raise InterferoError("every DPI step had a non-finite loss; check the data sigmas and the prior")
+        return self
+
+    @torch.no_grad()
+    def sample(self, n: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` posterior samples and their ``log q``."""
+        xs, lqs = [], []
+        for start in range(0, n, chunk):
+            x, lq = self.flow.sample(min(chunk, n - start))
+            xs.append(x)
+            lqs.append(lq)
+        x, lq = torch.cat(xs), torch.cat(lqs)
+        good = torch.isfinite(x.reshape(n, -1)).all(-1) & torch.isfinite(lq)
+        if not bool(good.all()):
+            raise InterferoError(f"{int((~good).sum())} of {n} flow samples are not finite; the fit diverged")
+        return x, lq
+
+    def posterior(self, n: int | None = None) -> Posterior:
+        x, lq = self.sample(n or self.cfg.n_samples)
+        diag = {"method": "dpi", "steps": self.step, "skipped_steps": self.skipped, "seconds": self.seconds,
+                "history": self.history, "config": asdict(self.cfg), "flow": self.flow.config}
+        return summarize(x.double().cpu().numpy(), log_q=lq.double().cpu().numpy(), diagnostics=diag)
+
+
+def fit_dpi(operator, y, prior: Prior, flow: Flow, config: DPIConfig | None = None, out=None, resume: bool = False,
+            progress: bool = True) -> Posterior:
+    """Fits ``flow`` to ``p(x | y)`` and returns its posterior summary (see :class:`DPI`)."""
+    config = config or DPIConfig()
+    target = DPITarget(operator, y, prior, config.data_weight, config.prior_weight)
+    run = DPI(flow, target, config, out=out, resume=resume, progress=progress).fit()
+    return run.posterior()
+
+
+def exact_gaussian_posterior(a: np.ndarray, sigma: float | np.ndarray, y: np.ndarray, mean: np.ndarray,
+                             cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of ``x | y`` for ``y = A x + n``, ``n ~ N(0, diag(sigma^2))``, ``x ~ N(mean, cov)``."""
+    a = np.asarray(a, dtype=np.float64)
+    w = 1.0 / np.broadcast_to(np.asarray(sigma, dtype=np.float64) ** 2, (a.shape[0],))
+    prec = np.linalg.inv(cov) + a.T @ (w[:, None] * a)
+    post_cov = np.linalg.inv(prec)
+    post_cov = 0.5 * (post_cov + post_cov.T)
+    post_mean = post_cov @ (np.linalg.solve(cov, mean) + a.T @ (w * y))
+    return post_mean, post_cov

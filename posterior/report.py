@@ -1,0 +1,116 @@
+"""Writers for posterior results: HDF5 samples, FITS mean/std, JSON metrics, a PNG report (all atomic)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from interfero.io import ImageGeometry, atomic_path, atomic_write_text, write_fits_image
+from interfero.plotting import plt, save_figure
+
+from .summary import Posterior
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(obj: dict, path) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2))
+
+
+def write_samples_h5(post: Posterior, path, metadata: dict) -> None:
+    """``samples`` ``(N, C, H, W)``, ``mean``, ``std``, intervals, ``log_q`` and the loss history; ``metadata``
+    (operator, prior, settings) as JSON in the file attributes."""
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("samples", data=post.samples.astype(np.float32), compression="gzip", compression_opts=4)
+            for k in ("mean", "std", "lo68", "hi68", "lo95", "hi95"):
+                f.create_dataset(k, data=getattr(post, k))
+            if post.log_q is not None:
+                f.create_dataset("log_q", data=post.log_q)
+            hist = post.diagnostics.get("history", [])
+            if hist:
+                keys = sorted(hist[0])
+                f.create_dataset("history", data=np.array([[h[k] for k in keys] for h in hist], dtype=np.float64))
+                f["history"].attrs["columns"] = json.dumps(keys)
+            f.attrs["metadata"] = json.dumps(_jsonable(metadata))
+            diag = {k: v for k, v in post.diagnostics.items() if k != "history"}
+            f.attrs["diagnostics"] = json.dumps(_jsonable(diag))
+            f.attrs["units"] = metadata.get("units", "")
+
+
+def write_fits_summaries(post: Posterior, geom: ImageGeometry, out_dir) -> dict[str, Path]:
+    """``mean.fits`` and ``std.fits`` (ehtim-compatible headers, Jy/pixel)."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for name in ("mean", "std"):
+        p = out_dir / f"{name}.fits"
+        write_fits_image(getattr(post, name).reshape(geom.npix, geom.npix), geom, p, {"POSTSUM": name})
+        paths[name] = p
+    return paths
+
+
+def _imshow(ax, img, geom: ImageGeometry, title: str, cmap="afmhot", fig=None):
+    half = geom.fov_uas / 2
+    im = ax.imshow(img, origin="upper", extent=(half, -half, -half, half), cmap=cmap)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=6)
+    if fig is not None:
+        fig.colorbar(im, ax=ax, fraction=0.046)
+
+
+def plot_report(post: Posterior, geom: ImageGeometry, path, residuals: dict[str, np.ndarray] | None = None,
+                truth: np.ndarray | None = None, title: str = "") -> None:
+    """Mean, std, std/mean, (truth), 8 samples, normalised data residuals per product, loss curve."""
+    n = geom.npix
+    mean, std = post.mean.reshape(n, n), post.std.reshape(n, n)
+    residuals = residuals or {}
+    fig = plt.figure(figsize=(14, 10))
+    gs = fig.add_gridspec(4, 6)
+    top = [(mean, "posterior mean (Jy/px)", "afmhot"), (std, "posterior std (Jy/px)", "viridis"),
+           (std / np.maximum(np.abs(mean), 1e-3 * np.abs(mean).max()), "std / |mean|", "magma")]
+    if truth is not None:
+        top.append((truth, "truth (regridded)", "afmhot"))
+    for i, (img, t, cm) in enumerate(top):
+        _imshow(fig.add_subplot(gs[0, i]), img, geom, t, cm, fig)
+    k = min(8, post.n_samples)
+    for i in range(k):
+        ax = fig.add_subplot(gs[1 + i // 6, i % 6])
+        _imshow(ax, post.samples[i].reshape(n, n), geom, f"sample {i}")
+    row = 2 if k <= 6 else 3
+    col = k % 6 if k <= 6 else k - 6
+    for name, r in residuals.items():
+        if col >= 5:
+            break
+        ax = fig.add_subplot(gs[row, col])
+        ax.plot(r, ".", ms=2)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(f"{name}: residual / sigma", fontsize=9)
+        ax.tick_params(labelsize=6)
+        col += 1
+    hist = post.diagnostics.get("history", [])
+    if hist:
+        ax = fig.add_subplot(gs[3, 4:])
+        steps = [h["step"] for h in hist]
+        ax.plot(steps, [h["loss"] for h in hist], lw=0.8)
+        ax.set_yscale("symlog")
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_title("DPI loss", fontsize=9)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
