@@ -1,0 +1,114 @@
+"""``interfero reconstruct``: outputs of a tiny run, resume, and bad input -> one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from interfero.io import read_fits_image, read_uvfits, write_uvfits
+from posterior.cli import main
+from posterior.reconstruct import gaussian_blob, zero_baseline_flux
+
+from .conftest import shared_path
+
+TINY = ["--steps", "2", "--batch", "2", "--samples", "4", "--elbo-draws", "1", "--blocks", "2", "--quiet",
+        "--threads", "2"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def grmhd():
+    return shared_path("observations", "grmhd_sgra_2017")
+
+
+def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
+    out = tmp_path / "rec"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", "--truth", grmhd / "truth.fits", *TINY,
+                    "--out", out)
+    assert code == 0, cap.err
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("nxcorr", "nxcorr_blur10", "nxcorr_blur20", "chi2_cphase", "chi2_logcamp", "total_flux",
+                "runtime_s", "steps", "n_samples"):
+        assert key in m and np.isfinite(m[key]), key
+    assert m["steps"] == 2 and m["n_samples"] == 4
+    assert m["flux_from"] == "zero-baseline amplitude"
+    assert m["flux_constraint_jy"] == pytest.approx(2.0, rel=0.1)  # truth: 1.995 Jy
+    mean, geom = read_fits_image(out / "mean.fits")
+    std, _ = read_fits_image(out / "std.fits")
+    assert mean.shape == (32, 32) and geom.fov_uas == pytest.approx(160.0)
+    assert (mean > 0).all() and (std > 0).all()
+    with h5py.File(out / "samples.h5") as f:
+        assert f["samples"].shape == (4, 1, 32, 32)
+        np.testing.assert_allclose(f["mean"][...], mean.reshape(1, 32, 32), rtol=1e-6)
+        meta = json.loads(f.attrs["metadata"])
+        assert meta["operator"]["products"] == ["cphase", "logcamp"] and meta["prior"]["name"] == "bh32"
+    for png in ("report.png", "uv_coverage.png"):
+        assert (out / png).stat().st_size > 10_000
+
+
+def test_resume_continues_from_the_checkpoint(grmhd, tmp_path, capsys):
+    out = tmp_path / "rec"
+    assert run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", out)[0] == 0
+    first = json.loads((out / "dpi-checkpoint.json").read_text())
+    assert first["step"] == 2
+    args = [a if a != "2" or i != 1 else "4" for i, a in enumerate(TINY)]
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *args, "--resume", "--out", out)
+    assert code == 0, cap.err
+    second = json.loads((out / "dpi-checkpoint.json").read_text())
+    assert second["step"] == 4
+    assert second["history"][: len(first["history"])] == first["history"]
+
+
+def test_zero_baseline_flux_and_blob(grmhd):
+    obs = read_uvfits(grmhd / "obs.uvfits")
+    assert zero_baseline_flux(obs) == pytest.approx(1.995, rel=0.05)
+    from interfero.io import ImageGeometry
+
+    blob = gaussian_blob(ImageGeometry(32, 160.0), 2.0, 50.0)
+    assert float(blob.sum()) == pytest.approx(2.0, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--npix", "64"], "is for 32x32 images, not 64x64"),
+        (["--fov", "200"], "trained on a 160 uas field of view"),
+        (["--data", "cphase,foo"], "unknown data product"),
+        (["--prior", "nosuchprior"], "nosuchprior"),
+        (["--samples", "1"], "--samples must be >= 2"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(grmhd, tmp_path, capsys, extra, message):
+    out = tmp_path / "rec"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, *extra, "--out", out)
+    assert code == 2
+    assert message in cap.err and len(cap.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_files_are_one_line_errors(grmhd, tmp_path, capsys):
+    empty = tmp_path / "empty.uvfits"
+    empty.write_bytes(b"")
+    code, cap = run(capsys, "reconstruct", empty, *TINY, "--out", tmp_path / "a")
+    assert code == 2 and "empty file" in cap.err
+    # two stations: no closure quantities
+    obs = read_uvfits(grmhd / "obs.uvfits")
+    two = obs.keep_stations(["AA", "AP"] if "AP" in obs.stations else list(obs.stations[:2]))
+    write_uvfits(two, tmp_path / "two.uvfits")
+    code, cap = run(capsys, "reconstruct", tmp_path / "two.uvfits", *TINY, "--out", tmp_path / "b")
+    assert code == 2 and "no closure phases" in cap.err and not (tmp_path / "b").exists()
+    # an output path below a file
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", blocker / "sub")
+    assert code == 2 and "output" in cap.err
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", blocker)
+    assert code == 2 and "not a folder" in cap.err
