@@ -19,9 +19,8 @@ $(VENV)/.test: $(VENV)/.base
 	touch $@
 
 demo: $(VENV)/.base
-	$(VENV)/bin/interfero simulate --image data/demo/crescent_grf_64.fits --array EHT2017 --out $(OUT)
-	$(VENV)/bin/interfero inspect $(OUT)/obs.uvfits --json $(OUT)/inspect.json
-	$(VENV)/bin/interfero sample-prior --prior default --n 16 --steps 300 --out $(OUT)/prior
+	$(VENV)/bin/interfero reconstruct data/demo/eht2017_crescent_grf.uvfits --prior default --data cphase,logcamp \
+		--npix 32 --fov 160 --steps 300 --samples 256 --truth data/demo/crescent_grf_64.fits --out $(OUT)
 
 test: $(VENV)/.test
 	$(PY) -m ruff check .
