@@ -57,7 +57,8 @@ def run(prior: str = "ode", steps: int = 2500, batch: int = 512, seed: int = 0, 
         with torch.no_grad():
             return dpi.flow.log_prob(torch.tensor(pts, dtype=torch.float32).reshape(-1, 1, 1, 2)).double().numpy()
 
-    return {"prior": prior, "steps": steps, "batch": batch, "seconds": seconds,
+    return {"prior": prior, "steps": steps, "batch": batch, "rtol": rtol if prior == "ode" else None,
+            "seconds": seconds,
             "kl": grid_kl(log_q, toy.log_posterior), "mass_lower_left_true": toy.mass_lower_left(),
             "mass_lower_left_dpi": float((x.sum(1) < 0).mean()), "_draw": (x, log_q, toy)}
 
@@ -67,11 +68,12 @@ def main() -> None:
     ap.add_argument("--prior", choices=("ode", "exact"), default="ode")
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--rtol", type=float, default=1e-4, help="ODE tolerance (atol = rtol / 10)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
     ap.add_argument("--out", default="outputs/toy2d_dpi")
     args = ap.parse_args()
-    res = run(args.prior, args.steps, args.batch, args.seed, progress=True)
+    res = run(args.prior, args.steps, args.batch, args.seed, progress=True, rtol=args.rtol)
     x, log_q, toy = res.pop("_draw")
     g = np.linspace(-1.5, 1.5, 201)
     xx, yy = np.meshgrid(g, g, indexing="ij")
