@@ -57,7 +57,7 @@ class ReconstructSettings:
     npix: int = 32
     fov_uas: float = 160.0
     flux: float | None = None
-    flux_sigma_frac: float = 0.05
+    flux_sigma_frac: float = 0.01
     steps: int = 600
     batch: int = 16
     lr: float = 2e-3
