@@ -78,18 +78,22 @@ def test_dpi_mixture_prior_toy_single_mode_posterior():
     assert grid_kl(log_q, toy.log_posterior) < 0.05
 
 
-def _small_dpi(out, steps, resume=False):
+def _small_dpi(out, steps, resume=False, callback=None):
     pb = gaussian_dft_problem(npix=8, prior=GaussianPrior(torch.zeros(1, 8, 8), 0.1 * torch.eye(64)))
     flow = build_flow((1, 8, 8), kind="realnvp", blocks=2, hidden=8, output="none")
     cfg = DPIConfig(steps=steps, batch=8, n_samples=16, ckpt_every=5, seed=3)
-    return DPI(flow, DPITarget(pb.operator, pb.y.float(), pb.prior), cfg, out=out, resume=resume, progress=False)
+    return DPI(flow, DPITarget(pb.operator, pb.y.float(), pb.prior), cfg, out=out, resume=resume, progress=False,
+               callback=callback)
 
 
 def test_resume_continues_bit_exactly(tmp_path):
     full = _small_dpi(tmp_path / "full", 20).fit()
-    first = _small_dpi(tmp_path / "split", 20)
-    first.cfg.steps = 10  # an interruption after step 10 (the checkpoint at step 10 is on disk)
-    first.fit()
+    def crash(dpi, _terms):
+        if dpi.step == 12:  # steps 11-12 are done but not checkpointed (the last checkpoint is step 10)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _small_dpi(tmp_path / "split", 20, callback=crash).fit()
     second = _small_dpi(tmp_path / "split", 20, resume=True)
     assert second.step == 10
     second.fit()
