@@ -2,7 +2,11 @@
 
 Small stateless functions in the k-diffusion style: ``(score_fn, sde, x, ...,
 callback)``; ``x`` is the starting state at ``T`` (draw it with
-``sde.prior_sampling``). Both return the denoised state at ``sde.eps``.
+``sde.prior_sampling``). Both return the state at ``sde.eps``;
+:func:`tweedie_denoise` then maps it to ``E[x(0) | x(eps)]``, which removes
+the residual noise of std ``sigma(eps)`` left at the smallest time (for the
+VP SDE at eps = 1e-3 that is 0.0105 in transformed units: over a 32x32 image
+it broadens the distribution of total flux visibly).
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def reverse_sde(
         if callback is not None:
             callback(i, ts[i + 1], x)
     return x
+
+
+@torch.no_grad()
+def tweedie_denoise(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: float | None = None) -> torch.Tensor:
+    """Tweedie's formula: ``E[x(0) | x(t)] = (x + sigma(t)^2 score(x, t)) / alpha(t)`` (default ``t = eps``).
+
+    ``alpha(t)``, ``sigma(t)``: the mean scale and std of ``p_0t`` (``sde.coefficients``).
+    """
+    tt = sde.time_tensor(sde.eps if t is None else t, x)
+    alpha, sigma = (_bcast(c, x) for c in sde.coefficients(tt))
+    return (x + sigma**2 * score_fn(x, tt)) / alpha
 
 
 @torch.no_grad()

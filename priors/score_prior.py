@@ -22,7 +22,7 @@ from .base import Prior
 from .elbo import TimeSampler, elbo
 from .networks import NoisePredictionScore
 from .ode import pf_ode_logp
-from .sampling import probability_flow, reverse_sde
+from .sampling import probability_flow, reverse_sde, tweedie_denoise
 from .sde import SDE, _bcast
 
 METHODS = ("ode", "elbo")
@@ -107,9 +107,13 @@ class ScorePrior(Prior):
 
     @torch.no_grad()
     def sample(self, n: int, steps: int = 500, generator: torch.Generator | None = None, batch: int = 256,
-               progress: bool = False, sampler: str = "sde", rtol: float = 1e-3) -> torch.Tensor:
+               progress: bool = False, sampler: str = "sde", rtol: float = 1e-3, denoise: bool = True) -> torch.Tensor:
         """``n`` images in data units: ``sampler="sde"`` (reverse SDE, Euler-Maruyama, ``steps`` steps)
-        or ``"ode"`` (the probability-flow ODE, dopri5 at ``rtol``; deterministic given the start)."""
+        or ``"ode"`` (the probability-flow ODE, dopri5 at ``rtol``; deterministic given the start).
+
+        ``denoise``: finish with Tweedie's formula at ``eps`` (:func:`priors.sampling.tweedie_denoise`),
+        i.e. return draws of ``E[x(0) | x(eps)]`` rather than of ``p_eps``; off, the samples are from the
+        model density itself (the one ``log_prob`` scores), residual noise of std ``sigma(eps)`` included."""
         if sampler not in ("sde", "ode"):
             raise InterferoError(f"unknown sampler {sampler!r} (choose from sde, ode)")
         out = []
@@ -120,5 +124,7 @@ class ScorePrior(Prior):
                 z = reverse_sde(self.score_model, self.sde, z, steps, generator, progress=progress)
             else:
                 z = probability_flow(self.score_model, self.sde, z, rtol=rtol, atol=rtol)
+            if denoise:
+                z = tweedie_denoise(self.score_model, self.sde, z)
             out.append(self.from_z(z))
         return torch.cat(out)

@@ -136,3 +136,21 @@ def test_probability_flow_sampler_inverts_the_encoding(gauss):
     _, sde, score, x, exact = gauss
     back = probability_flow(score, sde, exact.z[:2], rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(back, x[:2], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.3])
+def test_tweedie_denoise_is_the_gaussian_posterior_mean(gauss, t):
+    # E[x0 | xt] = mu + cov alpha (alpha^2 cov + sigma^2 I)^-1 (xt - alpha mu), independent of the score code
+    from priors.sampling import tweedie_denoise
+
+    g, sde, score, x, _ = gauss
+    alpha, sigma = (float(c) for c in sde.coefficients(torch.tensor(t, dtype=torch.float64)))
+    gen = torch.Generator().manual_seed(3)
+    xt = alpha * x.double() + sigma * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    mu, cov = g.mean.reshape(-1), g.cov
+    d = mu.numel()
+    rhs = (xt.reshape(len(xt), -1) - alpha * mu).T
+    eye = torch.eye(d, dtype=cov.dtype)
+    want = mu[:, None] + alpha * cov @ torch.linalg.solve(alpha**2 * cov + sigma**2 * eye, rhs)
+    got = tweedie_denoise(score, sde, xt, t)
+    torch.testing.assert_close(got.reshape(len(xt), -1), want.T, rtol=1e-8, atol=1e-8)
