@@ -106,7 +106,7 @@ def main() -> None:
     print(f"{'':>16}" + "".join(f"{k:>15}" for k in keys))
     for name, r in rows.items():
         print(f"{name:>16}" + "".join(f"{r[k]:15.4g}" for k in keys))
-    res = {"observation": str(obs_path), "stations": list(obs.stations), "n_vis": obs.n_vis, **rows}
+    res = {"observation": str(obs_path), "stations": obs.summary()["stations"], "n_vis": obs.n_vis, **rows}
     if args.json:
         write_json(res, args.json)
 
