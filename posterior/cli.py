@@ -66,6 +66,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flux", type=_positive_float, help="total flux in Jy (default: the zero-baseline amplitude)")
     p.add_argument("--flux-sigma", type=_positive_float, default=d.flux_sigma_frac,
                    help="width of the total-flux term as a fraction of the flux")
+    p.add_argument("--sys-noise", type=float, default=d.sys_noise,
+                   help="fractional systematic noise added in quadrature to visibility sigmas (e.g. 0.01)")
     p.add_argument("--steps", type=int, default=d.steps, help="DPI optimisation steps")
     p.add_argument("--batch", type=_positive_int, default=d.batch, help="flow samples per step")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam step size")
@@ -87,7 +89,8 @@ def _reconstruct(args) -> None:
     products = tuple(x.strip() for x in args.data.split(",") if x.strip())
     s = rec.ReconstructSettings(
         prior=args.prior, prior_method=args.prior_method, elbo_draws=args.elbo_draws, products=products,
-        npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, steps=args.steps,
+        npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
+        steps=args.steps,
         batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow, flow_blocks=args.blocks,
         anneal_steps=args.anneal, seed=args.seed, allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
     )

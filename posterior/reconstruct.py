@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interfero.corruptions import add_systematic_noise
 from interfero.errors import InterferoError
 from interfero.io import ImageGeometry, read_fits_image, read_uvfits
 from interfero.observation import Observation
@@ -58,6 +59,7 @@ class ReconstructSettings:
     fov_uas: float = 160.0
     flux: float | None = None
     flux_sigma_frac: float = 0.01
+    sys_noise: float = 0.0
     steps: int = 600
     batch: int = 16
     lr: float = 2e-3
@@ -125,6 +127,10 @@ def build_problem(obs_path, s: ReconstructSettings):
         raise InterferoError(f"--samples must be >= 2, got {s.samples}")
     geom = ImageGeometry(s.npix, s.fov_uas)
     obs = read_uvfits(obs_path)
+    if not (math.isfinite(s.sys_noise) and 0 <= s.sys_noise < 1):
+        raise InterferoError(f"--sys-noise must be a fraction in [0, 1), got {s.sys_noise}")
+    if s.sys_noise > 0:  # error budget for what the model cannot fit (pixelisation, non-closing errors)
+        obs = add_systematic_noise(obs, s.sys_noise)
     closures = obs.closures
     if "cphase" in s.products and closures.n_cphase == 0:
         raise InterferoError(f"{obs_path}: no closure phases (needs 3 stations observing at the same time)")
@@ -172,7 +178,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     metrics = {"method": "dpi", "prior": prior.name, "prior_method": s.prior_method, "products": list(s.products),
                "npix": s.npix, "fov_uas": s.fov_uas, "total_flux": float(post.mean.sum()),
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
-               "flux_constraint_jy": flux, "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
+               "flux_constraint_jy": flux, "sys_noise": s.sys_noise,
+               "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
                "steps": run.step, "skipped_steps": run.skipped, "n_samples": post.n_samples,
                "fit_seconds": run.seconds}
     metrics |= reduced_chi2(op, mean)

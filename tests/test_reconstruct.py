@@ -7,6 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from interfero.io import read_fits_image, read_uvfits, write_uvfits
 from posterior.cli import main
@@ -75,6 +76,21 @@ def test_zero_baseline_flux_and_blob(grmhd):
     assert float(blob.sum()) == pytest.approx(2.0, rel=1e-5)
 
 
+def test_systematic_noise_inflates_the_closure_sigmas(grmhd):
+    from interfero.corruptions import add_systematic_noise
+    from interfero.io import ImageGeometry
+    from interfero.operators import InterferometryOperator
+    from posterior.reconstruct import ReconstructSettings, build_problem
+
+    obs = read_uvfits(grmhd / "obs.uvfits")
+    _, _, op0, _, _ = build_problem(grmhd / "obs.uvfits", ReconstructSettings())
+    _, _, op2, _, _ = build_problem(grmhd / "obs.uvfits", ReconstructSettings(sys_noise=0.02))
+    ref = InterferometryOperator(add_systematic_noise(obs, 0.02), ImageGeometry(32, 160.0), products=op2.products)
+    for k in op2.products:
+        assert torch.all(op2.sigmas[k] > op0.sigmas[k])
+        torch.testing.assert_close(op2.sigmas[k], ref.sigmas[k])
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
@@ -84,6 +100,8 @@ def test_zero_baseline_flux_and_blob(grmhd):
         (["--data", "cphase,foo"], "unknown data product"),
         (["--prior", "nosuchprior"], "nosuchprior"),
         (["--samples", "1"], "--samples must be >= 2"),
+        (["--sys-noise", "-0.1"], "--sys-noise must be a fraction"),
+        (["--sys-noise", "nan"], "--sys-noise must be a fraction"),
     ],
 )
 def test_bad_settings_are_one_line_errors(grmhd, tmp_path, capsys, extra, message):
