@@ -35,14 +35,15 @@ from posterior.validation import gaussian_dft_problem
 
 
 def run(steps: int, samples: int, prior: str = "exact", score_method: str = "elbo", batch: int = 64,
-        lr: float = 1e-3, seed: int = 0, progress: bool = False) -> dict:
+        lr: float = 1e-3, seed: int = 0, progress: bool = False, elbo_draws: int = 8) -> dict:
     pb = gaussian_dft_problem(seed=seed)
     if prior == "exact":
         p = pb.prior
     else:
         from priors.pretrained import load_prior
 
-        p = load_prior("faces16", method=score_method, expect_image_size=16)
+        p = load_prior("faces16", method=score_method, expect_image_size=16,
+                       elbo={"draws": elbo_draws, "importance": True})
     flow = build_flow(pb.prior.image_shape, kind="glow", layout="dense", blocks=4, hidden=128, output="none",
                       init=pb.prior.mean.float(), init_spread=0.1, seed=seed)
     cfg = DPIConfig(steps=steps, batch=batch, lr=lr, n_samples=samples, seed=seed)
@@ -52,6 +53,7 @@ def run(steps: int, samples: int, prior: str = "exact", score_method: str = "elb
     m, s = post.mean.reshape(-1), post.std.reshape(-1)
     return {
         "prior": prior if prior == "exact" else f"faces16 ({score_method})",
+        "elbo_draws": elbo_draws if prior == "score" and score_method == "elbo" else None,
         "steps": steps, "n_samples": samples, "batch": batch, "seconds": time.perf_counter() - t0,
         "mean_rel_err": float(np.median(np.abs(m - pb.post_mean) / np.abs(pb.post_mean))),
         "std_rel_err": float(np.median(np.abs(s - pb.post_std) / pb.post_std)),
@@ -66,11 +68,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--prior", choices=("exact", "score"), default="exact")
     ap.add_argument("--score-method", choices=("elbo", "ode"), default="elbo")
+    ap.add_argument("--elbo-draws", type=int, default=8, help="time/noise draws per image of the ELBO prior")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
     ap.add_argument("--out", default="outputs/validate_gaussian_posterior")
     args = ap.parse_args()
-    res = run(args.steps, args.samples, args.prior, args.score_method, args.batch, seed=args.seed, progress=True)
+    res = run(args.steps, args.samples, args.prior, args.score_method, args.batch, seed=args.seed, progress=True,
+              elbo_draws=args.elbo_draws)
     tm, ts, m, s = res.pop("_arrays")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
