@@ -186,6 +186,9 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     if truth_img is not None:
         metrics |= image_metrics(post.mean.reshape(s.npix, s.npix), truth_img, geom)
         metrics["truth"] = str(truth)
+        # what the featureless starting blob already scores: nxcorr is only meaningful above it
+        base = image_metrics(init[0].numpy().astype(np.float64), truth_img, geom)
+        metrics |= {f"init_blob_{k}": base[k] for k in ("nxcorr", "nxcorr_blur10", "nxcorr_blur20")}
     meta = {"observation": str(obs_path), "source": obs.source, "units": "Jy/pixel",
             "geometry": {"npix": s.npix, "fov_uas": s.fov_uas}, "settings": asdict(s),
             "operator": {"products": list(op.products), "total_flux": flux, "flux_sigma": op.flux_sigma,
