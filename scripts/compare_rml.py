@@ -112,4 +112,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from interfero.errors import InterferoError
+
+    try:
+        main()
+    except InterferoError as err:
+        print(f"compare_rml: error: {err}", file=sys.stderr)
+        sys.exit(2)
