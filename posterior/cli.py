@@ -90,7 +90,8 @@ def _reconstruct(args) -> None:
     s = rec.ReconstructSettings(
         prior=args.prior, prior_method=args.prior_method, elbo_draws=args.elbo_draws, products=products,
         npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
-        steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow, flow_blocks=args.blocks,
+        steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
+        flow_blocks=args.blocks,
         anneal_steps=args.anneal, seed=args.seed, allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
     )
     m = rec.reconstruct(args.obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)
