@@ -47,6 +47,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--sample-every", type=int, default=2000, help="sample grid every N steps (0: never)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=_positive(int), help="torch CPU threads")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="after warm-up: constant, or cosine decay to --lr-min over --steps")
+    t.add_argument("--lr-min", type=float, default=0.0, help="final learning rate of the cosine schedule")
+    t.add_argument("--likelihood-fraction", type=float, default=0.0,
+                   help="fraction of each batch with t drawn from g^2/std^2 (likelihood weighting; 0: uniform t)")
+    t.add_argument("--init", help="start from this prior's weights (NAME.json + NAME.safetensors): fine-tuning;"
+                   " its architecture, SDE and data transform are kept")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.json")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_train_prior)
@@ -85,6 +92,7 @@ def _channel_mult(text: str | None):
 
 
 def run_train_prior(args: argparse.Namespace) -> dict:
+    from .pretrained import prior_path
     from .sde import SDES
     from .train import TrainConfig, train
 
@@ -97,7 +105,8 @@ def run_train_prior(args: argparse.Namespace) -> dict:
         warmup=args.warmup, grad_clip=args.grad_clip, ema_decay=args.ema, width=args.width,
         channel_mult=_channel_mult(args.channel_mult), num_res_blocks=args.num_res_blocks, sde=sde,
         augment=not args.no_augment, ckpt_every=args.ckpt_every, sample_every=args.sample_every, seed=args.seed,
-        threads=args.threads,
+        threads=args.threads, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
+        likelihood_fraction=args.likelihood_fraction, init=str(prior_path(args.init)) if args.init else None,
     )
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     print(json.dumps(result))

@@ -1,9 +1,18 @@
 """Denoising score matching: the training loop of score priors.
 
-Loss (continuous t, noise prediction): ``E_{t ~ U(eps, 1), z} || net(alpha x + std z, t) - z ||^2``,
-i.e. DSM with weighting ``std(t)^2``. Adam with linear warm-up, gradient-norm
-clipping, EMA weights (``torch.optim.swa_utils.AveragedModel``), tqdm
-progress, periodic sample grids (PNG, reverse SDE from the EMA weights).
+Loss (continuous t, noise prediction): ``E_{t ~ q, z} || net(alpha x + std z, t) - z ||^2``.
+With ``q = U(eps, T)`` (default) this is DSM with weighting ``std(t)^2``, the
+usual choice for sample quality. ``likelihood_fraction = f`` draws a fraction
+``f`` of each batch's ``t`` from ``q(t) ~ g(t)^2 / std(t)^2`` instead (the
+ELBO's :class:`priors.elbo.TimeSampler`): with ``f = 1`` the loss is, up to a
+constant, the likelihood-weighted DSM of Song, Durkan, Murray & Ermon (2021)
+with importance sampling, i.e. minus the ELBO -- it puts the effort on small
+``t``, where the exact log p and the ELBO are decided. Adam with linear
+warm-up and an optional cosine decay (``lr_schedule="cosine"``, down to
+``lr_min``), gradient-norm clipping, EMA weights
+(``torch.optim.swa_utils.AveragedModel``), tqdm progress, periodic sample
+grids (PNG, reverse SDE from the EMA weights). ``init`` starts from the EMA
+weights (and data transform) of an existing prior file pair: fine-tuning.
 
 Reproducible and resumable: the randomness of step ``k`` (batch indices,
 flips, t, noise) comes from a generator seeded by ``(seed, rank, k)``, and a
@@ -23,9 +32,10 @@ Several processes: launched with ``torchrun --nproc_per_node=N``, the loop uses
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +46,17 @@ from tqdm.auto import tqdm
 from interfero.errors import InterferoError
 from interfero.io import atomic_write_text
 
-from .checkpoint import load_optimizer, load_state, load_tensors, optimizer_tensors, save_tensors, write_prior
+from .checkpoint import (
+    load_optimizer,
+    load_state,
+    load_tensors,
+    optimizer_tensors,
+    read_record,
+    save_tensors,
+    write_prior,
+)
 from .datasets.store import load_dataset
+from .elbo import TimeSampler
 from .networks import UNet, count_parameters
 from .sde import SDE, _bcast, sde_from_config
 
@@ -67,6 +86,22 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     keep_checkpoints: int = 2
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    likelihood_fraction: float = 0.0
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InterferoError(f"unknown learning-rate schedule {self.lr_schedule!r}"
+                                 f" (choose from {', '.join(LR_SCHEDULES)})")
+        if not 0.0 <= self.likelihood_fraction <= 1.0:
+            raise InterferoError(f"likelihood fraction must be in [0, 1], got {self.likelihood_fraction}")
+        if not 0.0 <= self.lr_min <= self.lr:
+            raise InterferoError(f"lr_min must be in [0, lr], got {self.lr_min}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def data_transform(images: np.ndarray) -> dict:
@@ -81,20 +116,41 @@ def data_transform(images: np.ndarray) -> dict:
     return {"shift": 0.5 * (hi + lo), "scale": 0.5 * (hi - lo)}
 
 
+def training_times(sde: SDE, n: int, generator: torch.Generator | None = None, dtype=torch.float32,
+                   likelihood_fraction: float = 0.0, sampler: TimeSampler | None = None) -> torch.Tensor:
+    """``n`` diffusion times: the last ``round(f n)`` from ``q(t) ~ g^2 / std^2``, the others ``U(eps, T)``."""
+    t = sde.eps + (sde.T - sde.eps) * torch.rand(n, generator=generator, dtype=dtype)
+    k = int(round(likelihood_fraction * n))
+    if k:
+        sampler = sampler or TimeSampler(sde, importance=True)
+        t[n - k:] = sampler.sample(k, generator, dtype)[0]
+    return t
+
+
 def dsm_loss(net, sde: SDE, z0: torch.Tensor, generator: torch.Generator | None = None,
-             device: torch.device | None = None) -> torch.Tensor:
-    """Noise-prediction DSM loss per image ``(B,)`` at random ``t ~ U(eps, T)``.
+             device: torch.device | None = None, likelihood_fraction: float = 0.0,
+             sampler: TimeSampler | None = None) -> torch.Tensor:
+    """Noise-prediction DSM loss per image ``(B,)`` at random ``t`` (see :func:`training_times`).
 
     ``t`` and the noise are drawn on the CPU from ``generator`` (so a run is the same on any device)
     and moved with the images to ``device``.
     """
-    t = sde.eps + (sde.T - sde.eps) * torch.rand(z0.shape[0], generator=generator, dtype=z0.dtype)
+    t = training_times(sde, z0.shape[0], generator, z0.dtype, likelihood_fraction, sampler)
     noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
     alpha, std = sde.coefficients(t)
     xt = _bcast(alpha, z0) * z0 + _bcast(std, z0) * noise
     if device is not None:
         xt, t, noise = xt.to(device), t.to(device), noise.to(device)
     return (net(xt, t) - noise).pow(2).reshape(z0.shape[0], -1).mean(-1)
+
+
+def _with_init_architecture(config: TrainConfig) -> TrainConfig:
+    """``config`` with the network and SDE settings of the prior it starts from (``config.init``)."""
+    record = read_record(config.init)
+    net = record["network"]
+    return replace(config, width=int(net["width"]), channel_mult=list(net["channel_mult"]),
+                   num_res_blocks=int(net["num_res_blocks"]), dropout=float(net.get("dropout", 0.0)),
+                   sde=dict(record["sde"]))
 
 
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -113,6 +169,8 @@ class Trainer:
     """One training run (see the module docstring)."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        if config.init:
+            config = _with_init_architecture(config)
         self.cfg = config
         self.out = Path(config.out)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -146,6 +204,12 @@ class Trainer:
             self.transform = ckpt["transform"]
             if ckpt["config"]["data"] != config.data or ckpt["image_size"] != self.image_size:
                 raise InterferoError(f"{self.out}: the checkpoint was made for other data ({ckpt['config']['data']})")
+        elif config.init:
+            init = read_record(config.init)
+            if int(init["image_size"]) != self.image_size:
+                raise InterferoError(f"{config.init}: a prior for {init['image_size']} px images cannot start"
+                                     f" training on {self.image_size} px images")
+            self.transform = init["transform"]
         else:
             self.transform = data_transform(images)
         self.z = (torch.from_numpy(images) - self.transform["shift"]) / self.transform["scale"]
@@ -159,8 +223,11 @@ class Trainer:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.step = 0
         self.history: list[list[float]] = []
+        self.time_sampler = TimeSampler(self.sde, importance=True) if config.likelihood_fraction > 0 else None
         if ckpt is not None:
             self._load(ckpt)
+        elif config.init:
+            self._init_from(config.init)
         self.model = self.net
         if self.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(self.net)
@@ -182,6 +249,12 @@ class Trainer:
         load_optimizer(self.opt, tensors, ckpt["optimizer"])
         self.step = int(ckpt["step"])
         self.history = ckpt.get("history", [])
+
+    def _init_from(self, stem: str) -> None:
+        """Network and EMA start from the (EMA) weights of the prior file pair ``stem``."""
+        state = load_tensors(Path(stem).with_suffix(".safetensors"))
+        load_state(self.net, state, str(stem))
+        self.ema.module.load_state_dict(self.net.state_dict())
 
     def save_checkpoint(self) -> None:
         if self.rank != 0:
@@ -222,7 +295,13 @@ class Trainer:
 
     # --- loop ---------------------------------------------------------------------------
     def _lr(self) -> float:
-        return self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup))
+        cfg = self.cfg
+        if self.step < cfg.warmup:
+            return cfg.lr * (self.step + 1) / cfg.warmup
+        if cfg.lr_schedule == "cosine":
+            frac = (self.step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+            return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, frac)))
+        return cfg.lr
 
     def train_step(self) -> float:
         g = _step_generator(self.cfg.seed, self.rank, self.step)
@@ -232,7 +311,8 @@ class Trainer:
             z0 = _augment(z0, g)
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
-        loss = dsm_loss(self.model, self.sde, z0, g, self.device).mean()
+        loss = dsm_loss(self.model, self.sde, z0, g, self.device, self.cfg.likelihood_fraction,
+                        self.time_sampler).mean()
         if not torch.isfinite(loss):
             raise InterferoError(f"training loss became {loss.item()} at step {self.step}; lower --lr")
         self.opt.zero_grad(set_to_none=True)

@@ -2,6 +2,13 @@
 
     python scripts/train_default_prior.py --out outputs/bh32 [--steps N] [--resume]
 
+The shipped ``bh32`` was made in two stages (its JSON record holds the second
+stage's settings, whose ``init`` names the first stage's result):
+
+    python scripts/train_default_prior.py --out outputs/bh32 --steps 12000 --no-install
+    python scripts/train_default_prior.py --out outputs/bh32ft --init outputs/bh32/prior \
+        --steps 2500 --lr 2e-4 --lr-schedule cosine --likelihood-fraction 0.25
+
 1. generates the synthetic black-hole set (priors.datasets.blackholes,
    20000 images, 32x32 over 160 uas, seed 0) into OUT/blackholes.h5;
 2. trains the noise-prediction U-Net on it with the VP SDE (settings below;
@@ -32,6 +39,10 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--init", help="fine-tune: start from this prior file pair (e.g. outputs/bh32/prior)")
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    ap.add_argument("--likelihood-fraction", type=float, default=0.0,
+                    help="fraction of t drawn from g^2/std^2 (priors.train.training_times)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-install", action="store_true", help="do not copy the result into data/weights")
     args = ap.parse_args()
@@ -44,7 +55,8 @@ def main() -> None:
     cfg = TrainConfig(
         data=str(data), out=str(out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=200,
         width=args.width, ema_decay=0.999, ckpt_every=min(250, args.steps), sample_every=1000, sample_steps=200,
-        threads=args.threads, augment=True,
+        threads=args.threads, augment=True, init=args.init, lr_schedule=args.lr_schedule,
+        likelihood_fraction=args.likelihood_fraction,
     )
     print(train(cfg, resume=args.resume))
     if not args.no_install:

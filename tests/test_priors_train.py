@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from interfero.errors import InterferoError
 from posterior.cli import main
 from priors.checkpoint import load_prior_network, load_tensors
 from priors.datasets import make_dataset
@@ -122,3 +124,77 @@ def test_train_function_reports_speed(faces, tmp_path):
     res = train(TrainConfig(data=str(faces), out=str(tmp_path / "s"), steps=2, ckpt_every=2, **SMALL), progress=False)
     assert res["steps"] == 2 and res["steps_per_s"] > 0
     assert Path(tmp_path / "s" / "prior.safetensors").is_file()
+
+
+def test_likelihood_times_follow_g2_over_std2():
+    """``t ~ q(t) ~ g^2 / std^2``: for the VP SDE ``g^2 / std^2 = d/dt logit(std^2)``, so the CDF is closed-form."""
+    from scipy.stats import kstest
+
+    from priors.train import training_times
+
+    sde = VPSDE()
+    g = torch.Generator().manual_seed(0)
+    t = training_times(sde, 4000, g, torch.float64, likelihood_fraction=0.5)
+    uniform, weighted = t[:2000].numpy(), t[2000:].numpy()
+
+    def logit_var(s):
+        v = sde.coefficients(torch.as_tensor(s, dtype=torch.float64))[1].numpy() ** 2
+        return np.log(v / (1 - v))
+
+    lo, hi = logit_var(sde.eps), logit_var(sde.T)
+    assert kstest(weighted, lambda s: (logit_var(s) - lo) / (hi - lo)).pvalue > 1e-3
+    assert kstest(uniform, "uniform", args=(sde.eps, sde.T - sde.eps)).pvalue > 1e-3
+    assert kstest(weighted, "uniform", args=(sde.eps, sde.T - sde.eps)).pvalue < 1e-6  # they differ
+
+
+def test_cosine_schedule_and_bad_settings(faces, tmp_path):
+    cfg = TrainConfig(data=str(faces), out=str(tmp_path / "c"), steps=110, ckpt_every=1000, lr_schedule="cosine",
+                      lr_min=1e-4, **SMALL)
+    trainer = Trainer(cfg, progress=False)
+    lrs = []
+    for step in (0, 9, 10, 60, 109, 110):
+        trainer.step = step
+        lrs.append(trainer._lr())
+    assert lrs[0] == pytest.approx(2e-4) and lrs[1] == pytest.approx(2e-3) and lrs[2] == pytest.approx(2e-3)
+    assert lrs[3] == pytest.approx(1e-4 + 0.5 * 1.9e-3 * (1 + np.cos(np.pi * 0.5)))
+    assert lrs[4] == pytest.approx(1e-4, rel=1e-2) and lrs[5] == pytest.approx(1e-4)
+    for bad, msg in (({"lr_schedule": "step"}, "schedule"), ({"likelihood_fraction": 1.5}, "likelihood fraction"),
+                     ({"lr_min": 1.0}, "lr_min")):
+        with pytest.raises(InterferoError, match=msg):
+            TrainConfig(data=str(faces), out=str(tmp_path / "x"), **SMALL | bad)
+
+
+def test_fine_tuning_starts_from_a_prior(faces, tmp_path):
+    base = TrainConfig(data=str(faces), out=str(tmp_path / "base"), steps=5, ckpt_every=5, **SMALL)
+    Trainer(base, progress=False).run()
+    net, record = load_prior_network(tmp_path / "base" / "prior")
+    # another width on the command line: the architecture of the starting prior wins
+    cfg = TrainConfig(data=str(faces), out=str(tmp_path / "ft"), steps=3, ckpt_every=3,
+                      init=str(tmp_path / "base" / "prior"), likelihood_fraction=1.0, **SMALL | {"width": 16})
+    ft = Trainer(cfg, progress=False)
+    assert ft.cfg.width == 8 and ft.transform == record["transform"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(ft.net.state_dict()[k], v) and torch.equal(ft.ema.module.state_dict()[k], v), k
+    ft.run()
+    changed = any(not torch.equal(ft.net.state_dict()[k], v) for k, v in net.state_dict().items())
+    assert changed
+    assert json.loads((tmp_path / "ft" / "prior.json").read_text())["training"]["config"]["init"] == cfg.init
+    # a prior for other images cannot start the run
+    other = tmp_path / "o.h5"
+    write_dataset(other, make_dataset("face-gaussian", 32, 8, seed=0))
+    with pytest.raises(InterferoError, match="16 px images cannot start training on 8 px"):
+        Trainer(TrainConfig(data=str(other), out=str(tmp_path / "o"), init=cfg.init, **SMALL), progress=False)
+
+
+def test_cli_fine_tuning_flags(faces, tmp_path, capsys):
+    args = ["train-prior", "--data", str(faces), "--steps", "2", "--ckpt-every", "2", "--batch-size", "8",
+            "--sample-every", "0", "--threads", "1", "--no-progress", "--lr-schedule", "cosine",
+            "--likelihood-fraction", "0.5"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--width", "8"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "prior")]) == 0
+    record = json.loads((tmp_path / "b" / "prior.json").read_text())
+    assert record["training"]["config"]["lr_schedule"] == "cosine" and record["network"]["width"] == 8
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "c"), "--init", "no-such-prior"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown prior 'no-such-prior'" in err and len(err.splitlines()) == 1
