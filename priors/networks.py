@@ -206,6 +206,19 @@ class GaussianScore(nn.Module):
         self.register_buffer("vecs", vecs)
         self.sde = sde
 
+    @classmethod
+    def fit(cls, samples: torch.Tensor, sde: SDE, floor: float = 1e-6) -> GaussianScore:
+        """The diffused score of the Gaussian fitted to ``samples`` ``(N, C, H, W)`` (sample mean and
+        covariance, eigenvalues floored at ``floor`` times the largest); e.g. a Hutchinson control variate."""
+        x = torch.as_tensor(samples, dtype=torch.float64).reshape(samples.shape[0], -1)
+        if x.shape[0] < 2 or not torch.all(torch.isfinite(x)):
+            raise InterferoError("a Gaussian fit needs at least 2 finite samples")
+        mean = x.mean(0)
+        cov = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
+        lam, vecs = torch.linalg.eigh(0.5 * (cov + cov.T))
+        lam = lam.clamp_min(floor * float(lam.max().clamp_min(1e-300)))
+        return cls(mean.reshape(samples.shape[1:]), (vecs * lam) @ vecs.T, sde)
+
     def _var(self, t, like):
         alpha, std = self.sde.coefficients(torch.as_tensor(t, dtype=torch.float64, device=like.device))
         alpha, std = alpha.reshape(-1, 1), std.reshape(-1, 1)
