@@ -17,7 +17,8 @@
 3. The gradient of the ODE log p (adjoint, at --rtol) against the network
    score at t = eps on --n-grad images: cosine distance 1 - cos per image
    (median reported). The adjoint solve costs minutes per image.
-Writes OUT/logp_in.png, OUT/logp_ood.png, OUT/grad_vs_score.png and a JSON of figures.
+Writes OUT/logp_in.png, OUT/logp_ood.png, OUT/grad_vs_score.png, a JSON of figures and
+OUT/logp.npz (per-image model and true log p).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interfero.io import atomic_write_text
+from interfero.io import atomic_path, atomic_write_text
 from interfero.plotting import save_figure
 from priors.datasets import make_dataset
 from priors.datasets.faces import face_gaussian
@@ -157,6 +158,8 @@ def main() -> None:
     }
     text = json.dumps(figures, indent=2)
     atomic_write_text(out / "figures.json", text)
+    with atomic_path(out / "logp.npz") as tmp:  # per-image values, for comparisons between runs
+        np.savez(tmp, model_in=lp_in, true_in=true_in, model_ood=lp_ood, true_ood=true_ood)
     if args.json:
         atomic_write_text(args.json, text)
     print(text)
