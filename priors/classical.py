@@ -69,6 +69,10 @@ class GaussianPrior(Prior):
         z = torch.randn(n, self.lam.numel(), generator=generator, dtype=torch.float64)
         return self.mean[None] + ((z * self.lam.sqrt()) @ self.vecs.T).reshape(n, *self.image_shape)
 
+    def standardised(self, shift: float, scale: float) -> GaussianPrior:
+        """The law of ``z = (x - shift) / scale`` (a score model's units, :class:`priors.score_prior.ScorePrior`)."""
+        return GaussianPrior((self.mean - shift) / scale, self.cov / scale**2)
+
     def diffused(self, sde):
         """The exact score ``grad log p_t`` of this Gaussian diffused by ``sde`` (a :class:`GaussianScore`)."""
         from .networks import GaussianScore

@@ -48,10 +48,10 @@ from interfero.io import atomic_write_text
 
 from .checkpoint import (
     load_optimizer,
+    load_prior_network,
     load_state,
     load_tensors,
     optimizer_tensors,
-    read_record,
     save_tensors,
     write_prior,
 )
@@ -144,9 +144,8 @@ def dsm_loss(net, sde: SDE, z0: torch.Tensor, generator: torch.Generator | None 
     return (net(xt, t) - noise).pow(2).reshape(z0.shape[0], -1).mean(-1)
 
 
-def _with_init_architecture(config: TrainConfig) -> TrainConfig:
-    """``config`` with the network and SDE settings of the prior it starts from (``config.init``)."""
-    record = read_record(config.init)
+def _with_init_architecture(config: TrainConfig, record: dict) -> TrainConfig:
+    """``config`` with the network and SDE settings of the prior record it starts from (``config.init``)."""
     net = record["network"]
     return replace(config, width=int(net["width"]), channel_mult=list(net["channel_mult"]),
                    num_res_blocks=int(net["num_res_blocks"]), dropout=float(net.get("dropout", 0.0)),
@@ -169,8 +168,9 @@ class Trainer:
     """One training run (see the module docstring)."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
-        if config.init:
-            config = _with_init_architecture(config)
+        init_net, init_record = load_prior_network(config.init) if config.init else (None, None)
+        if init_record is not None:
+            config = _with_init_architecture(config, init_record)
         self.cfg = config
         self.out = Path(config.out)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -204,12 +204,11 @@ class Trainer:
             self.transform = ckpt["transform"]
             if ckpt["config"]["data"] != config.data or ckpt["image_size"] != self.image_size:
                 raise InterferoError(f"{self.out}: the checkpoint was made for other data ({ckpt['config']['data']})")
-        elif config.init:
-            init = read_record(config.init)
-            if int(init["image_size"]) != self.image_size:
-                raise InterferoError(f"{config.init}: a prior for {init['image_size']} px images cannot start"
-                                     f" training on {self.image_size} px images")
-            self.transform = init["transform"]
+        elif init_record is not None:
+            if int(init_record["image_size"]) != self.image_size:
+                raise InterferoError(f"{config.init}: a prior for {init_record['image_size']} px images cannot"
+                                     f" start training on {self.image_size} px images")
+            self.transform = init_record["transform"]
         else:
             self.transform = data_transform(images)
         self.z = (torch.from_numpy(images) - self.transform["shift"]) / self.transform["scale"]
@@ -226,8 +225,9 @@ class Trainer:
         self.time_sampler = TimeSampler(self.sde, importance=True) if config.likelihood_fraction > 0 else None
         if ckpt is not None:
             self._load(ckpt)
-        elif config.init:
-            self._init_from(config.init)
+        elif init_net is not None:  # fine-tuning: network and EMA start from the prior's (EMA) weights
+            load_state(self.net, init_net.state_dict(), str(config.init))
+            self.ema.module.load_state_dict(self.net.state_dict())
         self.model = self.net
         if self.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(self.net)
@@ -249,12 +249,6 @@ class Trainer:
         load_optimizer(self.opt, tensors, ckpt["optimizer"])
         self.step = int(ckpt["step"])
         self.history = ckpt.get("history", [])
-
-    def _init_from(self, stem: str) -> None:
-        """Network and EMA start from the (EMA) weights of the prior file pair ``stem``."""
-        state = load_tensors(Path(stem).with_suffix(".safetensors"))
-        load_state(self.net, state, str(stem))
-        self.ema.module.load_state_dict(self.net.state_dict())
 
     def save_checkpoint(self) -> None:
         if self.rank != 0:

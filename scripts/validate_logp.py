@@ -151,7 +151,7 @@ def main() -> None:
         ax.set_ylabel("images")
         save_figure(fig, out / "grad_vs_score.png")
     # where the network's score is off: the score-matching KL bound against the true diffused score
-    true_z = GaussianScore((gauss.mean - prior.shift) / prior.scale, gauss.cov / prior.scale**2, prior.sde)
+    true_z = gauss.standardised(prior.shift, prior.scale).diffused(prior.sde)
     bound, ts, per_t = score_error_bound(prior.score_model, true_z, prior.sde, prior.to_z(x_in),
                                          generator=torch.Generator().manual_seed(11))
     fig, ax = plt.subplots(figsize=(4.5, 3.5))

@@ -56,12 +56,11 @@ def test_shipped_faces16_score_error_against_the_true_gaussian():
     Measured: 12.3 nats for the shipped (fine-tuned) weights, 27.6 for the 3000-step ones they replaced.
     """
     from priors.datasets.faces import face_gaussian
-    from priors.networks import GaussianScore
     from priors.score_error import score_error_bound
 
     p = load_prior("faces16")
     g = face_gaussian(16)
-    true_z = GaussianScore((g.mean - p.shift) / p.scale, g.cov / p.scale**2, p.sde)
+    true_z = g.standardised(p.shift, p.scale).diffused(p.sde)
     x = p.to_z(g.sample(64, generator=torch.Generator().manual_seed(0)).float())
     bound, _, _ = score_error_bound(p.score_model, true_z, p.sde, x, generator=torch.Generator().manual_seed(1))
     assert 0 < float(bound.mean()) < 16
