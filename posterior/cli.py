@@ -74,6 +74,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=d.samples, help="posterior samples written out")
     p.add_argument("--flow", default=d.flow_kind, choices=("realnvp", "glow"), help="flow architecture")
     p.add_argument("--blocks", type=_positive_int, default=d.flow_blocks, help="coupling blocks of the flow")
+    p.add_argument("--flow-output", default=d.flow_output, choices=("softplus", "exp", "none"),
+                   help="output transform of the flow (softplus/exp: non-negative images)")
     p.add_argument("--anneal", type=int, default=0, help="steps of linear data-weight annealing (0 = off)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
@@ -91,7 +93,7 @@ def _reconstruct(args) -> None:
         prior=args.prior, prior_method=args.prior_method, elbo_draws=args.elbo_draws, products=products,
         npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
-        flow_blocks=args.blocks,
+        flow_blocks=args.blocks, flow_output=args.flow_output,
         anneal_steps=args.anneal, seed=args.seed, allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
     )
     m = rec.reconstruct(args.obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)

@@ -66,6 +66,7 @@ class ReconstructSettings:
     samples: int = 256
     flow_kind: str = "realnvp"
     flow_blocks: int = 8
+    flow_output: str = "softplus"
     flow_hidden: int = 32
     init_fwhm_uas: float = 50.0
     anneal_steps: int = 0
@@ -170,7 +171,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                     anneal_steps=s.anneal_steps, ckpt_every=max(10, min(100, s.steps // 5)))
     init = gaussian_blob(geom, flux, s.init_fwhm_uas)
     flow = build_flow((1, s.npix, s.npix), kind=s.flow_kind, blocks=s.flow_blocks, hidden=s.flow_hidden,
-                      output="softplus", scale=flux / s.npix**2, init=init, init_spread=0.5, seed=s.seed)
+                      output=s.flow_output, scale=flux / s.npix**2, init=init, init_spread=0.5, seed=s.seed)
     torch.manual_seed(s.seed)
     run = DPI(flow, DPITarget(op, op.data, prior), cfg, out=out, resume=resume, progress=progress).fit()
     post = run.posterior()

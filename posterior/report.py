@@ -73,6 +73,9 @@ def _imshow(ax, img, geom: ImageGeometry, title: str, cmap="afmhot", fig=None):
         fig.colorbar(im, ax=ax, fraction=0.046)
 
 
+REL_STD_FLOOR = 0.05  # the std/mean panel masks pixels fainter than this fraction of the peak
+
+
 def plot_report(post: Posterior, geom: ImageGeometry, path, residuals: dict[str, np.ndarray] | None = None,
                 truth: np.ndarray | None = None, title: str = "") -> None:
     """Mean, std, std/mean, (truth), 8 samples, normalised data residuals per product, loss curve."""
@@ -81,8 +84,11 @@ def plot_report(post: Posterior, geom: ImageGeometry, path, residuals: dict[str,
     residuals = residuals or {}
     fig = plt.figure(figsize=(14, 10))
     gs = fig.add_gridspec(4, 6)
+    # fractional uncertainty only where there is emission: off-source the mean is ~0 and the ratio meaningless
+    on = mean > REL_STD_FLOOR * mean.max()
+    rel = np.where(on, std / np.where(on, mean, 1.0), np.nan)
     top = [(mean, "posterior mean (Jy/px)", "afmhot"), (std, "posterior std (Jy/px)", "viridis"),
-           (std / np.maximum(np.abs(mean), 1e-3 * np.abs(mean).max()), "std / |mean|", "magma")]
+           (rel, f"std / mean (mean > {REL_STD_FLOOR:.0%} of peak)", "magma")]
     if truth is not None:
         top.append((truth, "truth (regridded)", "afmhot"))
     for i, (img, t, cm) in enumerate(top):

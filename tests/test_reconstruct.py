@@ -56,6 +56,19 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
         assert (out / png).stat().st_size > 10_000
 
 
+def test_flow_output_none_allows_negative_pixels(grmhd, tmp_path, capsys):
+    """Default softplus output: every sample pixel > 0; ``--flow-output none``: the p_eps jitter of the score
+    prior may go below zero (no positivity floor), and the choice is recorded in the archive."""
+    out = tmp_path / "lin"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--flow-output", "none", "--out", out)
+    assert code == 0, cap.err
+    with h5py.File(out / "samples.h5") as f:
+        samples = f["samples"][...]
+        meta = json.loads(f.attrs["metadata"])
+    assert meta["settings"]["flow_output"] == "none"
+    assert (samples < 0).any() and np.isfinite(samples).all()
+
+
 def test_resume_continues_from_the_checkpoint(grmhd, tmp_path, capsys):
     out = tmp_path / "rec"
     assert run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", out)[0] == 0
