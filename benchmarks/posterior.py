@@ -35,9 +35,10 @@ from dataclasses import replace  # noqa: E402
 import torch  # noqa: E402
 
 from interfero.io import atomic_write_text, read_fits_image  # noqa: E402
+from interfero.regrid import regrid  # noqa: E402
 from posterior.dpi import DPI, DPIConfig, DPITarget  # noqa: E402
 from posterior.flows import build_flow  # noqa: E402
-from posterior.metrics import blur_circular, nxcorr, regrid  # noqa: E402
+from posterior.metrics import blur_circular, nxcorr  # noqa: E402
 from posterior.reconstruct import ReconstructSettings, build_problem, gaussian_blob  # noqa: E402
 
 SHARED = str(Path(__file__).resolve().parents[2] / "shared/data/observations/grmhd_sgra_2017")

@@ -5,8 +5,6 @@
   refined here to sub-pixel precision with Fourier shifts.
 - :func:`blur_circular`: convolution with a circular Gaussian of a given FWHM
   (microarcseconds), flux-conserving (as ehtim's ``blur_circ``).
-- :func:`regrid`: a (truth) image onto another grid (pixels, field of view),
-  conserving total flux.
 - :func:`image_metrics`: PSNR, SSIM (scikit-image), nxcorr unblurred and after
   10/15/20 uas blurring; it says which grid and blurs it used.
 - :func:`reduced_chi2`: per data product, ehtim's definitions (from the operator).
@@ -93,31 +91,6 @@ def blur_circular(image: np.ndarray, fwhm_uas: float, psize_uas: float) -> np.nd
         return np.asarray(image, dtype=np.float64).copy()
     sigma_px = fwhm_uas / FWHM_PER_SIGMA / psize_uas
     return ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), sigma_px, mode="reflect", truncate=6.0)
-
-
-def regrid(image: np.ndarray, src: ImageGeometry, dst: ImageGeometry, order: int = 1) -> np.ndarray:
-    """Resample a Jy/pixel image from grid ``src`` to ``dst`` (same centre), conserving the flux inside the
-    destination field: surface brightness is interpolated (``order`` 1 = bilinear, 3 = cubic) and the result
-    is rescaled so its total equals the source flux falling in the destination field."""
-    image = np.asarray(image, dtype=np.float64)
-    if image.shape != (src.npix, src.npix):
-        raise InterferoError(f"image shape {image.shape} does not match its grid {src.npix}x{src.npix}")
-    # destination pixel centres in source pixel coordinates
-    c_dst = (np.arange(dst.npix) + 0.5 - dst.npix / 2) * dst.psize_uas
-    coords = c_dst / src.psize_uas + src.npix / 2 - 0.5
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    sb = image / src.psize_uas**2  # Jy per uas^2
-    out = ndimage.map_coordinates(sb, [yy, xx], order=order, mode="constant", cval=0.0) * dst.psize_uas**2
-    if order > 1:
-        out = np.clip(out, 0.0, None) if image.min() >= 0 else out
-    # source flux inside the destination field
-    c_src = (np.arange(src.npix) + 0.5 - src.npix / 2) * src.psize_uas
-    inside = np.abs(c_src) <= dst.fov_uas / 2
-    target = float(image[np.ix_(inside, inside)].sum())
-    total = float(out.sum())
-    if total != 0 and target != 0:
-        out *= target / total
-    return out
 
 
 def psnr(image: np.ndarray, truth: np.ndarray) -> float:

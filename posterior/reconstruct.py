@@ -38,10 +38,11 @@ from interfero.io import ImageGeometry, read_fits_image, read_uvfits
 from interfero.observation import Observation
 from interfero.operators import InterferometryOperator
 from interfero.plotting import plot_uv_coverage
+from interfero.regrid import regrid
 
 from .dpi import DPI, DPIConfig, DPITarget
 from .flows import build_flow
-from .metrics import image_metrics, reduced_chi2, regrid
+from .metrics import image_metrics, reduced_chi2
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 
 SHORT_BASELINE = 1e8  # wavelengths: shorter baselines measure the total flux of a compact source

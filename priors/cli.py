@@ -1,4 +1,4 @@
-"""``interfero make-dataset``, ``interfero train-prior`` and ``interfero sample-prior`` (the priors layer's commands).
+"""``interfero make-dataset``, ``train-prior``, ``sample-prior`` and ``prior-logp`` (the priors layer's commands).
 
 Each validates its inputs before writing anything; errors are one line (exit 2).
 Training under ``torchrun --nproc_per_node=N -m posterior.cli train-prior ...``
@@ -66,6 +66,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output folder (samples.h5, samples.png)")
     s.set_defaults(func=run_sample_prior)
 
+    q = sub.add_parser("prior-logp", help="log p of FITS images under a prior, beside fresh training images"
+                       " (is an image in distribution?)")
+    q.add_argument("images", nargs="+", help="FITS images (Jy/pixel; regridded onto the prior's grid)")
+    q.add_argument("--prior", default="default", help="shipped prior name (default, bh32, ...) or path")
+    q.add_argument("--method", choices=("elbo", "ode"), default="elbo",
+                   help="ELBO (fast lower bound) or exact PF-ODE log p (Hutchinson, slow)")
+    q.add_argument("--draws", type=_positive(int), default=16, help="ELBO draws per image")
+    q.add_argument("--probes", type=_positive(int), default=4, help="Hutchinson probes of the exact log p")
+    q.add_argument("--reference", type=_positive(int), default=32, help="fresh training images to compare with")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--json", help="write the comparison as JSON")
+    q.set_defaults(func=run_prior_logp)
+
 
 def run_make_dataset(args: argparse.Namespace) -> None:
     from .datasets import make_dataset
@@ -132,3 +145,30 @@ def run_sample_prior(args: argparse.Namespace) -> None:
     atomic_write_text(out / "summary.json", json.dumps({"prior": prior.name, "n": args.n,
                                                         "mean_flux": float(images.sum(axis=(1, 2, 3)).mean())}))
     print(f"wrote {out}/samples.h5, samples.png")
+
+
+def run_prior_logp(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from .ood import compare_to_training, image_on_prior_grid
+    from .pretrained import load_prior
+
+    if args.reference < 2:
+        raise InterferoError("--reference must be >= 2")
+    prior = load_prior(args.prior, method=args.method, elbo={"draws": args.draws},
+                       ode={"probes": args.probes, "gradient": "none", "rtol": 1e-4, "atol": 1e-4})
+    for path in args.images:
+        if not Path(path).is_file():
+            raise InterferoError(f"{path}: no such file")
+    images = np.stack([image_on_prior_grid(p, prior) for p in args.images])
+    cmp = compare_to_training(prior, images, method=args.method, n_reference=args.reference, seed=args.seed)
+    result = {"prior": prior.name} | cmp.as_dict([str(p) for p in args.images])
+    ref = result["reference_logp"]
+    print(f"{prior.name} {args.method} log p of {cmp.reference.size} training images:"
+          f" min {ref['min']:.1f}, median {ref['median']:.1f}, max {ref['max']:.1f}")
+    for row in result["images"]:
+        flag = "  below every training image: out of distribution" if row["percentile"] == 0 else ""
+        print(f"{row['logp']:12.1f}  percentile {row['percentile']:5.2f}  {row['name']}{flag}")
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result, indent=2))
+    return result

@@ -48,4 +48,5 @@ def load_prior(name: str = "default", method: str = "elbo", expect_image_size: i
     size, ch = int(record["image_size"]), int(record.get("channels", 1))
     tr = record["transform"]
     return ScorePrior(NoisePredictionScore(net, sde), sde, (ch, size, size), shift=tr["shift"], scale=tr["scale"],
-                      method=method, fov_uas=record.get("fov_uas") or None, name=stem.name, **kwargs)
+                      method=method, fov_uas=record.get("fov_uas") or None, name=stem.name,
+                      training_data=record.get("training", {}).get("data"), **kwargs)

@@ -42,11 +42,12 @@ class ScorePrior(Prior):
             ``gradient``, ``rtol``, ``atol``, ...).
         elbo: keyword arguments of :func:`priors.elbo.elbo` (``draws``, ``importance``).
         fov_uas: field of view the prior was trained for (None for unit-free images).
+        training_data: the record of its training set (``kind``, ``fov_uas``, ...), if known.
     """
 
     def __init__(self, score_fn, sde: SDE, image_shape, shift: float = 0.0, scale: float = 1.0,
                  method: str = "elbo", ode: dict | None = None, elbo: dict | None = None,
-                 fov_uas: float | None = None, name: str = "score") -> None:
+                 fov_uas: float | None = None, name: str = "score", training_data: dict | None = None) -> None:
         super().__init__(image_shape)
         if method not in METHODS:
             raise InterferoError(f"unknown score-prior method {method!r} (choose from {', '.join(METHODS)})")
@@ -61,6 +62,7 @@ class ScorePrior(Prior):
         self.elbo_kwargs = {"draws": 8, "importance": True} | (elbo or {})
         self.fov_uas = fov_uas
         self.name = name
+        self.training_data = dict(training_data) if training_data else None
         self._sampler = TimeSampler(sde, self.elbo_kwargs.get("importance", True))
         self.last_nfe: int | None = None
 

@@ -7,7 +7,8 @@ import pytest
 
 from interfero.errors import InterferoError
 from interfero.io import ImageGeometry, quiet, read_fits_image
-from posterior.metrics import blur_circular, image_metrics, nxcorr, psnr, regrid
+from interfero.regrid import regrid
+from posterior.metrics import blur_circular, image_metrics, nxcorr, psnr
 
 from .conftest import shared_path
 
