@@ -84,3 +84,27 @@ def test_black_hole_dataset_records_parameters():
     assert d["images"].shape == (20, 1, 32, 32)
     p = make_dataset("patches", 10, 16, seed=0)["images"]
     assert p.shape == (10, 1, 16, 16) and 0 <= p.min() and p.max() <= 1
+
+
+def test_floor_laws():
+    """``floors="v1"`` (bh32's training set) vs ``"extended"``: floors drawn as documented, more extended faint
+    emission, and the recorded law; an unknown law is a one-line error."""
+    from interfero.errors import InterferoError
+
+    names = None
+    stats = {}
+    for law in ("v1", "extended"):
+        d = make_dataset("blackholes", 400, 32, seed=2, floors=law)
+        names = d["param_names"]
+        frac = d["params"][:, names.index("floor_fraction")]
+        fwhm = d["params"][:, names.index("floor_fwhm")]
+        stats[law] = (np.mean(frac > 0), frac.max(), fwhm.min(), fwhm.max(),
+                      np.median((d["images"][:, 0] > 0.0012).mean((1, 2))))
+        assert d["generator"]["floors"] == law
+    p1, f1, lo1, hi1, _ = stats["v1"]
+    p2, f2, lo2, hi2, _ = stats["extended"]
+    assert abs(p1 - 0.5) < 0.08 and f1 <= 0.3 and lo1 >= 20 and hi1 <= 80
+    assert abs(p2 - 0.85) < 0.06 and 0.3 < f2 <= 0.6 and lo2 >= 30 and 80 < hi2 <= 110
+    assert stats["extended"][4] > stats["v1"][4]
+    with pytest.raises(InterferoError, match="unknown floor law"):
+        make_dataset("blackholes", 2, 32, floors="wide")
