@@ -75,8 +75,9 @@ def training_draws(prior: ScorePrior, n: int, seed: int = 1) -> np.ndarray:
     data = prior.training_data
     if not data or "kind" not in data:
         raise InterferoError(f"prior {prior.name} does not record its training set: pass reference images instead")
+    extra = {"floors": data["floors"]} if "floors" in data else {}
     return make_dataset(data["kind"], n, prior.image_shape[-1], fov_uas=data.get("fov_uas") or 160.0,
-                        seed=seed)["images"]
+                        seed=seed, **extra)["images"]
 
 
 def log_prob_batched(prior: ScorePrior, images: np.ndarray | torch.Tensor, method: str, batch: int = 16,

@@ -77,3 +77,15 @@ def test_cli_missing_file_is_one_line_exit_2(tmp_path, capsys):
     code = main(["prior-logp", str(tmp_path / "nope.fits")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no such file" in err and "\n" not in err
+
+
+def test_reference_draws_follow_the_recorded_floor_law():
+    from priors.datasets import make_dataset
+    from priors.ood import training_draws
+
+    prior = load_prior("default")
+    assert prior.training_data["kind"] == "blackholes" and "floors" not in prior.training_data  # v1, bh32
+    np.testing.assert_array_equal(training_draws(prior, 3, seed=5), make_dataset("blackholes", 3, 32, seed=5)["images"])
+    prior.training_data = dict(prior.training_data, floors="extended")
+    np.testing.assert_array_equal(training_draws(prior, 3, seed=5),
+                                  make_dataset("blackholes", 3, 32, seed=5, floors="extended")["images"])
