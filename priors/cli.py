@@ -157,6 +157,8 @@ def run_prior_logp(args: argparse.Namespace) -> dict:
 
     if args.reference < 2:
         raise InterferoError("--reference must be >= 2")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise InterferoError(f"cannot write {args.json}: folder {Path(args.json).parent} does not exist")
     prior = load_prior(args.prior, method=args.method, elbo={"draws": args.draws},
                        ode={"probes": args.probes, "gradient": "none", "rtol": 1e-4, "atol": 1e-4})
     for path in args.images:

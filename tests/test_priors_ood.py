@@ -59,7 +59,7 @@ def test_shape_and_reference_errors():
 
 def test_cli_flags_the_grmhd_truth_as_atypical_for_bh32(tmp_path, capsys):
     """The shared GRMHD truth (regridded 128 -> 32 px) has a lower bh32 ELBO than the median training image
-    (measured: below all 32 of them; exact log p 6197 against 7510-8524)."""
+    (measured: below all 64 of 64, ELBO 5186 vs 5202-5362; exact log p 6197 vs 7880-9087 for 8)."""
     truth = shared_path("observations", "grmhd_sgra_2017") / "truth.fits"
     out = tmp_path / "logp.json"
     code = main(["prior-logp", str(truth), "--reference", "16", "--draws", "8", "--json", str(out)])
