@@ -42,6 +42,9 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
     # a 50 uas Gaussian of the right flux already scores 0.91 after 10 uas blurring on this truth
     assert m["init_blob_nxcorr_blur10"] == pytest.approx(0.914, abs=0.01)
     assert m["flux_from"] == "zero-baseline amplitude"
+    # the truth is atypical for bh32 (ELBO below all 32 fresh training draws; priors.ood)
+    assert m["truth_prior_percentile"] <= 0.1 and m["prior_reference_elbo"]["n"] == 32
+    assert m["truth_prior_elbo"] < m["prior_reference_elbo"]["median"]
     assert m["flux_constraint_jy"] == pytest.approx(2.0, rel=0.1)  # truth: 1.995 Jy
     mean, geom = read_fits_image(out / "mean.fits")
     std, _ = read_fits_image(out / "std.fits")
