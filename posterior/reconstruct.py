@@ -11,8 +11,9 @@ posterior, and writes, each file atomically and the JSON metrics last:
 - ``metrics.json``: reduced chi^2 per product of the mean image, total flux,
   timings, and with a truth image nxcorr (unblurred and blurred) / PSNR / SSIM.
 
-A DPI checkpoint (``dpi-checkpoint.*``) is kept in the folder while running,
-so an interrupted run continues with ``resume=True`` (CLI: ``--resume``).
+A DPI checkpoint (``dpi-checkpoint.*``) is written to the folder while running and kept after it, so an
+interrupted run continues with ``resume=True`` (CLI: ``--resume``), and a finished one can be extended
+with a larger ``steps``.
 
 Total flux: closure phases and log closure amplitudes do not constrain it, so
 a Gaussian total-flux term is added, centred on ``flux`` Jy if given, else on
