@@ -96,17 +96,16 @@ def gaussian_blob(geom: ImageGeometry, flux: float, fwhm_uas: float) -> torch.Te
     return torch.tensor(flux * img / img.sum(), dtype=torch.float32)[None]
 
 
-def truth_prior_percentile(prior_name: str, truth: np.ndarray, seed: int = 0, n_reference: int = 32) -> dict:
-    """Is the truth typical for the prior? Its ELBO percentile among fresh training draws (priors.ood), as
-    ``truth_prior_percentile`` (0: below all of them, the prior will pull away from the truth) and the ELBOs;
-    empty if the prior does not record its training set."""
+def truth_prior_percentile(prior, truth: np.ndarray, seed: int = 0, n_reference: int = 32) -> dict:
+    """Is the truth typical for the (score) prior? Its ELBO percentile among fresh training draws
+    (priors.ood), as ``truth_prior_percentile`` (0: below all of them, the prior will pull away from the
+    truth) and the ELBOs; empty if the prior does not record its training set."""
     from priors.ood import compare_to_training
-    from priors.pretrained import load_prior
 
-    prior = load_prior(prior_name, elbo={"draws": 16})
     if not (prior.training_data and "kind" in prior.training_data):
         return {}
-    cmp = compare_to_training(prior, truth[None, None], n_reference=n_reference, seed=seed)
+    elbo_prior = prior.with_estimator(method="elbo", elbo={"draws": 16})  # same network, not reloaded
+    cmp = compare_to_training(elbo_prior, truth[None, None], n_reference=n_reference, seed=seed)
     return {"truth_prior_percentile": float(cmp.percentile[0]), "truth_prior_elbo": float(cmp.logp[0]),
             "prior_reference_elbo": cmp.as_dict()["reference_logp"] | {"n": int(cmp.reference.size)}}
 
@@ -207,7 +206,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
         # what the featureless starting blob already scores: nxcorr is only meaningful above it
         base = image_metrics(init[0].numpy().astype(np.float64), truth_img, geom)
         metrics |= {f"init_blob_{k}": base[k] for k in ("nxcorr", "nxcorr_blur10", "nxcorr_blur20")}
-        metrics |= truth_prior_percentile(s.prior, truth_img, s.seed)
+        metrics |= truth_prior_percentile(prior, truth_img, s.seed)
     meta = {"observation": str(obs_path), "source": obs.source, "units": "Jy/pixel",
             "geometry": {"npix": s.npix, "fov_uas": s.fov_uas}, "settings": asdict(s),
             "operator": {"products": list(op.products), "total_flux": flux, "flux_sigma": op.flux_sigma,

@@ -155,15 +155,10 @@ def run_prior_logp(args: argparse.Namespace) -> dict:
     from .ood import compare_to_training, image_on_prior_grid
     from .pretrained import load_prior
 
-    if args.reference < 2:
-        raise InterferoError("--reference must be >= 2")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise InterferoError(f"cannot write {args.json}: folder {Path(args.json).parent} does not exist")
     prior = load_prior(args.prior, method=args.method, elbo={"draws": args.draws},
                        ode={"probes": args.probes, "gradient": "none", "rtol": 1e-4, "atol": 1e-4})
-    for path in args.images:
-        if not Path(path).is_file():
-            raise InterferoError(f"{path}: no such file")
     images = np.stack([image_on_prior_grid(p, prior) for p in args.images])
     cmp = compare_to_training(prior, images, method=args.method, n_reference=args.reference, seed=args.seed)
     result = {"prior": prior.name} | cmp.as_dict([str(p) for p in args.images])

@@ -66,6 +66,14 @@ class ScorePrior(Prior):
         self._sampler = TimeSampler(sde, self.elbo_kwargs.get("importance", True))
         self.last_nfe: int | None = None
 
+    def with_estimator(self, method: str | None = None, ode: dict | None = None,
+                       elbo: dict | None = None) -> ScorePrior:
+        """The same prior (network shared, not copied) with another log p estimator or its settings."""
+        return ScorePrior(self.score_model, self.sde, self.image_shape, self.shift, self.scale,
+                          method=method or self.method, ode=self.ode_kwargs | (ode or {}),
+                          elbo=self.elbo_kwargs | (elbo or {}), fov_uas=self.fov_uas, name=self.name,
+                          training_data=self.training_data)
+
     @property
     def normalised(self) -> str:  # type: ignore[override]
         return "exact" if self.method == "ode" else "bound"

@@ -89,3 +89,11 @@ def test_reference_draws_follow_the_recorded_floor_law():
     prior.training_data = dict(prior.training_data, floors="extended")
     np.testing.assert_array_equal(training_draws(prior, 3, seed=5),
                                   make_dataset("blackholes", 3, 32, seed=5, floors="extended")["images"])
+
+
+def test_with_estimator_shares_the_network():
+    prior = load_prior("default", elbo={"draws": 2})
+    other = prior.with_estimator(method="ode", elbo={"draws": 16})
+    assert other.score_model is prior.score_model and other.method == "ode" and prior.method == "elbo"
+    assert other.elbo_kwargs["draws"] == 16 and prior.elbo_kwargs["draws"] == 2
+    assert other.training_data == prior.training_data and other.fov_uas == prior.fov_uas

@@ -122,7 +122,6 @@ def make_black_holes(n: int, npix: int = 32, fov_uas: float = 160.0, seed: int =
     """``n`` images ``(n, 1, npix, npix)`` float32 (Jy/pixel) and their parameters ``(n, len(PARAMS))``."""
     from tqdm.auto import tqdm
 
-    _floor_law(floors)
     rng = np.random.default_rng(seed)
     images = np.empty((n, 1, npix, npix), dtype=np.float32)
     params = np.empty((n, len(PARAMS)), dtype=np.float64)
