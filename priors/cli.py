@@ -16,6 +16,7 @@ from interfero.errors import InterferoError
 from interfero.io import atomic_write_text
 
 from .datasets import DATASETS
+from .datasets.blackholes import LAWS
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +26,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--npix", type=_positive(int), default=32, help="image size in pixels")
     p.add_argument("--fov", type=_positive(float), default=160.0, help="field of view in uas (black holes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--floors", choices=("v1", "extended"), default="v1",
-                   help="black holes' diffuse-floor law (v1: bh32's training set; extended: more, broader floors)")
+    p.add_argument("--law", choices=tuple(LAWS), default="v1",
+                   help="black holes' parameter law (v1: bh32's training set; extended: more, broader floors; "
+                        "disk: GRMHD-like exponential tails, offset turbulent floors)")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.set_defaults(func=run_make_dataset)
 
@@ -89,7 +91,7 @@ def run_make_dataset(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InterferoError(f"cannot write {out}: folder {out.parent} does not exist")
-    d = make_dataset(args.kind, args.n, args.npix, fov_uas=args.fov, seed=args.seed, progress=True, floors=args.floors)
+    d = make_dataset(args.kind, args.n, args.npix, fov_uas=args.fov, seed=args.seed, progress=True, law=args.law)
     write_dataset(out, d)
     print(f"wrote {out}: {d['images'].shape[0]} images {d['images'].shape[-2]}x{d['images'].shape[-1]} ({args.kind})")
 

@@ -77,7 +77,7 @@ def training_draws(prior: ScorePrior, n: int, seed: int = 1) -> np.ndarray:
     data = prior.training_data
     if not data or "kind" not in data:
         raise InterferoError(f"prior {prior.name} does not record its training set: pass reference images instead")
-    extra = {"floors": data["floors"]} if "floors" in data else {}
+    extra = {"law": data["law"]} if "law" in data else {}
     return make_dataset(data["kind"], n, prior.image_shape[-1], fov_uas=data.get("fov_uas") or 160.0,
                         seed=seed, **extra)["images"]
 

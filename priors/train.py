@@ -185,8 +185,8 @@ class Trainer:
         if images.shape[-1] != images.shape[-2]:
             raise InterferoError(f"training images must be square, got {images.shape[-2:]}")
         self.data_info = {k: data[k] for k in ("kind", "fov_uas", "units")} | {"n_images": int(images.shape[0])}
-        if "floors" in data.get("generator", {}):  # the black holes' floor law, so the set can be regenerated
-            self.data_info["floors"] = data["generator"]["floors"]
+        if "law" in data.get("generator", {}):  # the black holes' parameter law, so the set can be regenerated
+            self.data_info["law"] = data["generator"]["law"]
         self.image_size, self.channels = int(images.shape[-1]), int(images.shape[1])
         self.sde = sde_from_config(config.sde)
         self.progress = progress and self.rank == 0

@@ -86,25 +86,43 @@ def test_black_hole_dataset_records_parameters():
     assert p.shape == (10, 1, 16, 16) and 0 <= p.min() and p.max() <= 1
 
 
-def test_floor_laws():
-    """``floors="v1"`` (bh32's training set) vs ``"extended"``: floors drawn as documented, more extended faint
-    emission, and the recorded law; an unknown law is a one-line error."""
+def test_black_hole_laws():
+    """``law="v1"`` (bh32's training set), ``"extended"`` and ``"disk"``: parameters drawn as documented,
+    more extended faint emission in turn, and the recorded law; an unknown law is a one-line error."""
     from interfero.errors import InterferoError
 
-    names = None
     stats = {}
-    for law in ("v1", "extended"):
-        d = make_dataset("blackholes", 400, 32, seed=2, floors=law)
-        names = d["param_names"]
-        frac = d["params"][:, names.index("floor_fraction")]
-        fwhm = d["params"][:, names.index("floor_fwhm")]
+    for law in ("v1", "extended", "disk"):
+        d = make_dataset("blackholes", 400, 32, seed=2, law=law)
+        par = dict(zip(d["param_names"], d["params"].T))
+        frac, fwhm, tail = par["floor_fraction"], par["floor_fwhm"], par["tail"]
         stats[law] = (np.mean(frac > 0), frac.max(), fwhm.min(), fwhm.max(),
                       np.median((d["images"][:, 0] > 0.0012).mean((1, 2))))
-        assert d["generator"]["floors"] == law
+        assert d["generator"]["law"] == law
+        if law == "disk":
+            assert abs(np.mean(tail > 0) - 0.6) < 0.08 and 3 <= tail[tail > 0].min() and tail.max() <= 25
+            assert np.abs(par["floor_dx"]).max() <= 15 and np.abs(par["floor_dy"]).max() > 10
+            assert np.mean(par["asymmetry"] > 0) > 0.99
+        else:
+            assert not tail.any() and not par["floor_dx"].any() and not par["floor_dy"].any()
+            assert np.mean(par["asymmetry"] > 0) < 0.45  # crescents only: a third of the images
     p1, f1, lo1, hi1, _ = stats["v1"]
     p2, f2, lo2, hi2, _ = stats["extended"]
     assert abs(p1 - 0.5) < 0.08 and f1 <= 0.3 and lo1 >= 20 and hi1 <= 80
     assert abs(p2 - 0.85) < 0.06 and 0.3 < f2 <= 0.6 and lo2 >= 30 and 80 < hi2 <= 110
-    assert stats["extended"][4] > stats["v1"][4]
-    with pytest.raises(InterferoError, match="unknown floor law"):
-        make_dataset("blackholes", 2, 32, floors="wide")
+    assert stats["v1"][4] < stats["extended"][4] < stats["disk"][4]
+    with pytest.raises(InterferoError, match="unknown black-hole law"):
+        make_dataset("blackholes", 2, 32, law="wide")
+
+
+def test_disk_tail_profile():
+    """An exponential outer tail: the radial profile past the ring falls by e per ``tail`` uas."""
+    from priors.datasets.blackholes import PARAMS, render_black_hole
+
+    p = dict.fromkeys(PARAMS, 0.0) | {"n_blobs": 0, "flux": 1.0, "diameter": 40.0, "width": 4.0, "tail": 10.0}
+    img = render_black_hole(p, 64, 160.0, np.random.default_rng(0))
+    row = img[31:33].mean(0)  # the east-west cut through the centre, 2.5 uas pixels
+    x = (np.arange(64) + 0.5 - 32) * 2.5
+    out = (x > 30) & (x < 45)
+    slope = np.polyfit(x[out], np.log(row[out]), 1)[0]
+    assert slope == pytest.approx(-1 / 10.0, rel=0.05)

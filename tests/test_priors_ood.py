@@ -84,11 +84,11 @@ def test_reference_draws_follow_the_recorded_floor_law():
     from priors.ood import training_draws
 
     prior = load_prior("default")
-    assert prior.training_data["kind"] == "blackholes" and "floors" not in prior.training_data  # v1, bh32
+    assert prior.training_data["kind"] == "blackholes" and "law" not in prior.training_data  # v1, bh32
     np.testing.assert_array_equal(training_draws(prior, 3, seed=5), make_dataset("blackholes", 3, 32, seed=5)["images"])
-    prior.training_data = dict(prior.training_data, floors="extended")
+    prior.training_data = dict(prior.training_data, law="extended")
     np.testing.assert_array_equal(training_draws(prior, 3, seed=5),
-                                  make_dataset("blackholes", 3, 32, seed=5, floors="extended")["images"])
+                                  make_dataset("blackholes", 3, 32, seed=5, law="extended")["images"])
 
 
 def test_with_estimator_shares_the_network():

@@ -201,11 +201,11 @@ def test_cli_fine_tuning_flags(faces, tmp_path, capsys):
 
 
 def test_record_keeps_the_black_holes_floor_law(tmp_path):
-    """A prior trained on ``make-dataset blackholes --floors extended`` records the law, so
+    """A prior trained on ``make-dataset blackholes --law extended`` records the law, so
     ``priors.ood.training_draws`` regenerates the right distribution."""
     data = tmp_path / "bh.h5"
-    write_dataset(data, make_dataset("blackholes", 16, 16, seed=0, floors="extended"))
+    write_dataset(data, make_dataset("blackholes", 16, 16, seed=0, law="extended"))
     train(TrainConfig(data=str(data), out=str(tmp_path / "r"), steps=1, ckpt_every=1, **SMALL), progress=False)
     record = json.loads((tmp_path / "r" / "prior.json").read_text())
-    assert record["training"]["data"]["floors"] == "extended"
+    assert record["training"]["data"]["law"] == "extended"
     assert record["training"]["data"]["kind"] == "blackholes"

@@ -12,18 +12,18 @@ DATASETS = ("blackholes", "face-gaussian", "patches")
 
 
 def make_dataset(kind: str, n: int, npix: int, fov_uas: float = 160.0, seed: int = 0, progress: bool = False,
-                 floors: str = "v1") -> dict:
+                 law: str = "v1") -> dict:
     """``{"images", "params", "param_names", "kind", "fov_uas", "units", "generator"}`` for ``kind``
-    (``floors``: the black holes' diffuse-floor law, see :mod:`priors.datasets.blackholes`)."""
+    (``law``: the black holes' parameter law, see :mod:`priors.datasets.blackholes`)."""
     if n <= 0:
         raise InterferoError("dataset size must be > 0")
     gen = {"kind": kind, "n": n, "npix": npix, "seed": seed}
     if kind == "blackholes":
         from .blackholes import PARAMS, make_black_holes
 
-        images, params = make_black_holes(n, npix, fov_uas, seed=seed, progress=progress, floors=floors)
+        images, params = make_black_holes(n, npix, fov_uas, seed=seed, progress=progress, law=law)
         return {"images": images, "params": params, "param_names": list(PARAMS), "kind": kind,
-                "fov_uas": fov_uas, "units": "Jy/pixel", "generator": gen | {"fov_uas": fov_uas, "floors": floors}}
+                "fov_uas": fov_uas, "units": "Jy/pixel", "generator": gen | {"fov_uas": fov_uas, "law": law}}
     if kind == "face-gaussian":
         from .faces import sample_face_gaussian
 

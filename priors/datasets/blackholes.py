@@ -11,19 +11,32 @@ degrees east of north, sizes in microarcseconds, fluxes in Jy):
   ``exp(s G - s^2 / 2)`` (power spectrum ``k^-3``, unit variance ``G``),
   ``s`` ~ U(0, 1) for 70% of the images, else 0;
 - with probability 0.5 a centred Gaussian floor (FWHM ~ U(20, 80)) holding a
-  fraction ~ U(0, 0.3) of the flux (``floors="v1"``, the set ``bh32`` was
-  trained on; ``floors="extended"``: probability 0.85, fraction ~ U(0, 0.6),
-  FWHM ~ U(30, 110), for the faint extended emission of GRMHD images: the
-  shared GRMHD truth has more pixels above 1.2 mJy than 99.6% of v1's images
-  and 95% of these); a Poisson(1) number of compact blobs
+  fraction ~ U(0, 0.3) of the flux; a Poisson(1) number of compact blobs
   (FWHM ~ U(3, 10), each ~ U(0.02, 0.1) of the flux) within 45 uas of the centre;
 - total flux ~ U(0.5, 2.5) Jy.
+
+That is the law ``"v1"``, the set ``bh32`` was trained on (unchanged bit for
+bit). Two more laws (``law=`` in :func:`make_black_holes`, ``--law`` of
+``interfero make-dataset``) widen it towards GRMHD images, whose faint,
+extended, turbulent emission ``v1`` lacks (the shared GRMHD truth has more
+pixels above 1.2 mJy than 99.6% of v1's images):
+
+- ``"extended"``: a floor in 85% of the images, holding ~ U(0, 0.6) of the
+  flux, FWHM ~ U(30, 110);
+- ``"disk"``: the extended floors, plus, with probability 0.6, an
+  exponential outer tail ``exp(-(r - d/2) / tail)`` with ``tail`` ~ U(3, 25)
+  instead of the ring's outer Gaussian edge (the inner edge stays Gaussian:
+  a shadow inside an accretion flow); a brightness asymmetry ~ U(0, 1) for
+  every kind (Doppler boosting); the floor centre offset by ~ U(-15, 15) uas
+  in each axis; and the turbulence modulating the floor as well as the ring.
 
 Images are rendered on a 4x finer grid and averaged down (pixel-integrated),
 as ``(N, 1, npix, npix)`` float32 in Jy/pixel, row 0 north, column 0 east.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,10 +45,31 @@ PARAMS = (
     "kind", "flux", "diameter", "width", "x0", "y0", "asymmetry", "pa",
     "m1_amp", "m1_phase", "m2_amp", "m2_phase", "m3_amp", "m3_phase",
     "grf_strength", "floor_fraction", "floor_fwhm", "n_blobs", "blob_fraction",
+    "tail", "floor_dx", "floor_dy",
 )
 SUPERSAMPLE = 4
-# diffuse-floor law: (probability, largest flux fraction, FWHM range in uas)
-FLOORS = {"v1": (0.5, 0.3, (20.0, 80.0)), "extended": (0.85, 0.6, (30.0, 110.0))}
+
+
+@dataclass(frozen=True)
+class Law:
+    """A parameter law of the synthetic black holes (see the module docstring)."""
+
+    floor_prob: float  # probability of a diffuse floor
+    floor_max: float  # largest flux fraction in the floor
+    floor_fwhm: tuple[float, float]  # floor FWHM range, uas
+    tail_prob: float = 0.0  # probability of an exponential outer tail
+    tail_uas: tuple[float, float] = (3.0, 25.0)  # its e-folding length, uas
+    floor_offset_uas: float = 0.0  # largest floor-centre offset per axis, uas
+    asymmetry_all: bool = False  # a brightness asymmetry for every kind, not just crescents
+    turbulent_floor: bool = False  # the turbulence modulates the floor too
+
+
+LAWS = {
+    "v1": Law(0.5, 0.3, (20.0, 80.0)),
+    "extended": Law(0.85, 0.6, (30.0, 110.0)),
+    "disk": Law(0.85, 0.6, (30.0, 110.0), tail_prob=0.6, floor_offset_uas=15.0, asymmetry_all=True,
+                turbulent_floor=True),
+}
 
 
 def _grid(npix: int, fov_uas: float):
@@ -47,12 +81,12 @@ def _grid(npix: int, fov_uas: float):
     return np.broadcast_to(x, (n, n)), np.broadcast_to(y, (n, n))
 
 
-def _floor_law(floors: str):
-    if floors not in FLOORS:
+def get_law(name: str) -> Law:
+    if name not in LAWS:
         from interfero.errors import InterferoError
 
-        raise InterferoError(f"unknown floor law {floors!r} (choose from {', '.join(FLOORS)})")
-    return FLOORS[floors]
+        raise InterferoError(f"unknown black-hole law {name!r} (choose from {', '.join(LAWS)})")
+    return LAWS[name]
 
 
 def _grf(n: int, rng: np.random.Generator, slope: float = 3.0) -> np.ndarray:
@@ -63,8 +97,8 @@ def _grf(n: int, rng: np.random.Generator, slope: float = 3.0) -> np.ndarray:
     return (field - field.mean()) / field.std()
 
 
-def draw_parameters(rng: np.random.Generator, floors: str = "v1") -> dict:
-    prob, fmax, fwhm = _floor_law(floors)
+def draw_parameters(rng: np.random.Generator, law: str = "v1") -> dict:
+    lw = get_law(law)
     kind = int(rng.integers(3))
     diameter = rng.uniform(20, 60)
     p = {
@@ -77,37 +111,52 @@ def draw_parameters(rng: np.random.Generator, floors: str = "v1") -> dict:
         "asymmetry": rng.uniform(0, 1) if kind == 1 else 0.0,
         "pa": rng.uniform(0, 360),
         "grf_strength": rng.uniform(0, 1) if rng.uniform() < 0.7 else 0.0,
-        "floor_fraction": rng.uniform(0, fmax) if rng.uniform() < prob else 0.0,
-        "floor_fwhm": rng.uniform(*fwhm),
+        "floor_fraction": rng.uniform(0, lw.floor_max) if rng.uniform() < lw.floor_prob else 0.0,
+        "floor_fwhm": rng.uniform(*lw.floor_fwhm),
         "n_blobs": int(rng.poisson(1.0)),
         "blob_fraction": rng.uniform(0.02, 0.1),
     }
     for m, top in ((1, 0.9), (2, 0.4), (3, 0.2)):
         p[f"m{m}_amp"] = rng.uniform(0, top) if kind == 2 else 0.0
         p[f"m{m}_phase"] = rng.uniform(0, 360)
+    p["tail"] = p["floor_dx"] = p["floor_dy"] = 0.0
+    # draws the v1 law does not make come last, so v1 and extended stay what they were
+    if lw.tail_prob > 0 and rng.uniform() < lw.tail_prob:
+        p["tail"] = rng.uniform(*lw.tail_uas)
+    if lw.asymmetry_all and kind != 1:
+        p["asymmetry"] = rng.uniform(0, 1)
+    if lw.floor_offset_uas > 0:
+        p["floor_dx"], p["floor_dy"] = rng.uniform(-lw.floor_offset_uas, lw.floor_offset_uas, 2)
     return p
 
 
-def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generator) -> np.ndarray:
-    """One image (npix, npix) in Jy/pixel from parameters ``p`` (``rng`` draws the field and blobs)."""
+def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generator,
+                      turbulent_floor: bool = False) -> np.ndarray:
+    """One image (npix, npix) in Jy/pixel from parameters ``p`` (``rng`` draws the field and blobs;
+    ``turbulent_floor``: the field modulates the floor as well as the ring)."""
     x, y = _grid(npix, fov_uas)
     dx, dy = x - p["x0"], y - p["y0"]
     r, phi = np.hypot(dx, dy), np.arctan2(dx, dy)
     sig = p["width"] / (2 * np.sqrt(2 * np.log(2)))
-    ring = np.exp(-0.5 * ((r - p["diameter"] / 2) / sig) ** 2)
+    rr = r - p["diameter"] / 2
+    ring = np.exp(-0.5 * (rr / sig) ** 2)
+    if p.get("tail", 0.0) > 0:
+        ring = np.where(rr > 0, np.exp(-np.clip(rr, 0, None) / p["tail"]), ring)
     mod = 1 + p["asymmetry"] * np.cos(phi - np.radians(p["pa"]))
     for m in (1, 2, 3):
         mod = mod + p[f"m{m}_amp"] * np.cos(m * phi - np.radians(p[f"m{m}_phase"]))
     img = ring * np.clip(mod, 0, None)
     n = x.shape[0]
-    if p["grf_strength"] > 0:
-        s = p["grf_strength"]
-        img = img * np.exp(s * _grf(n, rng) - 0.5 * s**2)
+    field = np.exp(p["grf_strength"] * _grf(n, rng) - 0.5 * p["grf_strength"] ** 2) if p["grf_strength"] > 0 else None
+    if field is not None and not turbulent_floor:
+        img = img * field
     img = img / img.sum()
     if p["floor_fraction"] > 0:
         fs = p["floor_fwhm"] / (2 * np.sqrt(2 * np.log(2)))
-        floor = np.exp(-0.5 * (np.hypot(dx, dy) / fs) ** 2)
+        floor = np.exp(-0.5 * (np.hypot(dx - p.get("floor_dx", 0.0), dy - p.get("floor_dy", 0.0)) / fs) ** 2)
         img = (1 - p["floor_fraction"]) * img + p["floor_fraction"] * floor / floor.sum()
+    if field is not None and turbulent_floor:
+        img = img * field
     for _ in range(p["n_blobs"]):
         rb, ab = 45 * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
         bs = rng.uniform(3, 10) / (2 * np.sqrt(2 * np.log(2)))
@@ -118,15 +167,17 @@ def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generat
 
 
 def make_black_holes(n: int, npix: int = 32, fov_uas: float = 160.0, seed: int = 0, progress: bool = False,
-                     floors: str = "v1"):
-    """``n`` images ``(n, 1, npix, npix)`` float32 (Jy/pixel) and their parameters ``(n, len(PARAMS))``."""
+                     law: str = "v1"):
+    """``n`` images ``(n, 1, npix, npix)`` float32 (Jy/pixel) and their parameters ``(n, len(PARAMS))``
+    drawn from the law named ``law`` (:data:`LAWS`)."""
     from tqdm.auto import tqdm
 
+    turbulent_floor = get_law(law).turbulent_floor
     rng = np.random.default_rng(seed)
     images = np.empty((n, 1, npix, npix), dtype=np.float32)
     params = np.empty((n, len(PARAMS)), dtype=np.float64)
     for i in tqdm(range(n), disable=not progress, desc="black holes"):
-        p = draw_parameters(rng, floors)
-        images[i, 0] = render_black_hole(p, npix, fov_uas, rng)
+        p = draw_parameters(rng, law)
+        images[i, 0] = render_black_hole(p, npix, fov_uas, rng, turbulent_floor)
         params[i] = [p[k] for k in PARAMS]
     return images, params
