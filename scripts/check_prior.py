@@ -3,8 +3,8 @@
     python scripts/check_prior.py --prior default [--n 512] [--steps 500] [--json OUT.json] [--out DIR]
 
 Draws ``n`` samples from the prior (reverse SDE, ``steps`` Euler-Maruyama
-steps) and ``n`` fresh images from the training distribution
-(priors.datasets.blackholes, a different seed), measures on both sets, with
+steps) and ``n`` fresh images from the training distribution (the law its
+record names, priors.ood.training_draws, a different seed), measures on both sets, with
 the same ring extractor (interfero.features.RingExtractor), the total flux,
 ring diameter and ring width, and runs a two-sample Kolmogorov-Smirnov test
 on each (the goal: p > 0.01). Negative sample pixels are kept for the flux and
@@ -26,7 +26,7 @@ from scipy.stats import ks_2samp
 from interfero.features import RingExtractor
 from interfero.io import atomic_write_text
 from interfero.plotting import save_figure
-from priors.datasets import make_dataset
+from priors.ood import training_draws
 from priors.pretrained import load_prior
 
 
@@ -50,16 +50,16 @@ def main() -> None:
     args = ap.parse_args()
     prior = load_prior(args.prior)
     fov = prior.fov_uas or 160.0
-    npix = prior.image_shape[-1]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     samples = prior.sample(args.n, steps=args.steps, generator=torch.Generator().manual_seed(args.seed),
                            progress=True, sampler=args.sampler).numpy()
     t_sample = time.perf_counter() - t0
-    train = make_dataset("blackholes", args.n, npix, fov_uas=fov, seed=1000 + args.seed)["images"]
+    train = training_draws(prior, args.n, seed=1000 + args.seed)
     fs, ft = features(samples, fov), features(train, fov)
-    res = {"prior": prior.name, "n_samples": args.n, "sampler": args.sampler,
+    res = {"prior": prior.name, "training_law": (prior.training_data or {}).get("law", "v1"),
+           "n_samples": args.n, "sampler": args.sampler,
            "sampler_steps": args.steps if args.sampler == "sde" else None, "sampling_seconds": t_sample,
            "negative_flux_fraction": float(np.clip(-samples, 0, None).sum() / np.abs(samples).sum())}
     for key in ("flux", "diameter", "width"):
