@@ -2,14 +2,21 @@
 
     python scripts/train_default_prior.py --out outputs/bh32 [--steps N] [--resume]
 
-The shipped ``bh32`` is ``--steps 12000`` with the defaults below (resumed
-once from 3750 steps). A fine-tuning stage can follow (``--init``, e.g.
-``--init outputs/bh32/prior --out outputs/bh32ft --steps 2500 --lr 2e-4
---lr-schedule cosine --likelihood-fraction 0.25``); that one was tried and
-made the quality check worse (docs/priors.md), so it is not shipped.
+The shipped ``bh32`` is two stages:
 
-1. generates the synthetic black-hole set (priors.datasets.blackholes,
-   20000 images, 32x32 over 160 uas, seed 0) into OUT/blackholes.h5;
+1. ``--out outputs/bh32v1 --steps 12000 --no-install`` with the defaults
+   below (law v1; resumed once from 3750 steps);
+2. ``--init outputs/bh32v1/prior --law disk --out outputs/bh32 --steps 4000
+   --lr 2e-4 --lr-schedule cosine --warmup 100``: fine-tuning on the
+   GRMHD-like ``disk`` law (priors.datasets.blackholes), under which the
+   shared GRMHD truth is in distribution (docs/priors.md).
+
+(Another fine-tune, ``--likelihood-fraction 0.25`` on v1, made the quality
+check worse and is not shipped.)
+
+1. generates the synthetic black-hole set (priors.datasets.blackholes, law
+   ``--law``, 20000 images, 32x32 over 160 uas, seed 0) into
+   OUT/blackholes.h5 (v1) or OUT/blackholes-LAW.h5;
 2. trains the noise-prediction U-Net on it with the VP SDE (settings below;
    resumable: rerun with --resume after an interruption);
 3. copies the EMA weights to data/weights/bh{npix}.safetensors/.json.
@@ -22,6 +29,7 @@ import shutil
 from pathlib import Path
 
 from priors.datasets import make_dataset
+from priors.datasets.blackholes import LAWS
 from priors.datasets.store import write_dataset
 from priors.train import TrainConfig, train
 
@@ -37,6 +45,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--law", choices=tuple(LAWS), default="v1", help="parameter law of the training images")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--init", help="fine-tune: start from this prior file pair (e.g. outputs/bh32/prior)")
     ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
@@ -47,12 +57,12 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "blackholes.h5"
+    data = out / ("blackholes.h5" if args.law == "v1" else f"blackholes-{args.law}.h5")
     if not data.is_file():
-        d = make_dataset("blackholes", args.n_images, args.npix, fov_uas=160.0, seed=0, progress=True)
+        d = make_dataset("blackholes", args.n_images, args.npix, fov_uas=160.0, seed=0, progress=True, law=args.law)
         write_dataset(data, d)
     cfg = TrainConfig(
-        data=str(data), out=str(out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=200,
+        data=str(data), out=str(out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         width=args.width, ema_decay=0.999, ckpt_every=min(250, args.steps), sample_every=1000, sample_steps=200,
         threads=args.threads, augment=True, init=args.init, lr_schedule=args.lr_schedule,
         likelihood_fraction=args.likelihood_fraction,

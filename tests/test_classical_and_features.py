@@ -100,7 +100,7 @@ def test_black_hole_laws():
                       np.median((d["images"][:, 0] > 0.0012).mean((1, 2))))
         assert d["generator"]["law"] == law
         if law == "disk":
-            assert abs(np.mean(tail > 0) - 0.6) < 0.08 and 3 <= tail[tail > 0].min() and tail.max() <= 25
+            assert abs(np.mean(tail > 0) - 0.6) < 0.08 and 3 <= tail[tail > 0].min() and tail.max() <= 15
             assert np.abs(par["floor_dx"]).max() <= 15 and np.abs(par["floor_dy"]).max() > 10
             assert np.mean(par["asymmetry"] > 0) > 0.99
         else:

@@ -24,11 +24,14 @@ pixels above 1.2 mJy than 99.6% of v1's images):
 - ``"extended"``: a floor in 85% of the images, holding ~ U(0, 0.6) of the
   flux, FWHM ~ U(30, 110);
 - ``"disk"``: the extended floors, plus, with probability 0.6, an
-  exponential outer tail ``exp(-(r - d/2) / tail)`` with ``tail`` ~ U(3, 25)
+  exponential outer tail ``exp(-(r - d/2) / tail)`` with ``tail`` ~ U(3, 15)
   instead of the ring's outer Gaussian edge (the inner edge stays Gaussian:
   a shadow inside an accretion flow); a brightness asymmetry ~ U(0, 1) for
   every kind (Doppler boosting); the floor centre offset by ~ U(-15, 15) uas
-  in each axis; and the turbulence modulating the floor as well as the ring.
+  in each axis; the turbulence modulating the floor as well as the ring; and
+  broader blobs (FWHM ~ U(8, 20)), so that a compact dot in a diffuse halo
+  is not a typical image (a first version with v1's 3-10 uas blobs and
+  tails up to 25 uas made DPI collapse to one bright pixel with 4-5 sites).
 
 Images are rendered on a 4x finer grid and averaged down (pixel-integrated),
 as ``(N, 1, npix, npix)`` float32 in Jy/pixel, row 0 north, column 0 east.
@@ -62,13 +65,14 @@ class Law:
     floor_offset_uas: float = 0.0  # largest floor-centre offset per axis, uas
     asymmetry_all: bool = False  # a brightness asymmetry for every kind, not just crescents
     turbulent_floor: bool = False  # the turbulence modulates the floor too
+    blob_fwhm_uas: tuple[float, float] = (3.0, 10.0)  # compact blobs' FWHM range, uas
 
 
 LAWS = {
     "v1": Law(0.5, 0.3, (20.0, 80.0)),
     "extended": Law(0.85, 0.6, (30.0, 110.0)),
-    "disk": Law(0.85, 0.6, (30.0, 110.0), tail_prob=0.6, floor_offset_uas=15.0, asymmetry_all=True,
-                turbulent_floor=True),
+    "disk": Law(0.85, 0.6, (30.0, 110.0), tail_prob=0.6, tail_uas=(3.0, 15.0), floor_offset_uas=15.0,
+                asymmetry_all=True, turbulent_floor=True, blob_fwhm_uas=(8.0, 20.0)),
 }
 
 
@@ -131,9 +135,9 @@ def draw_parameters(rng: np.random.Generator, law: str = "v1") -> dict:
 
 
 def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generator,
-                      turbulent_floor: bool = False) -> np.ndarray:
+                      turbulent_floor: bool = False, blob_fwhm_uas: tuple[float, float] = (3.0, 10.0)) -> np.ndarray:
     """One image (npix, npix) in Jy/pixel from parameters ``p`` (``rng`` draws the field and blobs;
-    ``turbulent_floor``: the field modulates the floor as well as the ring)."""
+    ``turbulent_floor``: the field modulates the floor as well as the ring; blobs' FWHM ~ U(*blob_fwhm_uas))."""
     x, y = _grid(npix, fov_uas)
     dx, dy = x - p["x0"], y - p["y0"]
     r, phi = np.hypot(dx, dy), np.arctan2(dx, dy)
@@ -159,7 +163,7 @@ def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generat
         img = img * field
     for _ in range(p["n_blobs"]):
         rb, ab = 45 * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
-        bs = rng.uniform(3, 10) / (2 * np.sqrt(2 * np.log(2)))
+        bs = rng.uniform(*blob_fwhm_uas) / (2 * np.sqrt(2 * np.log(2)))
         blob = np.exp(-0.5 * ((dx - rb * np.sin(ab)) ** 2 + (dy - rb * np.cos(ab)) ** 2) / bs**2)
         img = img + p["blob_fraction"] * blob / blob.sum()
     img = img.reshape(npix, SUPERSAMPLE, npix, SUPERSAMPLE).sum(axis=(1, 3))
@@ -172,12 +176,12 @@ def make_black_holes(n: int, npix: int = 32, fov_uas: float = 160.0, seed: int =
     drawn from the law named ``law`` (:data:`LAWS`)."""
     from tqdm.auto import tqdm
 
-    turbulent_floor = get_law(law).turbulent_floor
+    lw = get_law(law)
     rng = np.random.default_rng(seed)
     images = np.empty((n, 1, npix, npix), dtype=np.float32)
     params = np.empty((n, len(PARAMS)), dtype=np.float64)
     for i in tqdm(range(n), disable=not progress, desc="black holes"):
         p = draw_parameters(rng, law)
-        images[i, 0] = render_black_hole(p, npix, fov_uas, rng, turbulent_floor)
+        images[i, 0] = render_black_hole(p, npix, fov_uas, rng, lw.turbulent_floor, lw.blob_fwhm_uas)
         params[i] = [p[k] for k in PARAMS]
     return images, params
