@@ -1,15 +1,14 @@
-"""Recipe of the shipped default prior ``bh32`` (and ``bh64`` with --npix 64).
+"""Recipe of the shipped black-hole priors: ``bh32`` (the default), ``bh32disk`` (and ``bh64`` with --npix 64).
 
     python scripts/train_default_prior.py --out outputs/bh32 [--steps N] [--resume]
 
-The shipped ``bh32`` is two stages:
+The shipped ``bh32`` is ``--steps 12000`` with the defaults below (law v1;
+resumed once from 3750 steps). ``bh32disk`` fine-tunes it on the GRMHD-like
+``disk`` law (priors.datasets.blackholes), under which the shared GRMHD
+truth is in distribution (docs/priors.md):
 
-1. ``--out outputs/bh32v1 --steps 12000 --no-install`` with the defaults
-   below (law v1; resumed once from 3750 steps);
-2. ``--init outputs/bh32v1/prior --law disk --out outputs/bh32 --steps 4000
-   --lr 2e-4 --lr-schedule cosine --warmup 100``: fine-tuning on the
-   GRMHD-like ``disk`` law (priors.datasets.blackholes), under which the
-   shared GRMHD truth is in distribution (docs/priors.md).
+    python scripts/train_default_prior.py --init outputs/bh32/prior --law disk --out outputs/bh32disk \
+        --steps 3000 --lr 2e-4 --lr-schedule cosine --warmup 100 --name bh32disk
 
 (Another fine-tune, ``--likelihood-fraction 0.25`` on v1, made the quality
 check worse and is not shipped.)
@@ -19,7 +18,8 @@ check worse and is not shipped.)
    OUT/blackholes.h5 (v1) or OUT/blackholes-LAW.h5;
 2. trains the noise-prediction U-Net on it with the VP SDE (settings below;
    resumable: rerun with --resume after an interruption);
-3. copies the EMA weights to data/weights/bh{npix}.safetensors/.json.
+3. copies the EMA weights to data/weights/NAME.safetensors/.json (``--name``,
+   default ``bh{npix}``).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main() -> None:
                     help="fraction of t drawn from g^2/std^2 (priors.train.training_times)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-install", action="store_true", help="do not copy the result into data/weights")
+    ap.add_argument("--name", help="name of the installed prior (default bh{npix})")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,9 +72,10 @@ def main() -> None:
     if not args.no_install:
         dest = REPO / "data" / "weights"
         dest.mkdir(parents=True, exist_ok=True)
+        name = args.name or f"bh{args.npix}"
         for suffix in (".safetensors", ".json"):
-            shutil.copyfile(out / f"prior{suffix}", dest / f"bh{args.npix}{suffix}")
-        print(f"installed {dest}/bh{args.npix}.*")
+            shutil.copyfile(out / f"prior{suffix}", dest / f"{name}{suffix}")
+        print(f"installed {dest}/{name}.*")
 
 
 if __name__ == "__main__":

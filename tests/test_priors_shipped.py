@@ -8,7 +8,7 @@ import torch
 
 from posterior.cli import main
 from priors.datasets import make_dataset
-from priors.pretrained import load_prior, shipped_priors
+from priors.pretrained import load_prior, prior_path, shipped_priors
 
 
 def test_default_is_bh32():
@@ -17,8 +17,17 @@ def test_default_is_bh32():
     assert prior.name == "bh32" and prior.image_shape == (1, 32, 32) and prior.fov_uas == 160.0
 
 
-def test_default_prior_log_prob_and_score():
-    prior = load_prior("default")
+def test_bh32disk_is_bh32_fine_tuned_on_the_disk_law():
+    base, disk = load_prior("bh32"), load_prior("bh32disk")
+    assert disk.image_shape == base.image_shape and disk.fov_uas == base.fov_uas
+    assert disk.training_data["law"] == "disk" and (disk.shift, disk.scale) == (base.shift, base.scale)
+    record = json.loads(prior_path("bh32disk").with_suffix(".json").read_text())
+    assert record["training"]["config"]["init"] == "bh32" and record["training"]["steps"] == 3000
+
+
+@pytest.mark.parametrize("name", ["default", "bh32disk"])
+def test_shipped_black_hole_prior_log_prob_and_score(name):
+    prior = load_prior(name)
     x = torch.from_numpy(make_dataset("blackholes", 2, 32, seed=3)["images"]).requires_grad_(True)
     elbo = prior.log_prob(x, generator=torch.Generator().manual_seed(0))
     (g,) = torch.autograd.grad(elbo.sum(), x)
