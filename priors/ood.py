@@ -77,9 +77,8 @@ def training_draws(prior: ScorePrior, n: int, seed: int = 1) -> np.ndarray:
     data = prior.training_data
     if not data or "kind" not in data:
         raise InterferoError(f"prior {prior.name} does not record its training set: pass reference images instead")
-    extra = {"law": data["law"]} if "law" in data else {}
     return make_dataset(data["kind"], n, prior.image_shape[-1], fov_uas=data.get("fov_uas") or 160.0,
-                        seed=seed, **extra)["images"]
+                        seed=seed, law=data.get("law", "v1"))["images"]
 
 
 def log_prob_each(prior: ScorePrior, images: np.ndarray | torch.Tensor, method: str, seed: int = 0) -> np.ndarray:

@@ -118,9 +118,10 @@ def main() -> None:
                               warmup=200, width=args.width, augment=False, ckpt_every=500, sample_every=2000)
             train(cfg, resume=(run / "checkpoint.json").is_file() and not args.retrain)
     prior = load_prior(str(done.with_suffix("")))
+    train_x = torch.from_numpy(load_dataset(data)["images"])
     control = None
     if args.divergence == "hutchinson" and args.control == "gaussian":
-        control = GaussianScore.fit(prior.to_z(torch.from_numpy(load_dataset(data)["images"])), prior.sde)
+        control = GaussianScore.fit(prior.to_z(train_x), prior.sde)
     gauss = face_gaussian(16)
     x_in = gauss.sample(args.n, generator=torch.Generator().manual_seed(123)).float()
     x_ood = torch.from_numpy(natural_patches(args.n, 16, seed=1))
@@ -133,8 +134,7 @@ def main() -> None:
     r2_in, r2_id_in = r2_scores(lp_in, true_in)
     r2_ood, r2_id_ood = r2_scores(lp_ood, true_ood)
     # the ceiling of the training set: the maximum-likelihood Gaussian of the training draws
-    train_x = torch.from_numpy(load_dataset(data)["images"]).double()
-    flat = train_x.reshape(train_x.shape[0], -1)
+    flat = train_x.double().reshape(train_x.shape[0], -1)
     fitted = GaussianPrior(flat.mean(0).reshape(train_x.shape[1:]), torch.cov(flat.T))
     r2_fit_in = r2_scores(fitted.log_prob(x_in.double()).numpy(), true_in)[0]
     r2_fit_ood = r2_scores(fitted.log_prob(x_ood.double()).numpy(), true_ood)[0]

@@ -134,17 +134,17 @@ def draw_parameters(rng: np.random.Generator, law: str = "v1") -> dict:
     return p
 
 
-def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generator,
-                      turbulent_floor: bool = False, blob_fwhm_uas: tuple[float, float] = (3.0, 10.0)) -> np.ndarray:
-    """One image (npix, npix) in Jy/pixel from parameters ``p`` (``rng`` draws the field and blobs;
-    ``turbulent_floor``: the field modulates the floor as well as the ring; blobs' FWHM ~ U(*blob_fwhm_uas))."""
+def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generator, law: str = "v1") -> np.ndarray:
+    """One image (npix, npix) in Jy/pixel from parameters ``p`` (``rng`` draws the field and blobs, whose
+    size and the field's reach follow ``law``)."""
+    lw = get_law(law)
     x, y = _grid(npix, fov_uas)
     dx, dy = x - p["x0"], y - p["y0"]
     r, phi = np.hypot(dx, dy), np.arctan2(dx, dy)
     sig = p["width"] / (2 * np.sqrt(2 * np.log(2)))
     rr = r - p["diameter"] / 2
     ring = np.exp(-0.5 * (rr / sig) ** 2)
-    if p.get("tail", 0.0) > 0:
+    if p["tail"] > 0:
         ring = np.where(rr > 0, np.exp(-np.clip(rr, 0, None) / p["tail"]), ring)
     mod = 1 + p["asymmetry"] * np.cos(phi - np.radians(p["pa"]))
     for m in (1, 2, 3):
@@ -152,18 +152,18 @@ def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generat
     img = ring * np.clip(mod, 0, None)
     n = x.shape[0]
     field = np.exp(p["grf_strength"] * _grf(n, rng) - 0.5 * p["grf_strength"] ** 2) if p["grf_strength"] > 0 else None
-    if field is not None and not turbulent_floor:
+    if field is not None and not lw.turbulent_floor:
         img = img * field
     img = img / img.sum()
     if p["floor_fraction"] > 0:
         fs = p["floor_fwhm"] / (2 * np.sqrt(2 * np.log(2)))
-        floor = np.exp(-0.5 * (np.hypot(dx - p.get("floor_dx", 0.0), dy - p.get("floor_dy", 0.0)) / fs) ** 2)
+        floor = np.exp(-0.5 * (np.hypot(dx - p["floor_dx"], dy - p["floor_dy"]) / fs) ** 2)
         img = (1 - p["floor_fraction"]) * img + p["floor_fraction"] * floor / floor.sum()
-    if field is not None and turbulent_floor:
+    if field is not None and lw.turbulent_floor:
         img = img * field
     for _ in range(p["n_blobs"]):
         rb, ab = 45 * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
-        bs = rng.uniform(*blob_fwhm_uas) / (2 * np.sqrt(2 * np.log(2)))
+        bs = rng.uniform(*lw.blob_fwhm_uas) / (2 * np.sqrt(2 * np.log(2)))
         blob = np.exp(-0.5 * ((dx - rb * np.sin(ab)) ** 2 + (dy - rb * np.cos(ab)) ** 2) / bs**2)
         img = img + p["blob_fraction"] * blob / blob.sum()
     img = img.reshape(npix, SUPERSAMPLE, npix, SUPERSAMPLE).sum(axis=(1, 3))
@@ -176,12 +176,11 @@ def make_black_holes(n: int, npix: int = 32, fov_uas: float = 160.0, seed: int =
     drawn from the law named ``law`` (:data:`LAWS`)."""
     from tqdm.auto import tqdm
 
-    lw = get_law(law)
     rng = np.random.default_rng(seed)
     images = np.empty((n, 1, npix, npix), dtype=np.float32)
     params = np.empty((n, len(PARAMS)), dtype=np.float64)
     for i in tqdm(range(n), disable=not progress, desc="black holes"):
         p = draw_parameters(rng, law)
-        images[i, 0] = render_black_hole(p, npix, fov_uas, rng, lw.turbulent_floor, lw.blob_fwhm_uas)
+        images[i, 0] = render_black_hole(p, npix, fov_uas, rng, law)
         params[i] = [p[k] for k in PARAMS]
     return images, params
