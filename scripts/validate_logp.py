@@ -113,7 +113,9 @@ def main() -> None:
         done = prior_path(args.prior).with_suffix(".json")
     else:
         done = run / "prior.json"
-        if args.retrain or not done.is_file() or json.loads(done.read_text())["training"]["steps"] != args.steps:
+        record = json.loads(done.read_text())["training"] if done.is_file() else None
+        if (args.retrain or record is None or record["steps"] != args.steps
+                or record["data"].get("n_images") != args.n_train):
             cfg = TrainConfig(data=str(data), out=str(run), steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                               warmup=200, width=args.width, augment=False, ckpt_every=500, sample_every=2000)
             train(cfg, resume=(run / "checkpoint.json").is_file() and not args.retrain)
@@ -135,7 +137,7 @@ def main() -> None:
     r2_ood, r2_id_ood = r2_scores(lp_ood, true_ood)
     # the ceiling of the training set: the maximum-likelihood Gaussian of the training draws
     flat = train_x.double().reshape(train_x.shape[0], -1)
-    fitted = GaussianPrior(flat.mean(0).reshape(train_x.shape[1:]), torch.cov(flat.T))
+    fitted = GaussianPrior(flat.mean(0).reshape(train_x.shape[1:]), torch.cov(flat.T, correction=0))
     r2_fit_in = r2_scores(fitted.log_prob(x_in.double()).numpy(), true_in)[0]
     r2_fit_ood = r2_scores(fitted.log_prob(x_ood.double()).numpy(), true_ood)[0]
 
