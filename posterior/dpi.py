@@ -180,7 +180,12 @@ class DPI:
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def loss_terms(self, n: int) -> dict[str, torch.Tensor]:
+        """``n`` flow samples and the terms of the objective. Samples with non-finite pixels (an overflowing
+        flow) give NaN terms without reaching the prior or operator, so :meth:`fit` skips that step."""
         x, log_q = self.flow.sample(n)
+        if not bool(torch.isfinite(x).all()):
+            nan = torch.full_like(log_q, float("nan"))
+            return {"x": x, "log_q": log_q, "log_lik": nan, "log_prior": nan}
         return {"x": x, "log_q": log_q, "log_lik": self.target.log_likelihood(x), "log_prior": self.target.log_prior(x)}
 
     def fit(self) -> DPI:

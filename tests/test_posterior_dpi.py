@@ -118,6 +118,29 @@ def test_non_finite_steps_are_skipped(tmp_path):
     assert all(torch.isfinite(p).all() for p in run.flow.parameters())
 
 
+def test_non_finite_flow_samples_are_skipped_not_passed_to_the_prior(tmp_path):
+    """A flow that overflows (inf/NaN pixels) makes that step non-finite and skipped; the score prior,
+    which refuses NaN images with an error, is never called on them."""
+    run = _small_dpi(tmp_path, 6)
+    calls = {"n": 0}
+    real = run.flow.sample
+
+    def overflowing(n):
+        calls["n"] += 1
+        x, log_q = real(n)
+        return (x * float("inf") if calls["n"] in (2, 5) else x), log_q
+
+    def strict_prior(x):
+        assert torch.isfinite(x).all()
+        return run.target.prior.log_prob(x)
+
+    run.flow.sample = overflowing
+    run.target.log_prior = strict_prior
+    run.fit()
+    assert run.skipped == 2 and run.step == 6
+    assert all(torch.isfinite(p).all() for p in run.flow.parameters())
+
+
 def test_all_non_finite_is_an_error(tmp_path):
     run = _small_dpi(None, 3)
     run.target.log_likelihood = lambda x: torch.full((x.shape[0],), float("nan"))
