@@ -3,7 +3,8 @@
     python benchmarks/priors.py [--json OUT.json] [--repeats 3] [--batch 8]
 
 Per image, at equal batch, on the shipped priors (``faces16`` at 16x16, the
-default ``bh32`` at 32x32; images drawn from each prior's own training data):
+32x32 ``bh32``, whose network ``bh32disk``, the default, shares; images drawn from each
+prior's own training data):
 
 1. ``log p`` with its gradient by the PF-ODE: Hutchinson (1 Rademacher probe),
    dopri5 at rtol = atol = 1e-3, gradient by the adjoint; time and function

@@ -63,7 +63,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train_prior)
 
     s = sub.add_parser("sample-prior", help="draw images from a score prior (reverse SDE)")
-    s.add_argument("--prior", default="default", help="shipped prior name (default, bh32, ...) or path")
+    s.add_argument("--prior", default="default", help="shipped prior name (default = bh32disk, bh32, ...) or path")
     s.add_argument("--n", type=_positive(int), default=16)
     s.add_argument("--steps", type=_positive(int), default=500, help="reverse-SDE steps")
     s.add_argument("--seed", type=int, default=0)
@@ -73,7 +73,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("prior-logp", help="log p of FITS images under a prior, beside fresh training images"
                        " (is an image in distribution?)")
     q.add_argument("images", nargs="+", help="FITS images (Jy/pixel; regridded onto the prior's grid)")
-    q.add_argument("--prior", default="default", help="shipped prior name (default, bh32, ...) or path")
+    q.add_argument("--prior", default="default", help="shipped prior name (default = bh32disk, bh32, ...) or path")
     q.add_argument("--method", choices=("elbo", "ode"), default="elbo",
                    help="ELBO (fast lower bound) or exact PF-ODE log p (Hutchinson, slow)")
     q.add_argument("--draws", type=_positive(int), default=16, help="ELBO draws per image")

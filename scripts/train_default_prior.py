@@ -1,9 +1,9 @@
-"""Recipe of the shipped black-hole priors: ``bh32`` (the default), ``bh32disk`` (and ``bh64`` with --npix 64).
+"""Recipe of the shipped black-hole priors: ``bh32``, ``bh32disk`` (the default) and ``bh64`` (--npix 64).
 
     python scripts/train_default_prior.py --out outputs/bh32 [--steps N] [--resume]
 
 The shipped ``bh32`` is ``--steps 12000`` with the defaults below (law v1;
-resumed once from 3750 steps). ``bh32disk`` fine-tunes it on the GRMHD-like
+resumed once from 3750 steps). ``bh32disk``, the default prior, fine-tunes it on the GRMHD-like
 ``disk`` law (priors.datasets.blackholes), under which the shared GRMHD
 truth is in distribution (docs/priors.md):
 

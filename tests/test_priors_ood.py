@@ -62,7 +62,8 @@ def test_cli_flags_the_grmhd_truth_as_atypical_for_bh32(tmp_path, capsys):
     (measured: below all 64 of 64, ELBO 5186 vs 5202-5362; exact log p 6197 vs 7880-9087 for 8)."""
     truth = shared_path("observations", "grmhd_sgra_2017") / "truth.fits"
     out = tmp_path / "logp.json"
-    code = main(["prior-logp", str(truth), "--reference", "16", "--draws", "8", "--json", str(out)])
+    code = main(["prior-logp", str(truth), "--prior", "bh32", "--reference", "16", "--draws", "8",
+                 "--json", str(out)])
     cap = capsys.readouterr()
     assert code == 0, cap.err
     res = json.loads(out.read_text())
@@ -102,8 +103,8 @@ def test_reference_draws_follow_the_recorded_law():
     from priors.datasets import make_dataset
     from priors.ood import training_draws
 
-    prior = load_prior("default")
-    assert prior.training_data["kind"] == "blackholes" and "law" not in prior.training_data  # v1, bh32
+    prior = load_prior("bh32")
+    assert prior.training_data["kind"] == "blackholes" and "law" not in prior.training_data  # v1
     np.testing.assert_array_equal(training_draws(prior, 3, seed=5), make_dataset("blackholes", 3, 32, seed=5)["images"])
     disk = load_prior("bh32disk")
     assert disk.training_data["law"] == "disk"

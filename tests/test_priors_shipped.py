@@ -11,10 +11,10 @@ from priors.datasets import make_dataset
 from priors.pretrained import load_prior, prior_path, shipped_priors
 
 
-def test_default_is_bh32():
-    assert "bh32" in shipped_priors()
+def test_default_is_bh32disk():
+    assert {"bh32", "bh32disk"} <= set(shipped_priors())
     prior = load_prior("default")
-    assert prior.name == "bh32" and prior.image_shape == (1, 32, 32) and prior.fov_uas == 160.0
+    assert prior.name == "bh32disk" and prior.image_shape == (1, 32, 32) and prior.fov_uas == 160.0
 
 
 def test_bh32disk_is_bh32_fine_tuned_on_the_disk_law():
@@ -25,7 +25,7 @@ def test_bh32disk_is_bh32_fine_tuned_on_the_disk_law():
     assert record["training"]["config"]["init"] == "bh32" and record["training"]["steps"] == 3000
 
 
-@pytest.mark.parametrize("name", ["default", "bh32disk"])
+@pytest.mark.parametrize("name", ["default", "bh32"])
 def test_shipped_black_hole_prior_log_prob_and_score(name):
     prior = load_prior(name)
     x = torch.from_numpy(make_dataset("blackholes", 2, 32, seed=3)["images"]).requires_grad_(True)
