@@ -17,6 +17,15 @@ flow find the data-consistent region of closure-only problems before the
 prior pulls it in. It changes the target during the ramp, so it is off by
 default; after the ramp the target is the posterior.
 
+Mass-covering refinement (``refine_steps > 0``): the last ``refine_steps``
+steps minimise instead the self-normalised importance-weighted forward KL,
+``-sum_i w_i log q(x_i)`` with ``x_i ~ q`` and ``w_i ∝ p(y|x_i) p(x_i) / q(x_i)``
+(weights detached). Reverse KL cannot move mass between separated modes (its
+reparameterised gradient vanishes inside a mode where ``q ∝ p``, whatever the
+mode's weight); the weights can. It needs ``q`` to cover every mode already
+(anneal first) and an effective sample size ``1 / sum w_i^2`` well above 1,
+which holds in low dimensions only: the history records it (``ess``).
+
 Steps with a non-finite loss or gradient are skipped (counted in
 ``skipped``) and never written to a checkpoint. Checkpoints (flow, optimizer,
 step, RNG state, loss history) are written atomically every ``ckpt_every``
@@ -53,7 +62,8 @@ class DPIConfig:
     steps: optimisation steps; batch: flow samples per step; lr: Adam step size;
     grad_clip: max gradient norm; data_weight / prior_weight: multipliers of the
     two log-densities (1 = the posterior); anneal_steps / anneal_start: linear
-    ramp of the data weight (0 = off); n_samples: posterior samples drawn at
+    ramp of the data weight (0 = off); refine_steps: final steps of
+    importance-weighted forward KL (0 = off); n_samples: posterior samples drawn at
     the end; seed; ckpt_every: checkpoint period (steps, with ``out``);
     log_every: loss-history period.
     """
@@ -66,6 +76,7 @@ class DPIConfig:
     prior_weight: float = 1.0
     anneal_steps: int = 0
     anneal_start: float = 0.01
+    refine_steps: int = 0
     n_samples: int = 1024
     seed: int = 0
     ckpt_every: int = 200
@@ -80,6 +91,8 @@ class DPIConfig:
             raise InterferoError("batch size and number of samples must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InterferoError(f"learning rate must be > 0, got {self.lr}")
+        if not 0 <= self.refine_steps <= self.steps:
+            raise InterferoError(f"refine_steps must be >= 0 and <= steps, got {self.refine_steps}")
         if self.anneal_steps < 0 or not 0 < self.anneal_start <= 1:
             raise InterferoError("annealing needs anneal_steps >= 0 and 0 < anneal_start <= 1")
 
@@ -188,6 +201,17 @@ class DPI:
             return {"x": x, "log_q": log_q, "log_lik": nan, "log_prior": nan}
         return {"x": x, "log_q": log_q, "log_lik": self.target.log_likelihood(x), "log_prior": self.target.log_prior(x)}
 
+    def _forward_kl(self, w: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Self-normalised importance-weighted forward KL on one batch (see the module docstring)."""
+        with torch.no_grad():
+            terms = self.loss_terms(self.cfg.batch)
+            log_w = terms["log_q"].neg() + w * terms["log_lik"] + self.cfg.prior_weight * terms["log_prior"]
+            weights = torch.softmax(log_w, 0)
+        terms["ess"] = 1.0 / (weights**2).sum()
+        if not bool(torch.isfinite(weights).all()):
+            return torch.full((), float("nan")), terms
+        return -(weights * self.flow.log_prob(terms["x"])).sum(), terms
+
     def fit(self) -> DPI:
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, desc="dpi", disable=not self.progress, dynamic_ncols=True)
@@ -195,9 +219,13 @@ class DPI:
         seconds0 = self.seconds
         while self.step < cfg.steps:
             w = _data_weight(cfg, self.step)
-            terms = self.loss_terms(cfg.batch)
-            per = terms["log_q"] - w * terms["log_lik"] - cfg.prior_weight * terms["log_prior"]
-            loss = per.mean()
+            refining = self.step >= cfg.steps - cfg.refine_steps
+            if refining:
+                loss, terms = self._forward_kl(w)
+            else:
+                terms = self.loss_terms(cfg.batch)
+                per = terms["log_q"] - w * terms["log_lik"] - cfg.prior_weight * terms["log_prior"]
+                loss = per.mean()
             self.opt.zero_grad(set_to_none=True)
             ok = bool(torch.isfinite(loss))
             if ok:
@@ -216,6 +244,8 @@ class DPI:
                 rec = {"step": self.step, "loss": loss.item(), "log_lik": terms["log_lik"].mean().item(),
                        "log_prior": terms["log_prior"].mean().item(), "log_q": terms["log_q"].mean().item(),
                        "data_weight": w, "seconds": self.seconds}
+                if refining:
+                    rec |= {"objective": "forward_kl", "ess": terms["ess"].item()}
                 self.history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4g}", skipped=self.skipped)
             if self.callback is not None:
