@@ -201,12 +201,15 @@ class DPI:
             return {"x": x, "log_q": log_q, "log_lik": nan, "log_prior": nan}
         return {"x": x, "log_q": log_q, "log_lik": self.target.log_likelihood(x), "log_prior": self.target.log_prior(x)}
 
+    def _log_target(self, terms: dict[str, torch.Tensor], w: float) -> torch.Tensor:
+        """``w log p(y|x) + w_prior log p(x)`` of a batch: the (annealed) unnormalised log posterior."""
+        return w * terms["log_lik"] + self.cfg.prior_weight * terms["log_prior"]
+
     def _forward_kl(self, w: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Self-normalised importance-weighted forward KL on one batch (see the module docstring)."""
         with torch.no_grad():
             terms = self.loss_terms(self.cfg.batch)
-            log_w = terms["log_q"].neg() + w * terms["log_lik"] + self.cfg.prior_weight * terms["log_prior"]
-            weights = torch.softmax(log_w, 0)
+            weights = torch.softmax(self._log_target(terms, w) - terms["log_q"], 0)
         terms["ess"] = 1.0 / (weights**2).sum()
         if not bool(torch.isfinite(weights).all()):
             return torch.full((), float("nan")), terms
@@ -224,8 +227,7 @@ class DPI:
                 loss, terms = self._forward_kl(w)
             else:
                 terms = self.loss_terms(cfg.batch)
-                per = terms["log_q"] - w * terms["log_lik"] - cfg.prior_weight * terms["log_prior"]
-                loss = per.mean()
+                loss = (terms["log_q"] - self._log_target(terms, w)).mean()
             self.opt.zero_grad(set_to_none=True)
             ok = bool(torch.isfinite(loss))
             if ok:
