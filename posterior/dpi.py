@@ -211,8 +211,7 @@ class DPI:
             terms = self.loss_terms(self.cfg.batch)
             weights = torch.softmax(self._log_target(terms, w) - terms["log_q"], 0)
         terms["ess"] = 1.0 / (weights**2).sum()
-        if not bool(torch.isfinite(weights).all()):
-            return torch.full((), float("nan")), terms
+        # non-finite weights (from non-finite samples) make the loss non-finite: fit() skips the step
         return -(weights * self.flow.log_prob(terms["x"])).sum(), terms
 
     def fit(self) -> DPI:

@@ -183,10 +183,12 @@ def test_non_finite_steps_are_skipped(tmp_path):
     assert all(torch.isfinite(p).all() for p in run.flow.parameters())
 
 
-def test_non_finite_flow_samples_are_skipped_not_passed_to_the_prior(tmp_path):
-    """A flow that overflows (inf/NaN pixels) makes that step non-finite and skipped; the score prior,
-    which refuses NaN images with an error, is never called on them."""
+@pytest.mark.parametrize("refine", [0, 6])
+def test_non_finite_flow_samples_are_skipped_not_passed_to_the_prior(tmp_path, refine):
+    """A flow that overflows (inf/NaN pixels) makes that step non-finite and skipped, under reverse KL and
+    under the refinement alike; the score prior, which refuses NaN images with an error, is never called on them."""
     run = _small_dpi(tmp_path, 6)
+    run.cfg.refine_steps = refine
     calls = {"n": 0}
     real = run.flow.sample
 
