@@ -10,13 +10,38 @@ in transformed units for the VP SDE at eps = 1e-3).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from interfero.errors import InterferoError
+
 from .ode import ADAPTIVE_METHODS
 from .sde import SDE, ScoreFn, _bcast
+
+
+def time_grid(sde: SDE, steps: int, spacing: str = "log", dtype=torch.float32, device=None) -> torch.Tensor:
+    """``steps + 1`` decreasing times from ``T`` to ``eps``: ``"log"`` (geometric) or ``"uniform"``.
+
+    Why geometric: the marginals change on the scale of ``t`` itself near ``eps`` (``std(t)^2 ~ beta_min t``
+    for the VP SDE). On a uniform grid of 500 steps the last Euler-Maruyama steps (``dt = 0.002`` at
+    ``t = 0.003``) add more noise than the whole of ``std(eps)^2``: with an exact Gaussian score the draws
+    of ``p_eps`` come out with 2.9x the variance in directions the data barely fill (1.9x at variance
+    1e-4, 1.1x at 1e-3). The geometric grid gets every variance from 1e-5 to 1 within 2% (500 steps)
+    and within 8% with 100 steps (``tests/test_priors_logp.py``).
+    """
+    if steps < 1:
+        raise InterferoError(f"sampling needs at least 1 step, got {steps}")
+    if spacing == "log":
+        ts = torch.logspace(math.log10(sde.T), math.log10(sde.eps), steps + 1, dtype=torch.float64)
+    elif spacing == "uniform":
+        ts = torch.linspace(sde.T, sde.eps, steps + 1, dtype=torch.float64)
+    else:
+        raise InterferoError(f"unknown time spacing {spacing!r} (choose from log, uniform)")
+    ts[0], ts[-1] = sde.T, sde.eps  # exact end points
+    return ts.to(dtype=dtype, device=device)
 
 
 @torch.no_grad()
@@ -29,12 +54,15 @@ def reverse_sde(
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     progress: bool = False,
     denoise: bool = True,
+    spacing: str = "log",
 ) -> torch.Tensor:
     """Euler-Maruyama on ``dx = [f - g^2 score] dt + g dw_bar`` from ``T`` to ``eps``.
 
-    ``denoise``: the last step returns the mean (no noise), as in score_sde.
+    ``spacing``: the time grid (:func:`time_grid`), geometric by default. ``denoise``: the last step
+    returns the mean (no noise), as in score_sde; pass ``False`` for a draw of ``x(eps)`` (e.g. before
+    :func:`tweedie_denoise`, which would otherwise denoise twice).
     """
-    ts = torch.linspace(sde.T, sde.eps, steps + 1, dtype=x.dtype, device=x.device)
+    ts = time_grid(sde, steps, spacing, dtype=x.dtype, device=x.device)
     for i in tqdm(range(steps), disable=not progress, desc="sampling"):
         t, dt = ts[i].expand(x.shape[0]), ts[i + 1] - ts[i]  # dt < 0
         f, g = sde.sde(x, t)

@@ -131,7 +131,8 @@ class ScorePrior(Prior):
             m = min(batch, n - start)
             z = self.sde.prior_sampling((m, *self.image_shape), generator=generator)
             if sampler == "sde":
-                z = reverse_sde(self.score_model, self.sde, z, steps, generator, progress=progress)
+                # a draw of x(eps), last step's noise included: Tweedie's formula below assumes one
+                z = reverse_sde(self.score_model, self.sde, z, steps, generator, progress=progress, denoise=False)
             else:
                 z = probability_flow(self.score_model, self.sde, z, rtol=rtol, atol=rtol)
             if denoise:

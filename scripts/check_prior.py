@@ -3,8 +3,9 @@
     python scripts/check_prior.py --prior default [--n 512] [--steps 500] [--json OUT.json] [--out DIR]
 
 Draws ``n`` samples from the prior (reverse SDE, ``steps`` Euler-Maruyama
-steps) and ``n`` fresh images from the training distribution (the law its
-record names, priors.ood.training_draws, a different seed), measures on both sets, with
+steps on a geometric time grid, then Tweedie denoising) and ``n`` fresh
+images from the training distribution (the law its record names,
+priors.ood.training_draws, a different seed), measures on both sets, with
 the same ring extractor (interfero.features.RingExtractor), the total flux,
 ring diameter and ring width, and runs a two-sample Kolmogorov-Smirnov test
 on each (the goal: p > 0.01). Negative sample pixels are kept for the flux and
