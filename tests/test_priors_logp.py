@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+from interfero.errors import InterferoError
 from priors.datasets.faces import face_gaussian
 from priors.elbo import elbo
+from priors.networks import GaussianScore
 from priors.ode import pf_ode_logp
 from priors.score_prior import ScorePrior
 from priors.sde import VPSDE, _bcast
@@ -163,7 +165,6 @@ def test_sde_sampler_variances_match_closed_form(denoise, steps, tol):
     ``E[x0 | x(eps)]`` of such draws, variance ``alpha^2 lam^2 / (alpha^2 lam + sigma^2)``. Variances from
     below to well above ``sigma(eps)^2`` (1.1e-4) catch a time grid too coarse near ``eps`` (a uniform
     one gives 2.9x the variance at 1e-5)."""
-    from priors.networks import GaussianScore
 
     sde = VPSDE()
     lam = torch.tensor([1e-5, 1e-4, 1e-3, 1e-2, 1.0], dtype=torch.float64)
@@ -180,7 +181,6 @@ def test_sde_sampler_variances_match_closed_form(denoise, steps, tol):
 
 
 def test_uniform_time_grid_overshoots_the_smallest_variances():
-    from priors.networks import GaussianScore
     from priors.sampling import reverse_sde
 
     sde = VPSDE()
@@ -194,7 +194,6 @@ def test_uniform_time_grid_overshoots_the_smallest_variances():
 
 def test_hutchinson_with_gaussian_control_variate(gauss):
     """A Gaussian fitted to 20000 draws as control variate: still unbiased, with a far smaller spread."""
-    from priors.networks import GaussianScore
 
     g, sde, score, x, exact = gauss
     control = GaussianScore.fit(g.sample(20000, generator=torch.Generator().manual_seed(5)), sde)
@@ -212,7 +211,6 @@ def test_hutchinson_with_gaussian_control_variate(gauss):
 
 
 def test_control_variate_needs_a_closed_form_divergence(gauss):
-    from interfero.errors import InterferoError
 
     g, sde, score, x, _ = gauss
     with pytest.raises(InterferoError, match="closed-form divergence"):
@@ -223,7 +221,6 @@ def test_control_variate_needs_a_closed_form_divergence(gauss):
 
 
 def test_time_grid_ends_exactly_and_rejects_bad_input():
-    from interfero.errors import InterferoError
     from priors.sampling import time_grid
 
     sde = VPSDE()
