@@ -115,6 +115,26 @@ def test_black_hole_laws():
         make_dataset("blackholes", 2, 32, law="wide")
 
 
+
+def test_lognormal_flux_law():
+    """``"disk-lnflux"``: total flux log-normal (median 1.4 Jy, sigma 0.35 in ln flux), images summing to it;
+    the other laws keep the box U(0.5, 2.5) Jy; everything else is the disk law."""
+    from scipy.stats import kstest
+
+    from priors.datasets.blackholes import LAWS, draw_parameters
+
+    assert {k: v for k, v in LAWS["disk-lnflux"].__dict__.items() if k != "flux_lognormal"} == {
+        k: v for k, v in LAWS["disk"].__dict__.items() if k != "flux_lognormal"}
+    rng = np.random.default_rng(4)
+    ln = np.log([draw_parameters(rng, "disk-lnflux")["flux"] for _ in range(4000)])
+    assert abs(ln.mean() - np.log(1.4)) < 3 * 0.35 / np.sqrt(4000) and abs(ln.std() - 0.35) < 0.02
+    assert kstest(ln, "norm", args=(np.log(1.4), 0.35)).pvalue > 0.01
+    box = np.array([draw_parameters(rng, "disk")["flux"] for _ in range(4000)])
+    assert 0.5 <= box.min() and box.max() <= 2.5 and kstest((box - 0.5) / 2, "uniform").pvalue > 0.01
+    d = make_dataset("blackholes", 8, 32, seed=1, law="disk-lnflux")
+    flux = dict(zip(d["param_names"], d["params"].T))["flux"]
+    np.testing.assert_allclose(d["images"].sum((1, 2, 3)), flux, rtol=1e-5)
+
 def test_disk_tail_profile():
     """An exponential outer tail: the radial profile past the ring falls by e per ``tail`` uas."""
     from priors.datasets.blackholes import PARAMS, render_black_hole

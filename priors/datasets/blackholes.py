@@ -31,7 +31,12 @@ pixels above 1.2 mJy than 99.6% of v1's images):
   in each axis; the turbulence modulating the floor as well as the ring; and
   broader blobs (FWHM ~ U(8, 20)), so that a compact dot in a diffuse halo
   is not a typical image (a first version with v1's 3-10 uas blobs and
-  tails up to 25 uas made DPI collapse to one bright pixel with 4-5 sites).
+  tails up to 25 uas made DPI collapse to one bright pixel with 4-5 sites);
+- ``"disk-lnflux"``: the disk law with a log-normal total flux (median
+  1.4 Jy, sigma of ln flux 0.35; 95% within 0.7-2.8 Jy) in place of the
+  box U(0.5, 2.5), whose hard edges a diffusion model of this size does
+  not reproduce (docs/priors.md). It is drawn after the other parameters,
+  so the other laws' draws are unchanged.
 
 Images are rendered on a 4x finer grid and averaged down (pixel-integrated),
 as ``(N, 1, npix, npix)`` float32 in Jy/pixel, row 0 north, column 0 east.
@@ -66,6 +71,7 @@ class Law:
     asymmetry_all: bool = False  # a brightness asymmetry for every kind, not just crescents
     turbulent_floor: bool = False  # the turbulence modulates the floor too
     blob_fwhm_uas: tuple[float, float] = (3.0, 10.0)  # compact blobs' FWHM range, uas
+    flux_lognormal: tuple[float, float] | None = None  # (median Jy, sigma of ln flux) instead of U(0.5, 2.5)
 
 
 LAWS = {
@@ -74,6 +80,7 @@ LAWS = {
     "disk": Law(0.85, 0.6, (30.0, 110.0), tail_prob=0.6, tail_uas=(3.0, 15.0), floor_offset_uas=15.0,
                 asymmetry_all=True, turbulent_floor=True, blob_fwhm_uas=(8.0, 20.0)),
 }
+LAWS["disk-lnflux"] = Law(**{**LAWS["disk"].__dict__, "flux_lognormal": (1.4, 0.35)})
 
 
 def _grid(npix: int, fov_uas: float):
@@ -131,6 +138,9 @@ def draw_parameters(rng: np.random.Generator, law: str = "v1") -> dict:
         p["asymmetry"] = rng.uniform(0, 1)
     if lw.floor_offset_uas > 0:
         p["floor_dx"], p["floor_dy"] = rng.uniform(-lw.floor_offset_uas, lw.floor_offset_uas, 2)
+    if lw.flux_lognormal is not None:
+        median, sigma = lw.flux_lognormal
+        p["flux"] = float(median * np.exp(sigma * rng.standard_normal()))
     return p
 
 
