@@ -3,7 +3,7 @@
     python benchmarks/priors.py [--json OUT.json] [--repeats 3] [--batch 8]
 
 Per image, at equal batch, on the shipped priors (``faces16`` at 16x16, the
-32x32 ``bh32``, whose network ``bh32disk``, the default, shares; images drawn from each
+32x32 ``bh32``, whose network ``bh32disk`` and ``bh32lnflux``, the default, share; images drawn from each
 prior's own training data):
 
 1. ``log p`` with its gradient by the PF-ODE: Hutchinson (1 Rademacher probe),

@@ -56,7 +56,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     d = rec.ReconstructSettings()
     p = sub.add_parser("reconstruct", help="posterior image with uncertainty from a uvfits file (DPI)")
     p.add_argument("obs", help="observation (uvfits)")
-    p.add_argument("--prior", default=d.prior, help="shipped prior (default = bh32disk, bh32) or a prior file stem")
+    p.add_argument("--prior", default=d.prior,
+                   help="shipped prior (default = bh32lnflux; bh32disk, bh32) or a prior file stem")
     p.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode"),
                    help="ELBO surrogate (fast) or exact probability-flow ODE log p")
     p.add_argument("--elbo-draws", type=_positive_int, default=d.elbo_draws, help="time/noise draws of the ELBO")

@@ -28,7 +28,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--law", choices=tuple(LAWS), default="v1",
                    help="black holes' parameter law (v1: bh32's training set; extended: more, broader floors; "
-                        "disk: GRMHD-like exponential tails, offset turbulent floors)")
+                        "disk: GRMHD-like exponential tails, offset turbulent floors; "
+                        "disk-lnflux: disk with a log-normal total flux, median 1.4 Jy)")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.set_defaults(func=run_make_dataset)
 
@@ -63,7 +64,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train_prior)
 
     s = sub.add_parser("sample-prior", help="draw images from a score prior (reverse SDE)")
-    s.add_argument("--prior", default="default", help="shipped prior name (default = bh32disk, bh32, ...) or path")
+    s.add_argument("--prior", default="default",
+                   help="shipped prior name (default = bh32lnflux; bh32disk, bh32, ...) or path")
     s.add_argument("--n", type=_positive(int), default=16)
     s.add_argument("--steps", type=_positive(int), default=500, help="reverse-SDE steps")
     s.add_argument("--seed", type=int, default=0)
@@ -73,7 +75,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("prior-logp", help="log p of FITS images under a prior, beside fresh training images"
                        " (is an image in distribution?)")
     q.add_argument("images", nargs="+", help="FITS images (Jy/pixel; regridded onto the prior's grid)")
-    q.add_argument("--prior", default="default", help="shipped prior name (default = bh32disk, bh32, ...) or path")
+    q.add_argument("--prior", default="default",
+                   help="shipped prior name (default = bh32lnflux; bh32disk, bh32, ...) or path")
     q.add_argument("--method", choices=("elbo", "ode"), default="elbo",
                    help="ELBO (fast lower bound) or exact PF-ODE log p (Hutchinson, slow)")
     q.add_argument("--draws", type=_positive(int), default=16, help="ELBO draws per image")

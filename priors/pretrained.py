@@ -1,8 +1,10 @@
 """Shipped score priors, loaded by name with no download.
 
-``default`` is ``bh32disk`` (black holes, 32x32 over 160 uas: ``bh32``
-fine-tuned on the GRMHD-like ``disk`` law); ``bh32`` is the v1-law prior it
-started from; ``bh64`` when its weights are shipped. A path to a prior file pair (``NAME.json`` +
+``default`` is ``bh32lnflux`` (black holes, 32x32 over 160 uas: ``bh32disk``
+fine-tuned on the ``disk-lnflux`` law, the GRMHD-like ``disk`` law with a
+log-normal total flux); ``bh32disk`` (``bh32`` fine-tuned on the ``disk``
+law) and ``bh32``, the v1-law prior both started from, stay loadable by name;
+``bh64`` when its weights are shipped. A path to a prior file pair (``NAME.json`` +
 ``NAME.safetensors``, as written by ``interfero train-prior``) works too.
 """
 
@@ -18,7 +20,7 @@ from .networks import NoisePredictionScore
 from .score_prior import ScorePrior
 from .sde import sde_from_config
 
-ALIASES = {"default": "bh32disk"}
+ALIASES = {"default": "bh32lnflux"}
 
 
 def shipped_priors() -> list[str]:
@@ -27,7 +29,7 @@ def shipped_priors() -> list[str]:
 
 
 def prior_path(name: str) -> Path:
-    """The file stem of a prior given by name (``default``, ``bh32disk``, ``bh32``, ...) or path."""
+    """The file stem of a prior given by name (``default``, ``bh32lnflux``, ``bh32disk``, ``bh32``, ...) or path."""
     name = ALIASES.get(name, name)
     candidate = Path(name)
     for stem in (candidate.with_suffix(""), candidate):

@@ -1,14 +1,24 @@
-"""Recipe of the shipped black-hole priors: ``bh32``, ``bh32disk`` (the default) and ``bh64`` (--npix 64).
+"""Recipe of the shipped black-hole priors: ``bh32``, ``bh32disk``, ``bh32lnflux`` (the default) and ``bh64``.
 
     python scripts/train_default_prior.py --out outputs/bh32 [--steps N] [--resume]
 
 The shipped ``bh32`` is ``--steps 12000`` with the defaults below (law v1;
-resumed once from 3750 steps). ``bh32disk``, the default prior, fine-tunes it on the GRMHD-like
+resumed once from 3750 steps). ``bh32disk`` fine-tunes it on the GRMHD-like
 ``disk`` law (priors.datasets.blackholes), under which the shared GRMHD
 truth is in distribution (docs/priors.md):
 
     python scripts/train_default_prior.py --init outputs/bh32/prior --law disk --out outputs/bh32disk \
         --steps 3000 --lr 2e-4 --lr-schedule cosine --warmup 100 --name bh32disk
+
+``bh32lnflux``, the default prior, fine-tunes ``bh32disk`` on the same law
+with a log-normal total flux (``disk-lnflux``; the box U(0.5, 2.5) Jy of the
+other laws has edges the network does not reproduce):
+
+    python scripts/train_default_prior.py --init data/weights/bh32disk --law disk-lnflux \
+        --out outputs/bh32lnflux --steps 5000 --lr 2e-4 --lr-schedule cosine --warmup 100 --threads 2 \
+        --name bh32lnflux
+
+(npix 64: ``--npix 64``, for ``bh64``.)
 
 (Another fine-tune, ``--likelihood-fraction 0.25`` on v1, made the quality
 check worse and is not shipped.)

@@ -110,6 +110,10 @@ def test_reference_draws_follow_the_recorded_law():
     assert disk.training_data["law"] == "disk"
     np.testing.assert_array_equal(training_draws(disk, 3, seed=5),
                                   make_dataset("blackholes", 3, 32, seed=5, law="disk")["images"])
+    ln = load_prior("bh32lnflux")
+    assert ln.training_data["law"] == "disk-lnflux"
+    np.testing.assert_array_equal(training_draws(ln, 3, seed=5),
+                                  make_dataset("blackholes", 3, 32, seed=5, law="disk-lnflux")["images"])
 
 
 def test_with_estimator_shares_the_network():

@@ -11,10 +11,10 @@ from priors.datasets import make_dataset
 from priors.pretrained import load_prior, prior_path, shipped_priors
 
 
-def test_default_is_bh32disk():
-    assert {"bh32", "bh32disk"} <= set(shipped_priors())
+def test_default_is_bh32lnflux():
+    assert {"bh32", "bh32disk", "bh32lnflux"} <= set(shipped_priors())
     prior = load_prior("default")
-    assert prior.name == "bh32disk" and prior.image_shape == (1, 32, 32) and prior.fov_uas == 160.0
+    assert prior.name == "bh32lnflux" and prior.image_shape == (1, 32, 32) and prior.fov_uas == 160.0
 
 
 def test_bh32disk_is_bh32_fine_tuned_on_the_disk_law():
@@ -23,6 +23,14 @@ def test_bh32disk_is_bh32_fine_tuned_on_the_disk_law():
     assert disk.training_data["law"] == "disk" and (disk.shift, disk.scale) == (base.shift, base.scale)
     record = json.loads(prior_path("bh32disk").with_suffix(".json").read_text())
     assert record["training"]["config"]["init"] == "bh32" and record["training"]["steps"] == 3000
+
+
+def test_bh32lnflux_is_bh32disk_fine_tuned_on_the_lognormal_flux_law():
+    disk, ln = load_prior("bh32disk"), load_prior("bh32lnflux")
+    assert ln.image_shape == disk.image_shape and ln.fov_uas == disk.fov_uas
+    assert ln.training_data["law"] == "disk-lnflux" and (ln.shift, ln.scale) == (disk.shift, disk.scale)
+    record = json.loads(prior_path("bh32lnflux").with_suffix(".json").read_text())
+    assert record["training"]["config"]["init"] == "data/weights/bh32disk" and record["training"]["steps"] == 5000
 
 
 @pytest.mark.parametrize("name", ["default", "bh32"])

@@ -42,7 +42,7 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
     # a 50 uas Gaussian of the right flux already scores 0.91 after 10 uas blurring on this truth
     assert m["init_blob_nxcorr_blur10"] == pytest.approx(0.914, abs=0.01)
     assert m["flux_from"] == "zero-baseline amplitude"
-    # the truth sits at the low edge of the default prior's (bh32disk's) training draws (priors.ood; measured
+    # the truth sits at the low edge of the default prior's (bh32lnflux's) training draws (priors.ood; measured
     # 1 of 32 below it; under bh32 it is below all of them)
     assert m["truth_prior_percentile"] <= 0.25 and m["prior_reference_elbo"]["n"] == 32
     assert m["truth_prior_elbo"] < m["prior_reference_elbo"]["median"]
@@ -55,7 +55,7 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
         assert f["samples"].shape == (4, 1, 32, 32)
         np.testing.assert_allclose(f["mean"][...], mean.reshape(1, 32, 32), rtol=1e-6)
         meta = json.loads(f.attrs["metadata"])
-        assert meta["operator"]["products"] == ["cphase", "logcamp"] and meta["prior"]["name"] == "bh32disk"
+        assert meta["operator"]["products"] == ["cphase", "logcamp"] and meta["prior"]["name"] == "bh32lnflux"
     for png in ("report.png", "uv_coverage.png"):
         assert (out / png).stat().st_size > 10_000
 
