@@ -44,7 +44,7 @@ as ``(N, 1, npix, npix)`` float32 in Jy/pixel, row 0 north, column 0 east.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -80,7 +80,7 @@ LAWS = {
     "disk": Law(0.85, 0.6, (30.0, 110.0), tail_prob=0.6, tail_uas=(3.0, 15.0), floor_offset_uas=15.0,
                 asymmetry_all=True, turbulent_floor=True, blob_fwhm_uas=(8.0, 20.0)),
 }
-LAWS["disk-lnflux"] = Law(**{**LAWS["disk"].__dict__, "flux_lognormal": (1.4, 0.35)})
+LAWS["disk-lnflux"] = replace(LAWS["disk"], flux_lognormal=(1.4, 0.35))
 
 
 def _grid(npix: int, fov_uas: float):
