@@ -17,20 +17,16 @@ def test_default_is_bh32lnflux():
     assert prior.name == "bh32lnflux" and prior.image_shape == (1, 32, 32) and prior.fov_uas == 160.0
 
 
-def test_bh32disk_is_bh32_fine_tuned_on_the_disk_law():
-    base, disk = load_prior("bh32"), load_prior("bh32disk")
-    assert disk.image_shape == base.image_shape and disk.fov_uas == base.fov_uas
-    assert disk.training_data["law"] == "disk" and (disk.shift, disk.scale) == (base.shift, base.scale)
-    record = json.loads(prior_path("bh32disk").with_suffix(".json").read_text())
-    assert record["training"]["config"]["init"] == "bh32" and record["training"]["steps"] == 3000
-
-
-def test_bh32lnflux_is_bh32disk_fine_tuned_on_the_lognormal_flux_law():
-    disk, ln = load_prior("bh32disk"), load_prior("bh32lnflux")
-    assert ln.image_shape == disk.image_shape and ln.fov_uas == disk.fov_uas
-    assert ln.training_data["law"] == "disk-lnflux" and (ln.shift, ln.scale) == (disk.shift, disk.scale)
-    record = json.loads(prior_path("bh32lnflux").with_suffix(".json").read_text())
-    assert record["training"]["config"]["init"] == "data/weights/bh32disk" and record["training"]["steps"] == 5000
+@pytest.mark.parametrize("name, base, law, init, steps", [
+    ("bh32disk", "bh32", "disk", "bh32", 3000),  # bh32 fine-tuned on the GRMHD-like disk law
+    ("bh32lnflux", "bh32disk", "disk-lnflux", "data/weights/bh32disk", 5000),  # ... then on log-normal flux
+])
+def test_fine_tuned_prior_lineage(name, base, law, init, steps):
+    parent, prior = load_prior(base), load_prior(name)
+    assert prior.image_shape == parent.image_shape and prior.fov_uas == parent.fov_uas
+    assert prior.training_data["law"] == law and (prior.shift, prior.scale) == (parent.shift, parent.scale)
+    record = json.loads(prior_path(name).with_suffix(".json").read_text())
+    assert record["training"]["config"]["init"] == init and record["training"]["steps"] == steps
 
 
 @pytest.mark.parametrize("name", ["default", "bh32"])
