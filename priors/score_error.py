@@ -12,9 +12,18 @@ the integrand by one noise draw per ``(t, image)`` on a geometric grid of
 a validation tool for problems with a closed form (the face-fitted Gaussian):
 it tells, in nats and cheaply, whether a network is accurate enough for an
 exact log p, and at which ``t`` it is not.
+
+:func:`tweedie_sum_bias` needs no true score: for an exact score, Tweedie's
+``E[x_0 | x_t]`` averages over ``x_t ~ p_t`` to ``E[x_0]`` at every ``t``, so
+the mean of ``sum(E[x_0 | x_t] - x_0)`` over data draws (the total-flux error
+of the denoiser, for images) must vanish within its standard error. Where it
+does not, the model's low-frequency (total-flux) content is biased at that
+noise level: a check any trained image prior can run on its training law.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -43,3 +52,28 @@ def score_error_bound(score_model, true_score, sde: SDE, x0: torch.Tensor, n_t: 
     vals = torch.stack(rows)  # (n_t, B)
     per_image = torch.trapezoid(vals, torch.from_numpy(ts), dim=0)
     return per_image, ts, vals.mean(1).numpy()
+
+
+def tweedie_sum_bias(score_model, sde: SDE, x0: torch.Tensor, ts, generator: torch.Generator | None = None,
+                     batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per time in ``ts``: the mean over images of ``sum(E_model[x_0 | x_t] - x_0)`` (summed over pixels, model
+    units) and its standard error, one noise draw per image, ``(len(ts),)`` each.
+
+    Zero in expectation for the exact score (the tower rule); ``score_model(x, t)`` in the units of ``x0``.
+    """
+    from .sampling import tweedie_denoise
+
+    means, ses = [], []
+    for t in ts:
+        diffs = []
+        for start in range(0, x0.shape[0], batch):
+            xb = x0[start:start + batch]
+            tt = torch.full((xb.shape[0],), float(t), dtype=xb.dtype)
+            alpha, std = sde.coefficients(tt)
+            xt = _bcast(alpha, xb) * xb + _bcast(std, xb) * torch.randn(xb.shape, generator=generator, dtype=xb.dtype)
+            with torch.no_grad():
+                diffs.append((tweedie_denoise(score_model, sde, xt, float(t)) - xb).reshape(xb.shape[0], -1).sum(-1))
+        d = torch.cat(diffs).double()
+        means.append(float(d.mean()))
+        ses.append(float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else float("nan"))
+    return np.array(means), np.array(ses)

@@ -11,6 +11,12 @@ ring diameter and ring width, and runs a two-sample Kolmogorov-Smirnov test
 on each (the goal: p > 0.01). Negative sample pixels are kept for the flux and
 floored at zero for the ring features. Writes DIR/samples.png (a grid of
 samples beside training images), DIR/features.png (histograms) and a JSON.
+
+Also (seconds; alone with ``--denoiser-only``) the denoiser's total-flux
+bias per noise level, ``tweedie_flux_bias``: the mean over the training draws
+of ``flux(E[x_0 | x_t]) - flux(x_0)`` (Jy, with its standard error), which an
+exact score makes zero at every ``t`` (priors.score_error.tweedie_sum_bias).
+It shows at which noise levels a network gets the total flux wrong.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from interfero.io import atomic_write_text
 from interfero.plotting import save_figure
 from priors.ood import training_draws
 from priors.pretrained import load_prior
+from priors.score_error import tweedie_sum_bias
+
+DENOISER_TIMES = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7)
 
 
 def features(images: np.ndarray, fov: float) -> dict[str, np.ndarray]:
@@ -37,6 +46,17 @@ def features(images: np.ndarray, fov: float) -> dict[str, np.ndarray]:
     feats = [ex(np.clip(im[0], 0, None)) for im in images]
     return {"flux": flux, "diameter": np.array([f.diameter for f in feats]),
             "width": np.array([f.width for f in feats])}
+
+
+def denoiser_flux_bias(prior, images: np.ndarray, seed: int) -> list[dict]:
+    """Per t in DENOISER_TIMES: the denoiser's mean total-flux error on ``images`` (Jy), its standard
+    error, and the error relative to the images' mean flux."""
+    z0 = prior.to_z(torch.from_numpy(images))
+    bias, se = tweedie_sum_bias(prior.score_model, prior.sde, z0, DENOISER_TIMES,
+                                generator=torch.Generator().manual_seed(seed))
+    mean_flux = float(images.reshape(len(images), -1).sum(1).mean())
+    return [{"t": t, "bias_jy": b * prior.scale, "se_jy": e * prior.scale, "relative": b * prior.scale / mean_flux}
+            for t, b, e in zip(DENOISER_TIMES, bias, se)]
 
 
 def main() -> None:
@@ -48,16 +68,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="outputs/check_prior")
     ap.add_argument("--json")
+    ap.add_argument("--denoiser-only", action="store_true", help="only the denoiser's flux bias (seconds)")
     args = ap.parse_args()
     prior = load_prior(args.prior)
     fov = prior.fov_uas or 160.0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    train = training_draws(prior, args.n, seed=1000 + args.seed)
+    bias = denoiser_flux_bias(prior, train, seed=2000 + args.seed)
+    for row in bias:
+        print(f"t = {row['t']:.2f}: denoiser flux bias {row['bias_jy']:+.4f} +- {row['se_jy']:.4f} Jy "
+              f"({row['relative']:+.1%})")
+    if args.denoiser_only:
+        text = json.dumps({"prior": prior.name, "n_images": args.n, "tweedie_flux_bias": bias}, indent=2)
+        atomic_write_text(out / "denoiser.json", text)
+        if args.json:
+            atomic_write_text(args.json, text)
+        return
     t0 = time.perf_counter()
     samples = prior.sample(args.n, steps=args.steps, generator=torch.Generator().manual_seed(args.seed),
                            progress=True, sampler=args.sampler).numpy()
     t_sample = time.perf_counter() - t0
-    train = training_draws(prior, args.n, seed=1000 + args.seed)
     fs, ft = features(samples, fov), features(train, fov)
     res = {"prior": prior.name, "training_law": (prior.training_data or {}).get("law", "v1"),
            "n_samples": args.n, "sampler": args.sampler,
@@ -69,6 +100,7 @@ def main() -> None:
         res[f"ks_stat_{key}"] = float(ks_2samp(a, b).statistic)
         res[f"median_{key}_samples"], res[f"median_{key}_train"] = float(np.median(a)), float(np.median(b))
     res["passes"] = all(res[f"ks_p_{k}"] > 0.01 for k in ("flux", "diameter", "width"))
+    res["tweedie_flux_bias"] = bias
 
     import matplotlib.pyplot as plt
 

@@ -1,10 +1,11 @@
-"""The score-matching KL bound (priors.score_error) against its closed form for two diffused Gaussians."""
+"""The score-matching KL bound and the Tweedie sum bias (priors.score_error) against closed forms for diffused
+Gaussians."""
 
 import numpy as np
 import torch
 
 from priors.networks import GaussianScore
-from priors.score_error import score_error_bound
+from priors.score_error import score_error_bound, tweedie_sum_bias
 from priors.sde import VPSDE
 
 
@@ -28,3 +29,23 @@ def test_bound_is_zero_for_the_true_score_and_matches_closed_form():
     exact = float(torch.trapezoid(integrand, t))
     assert abs(float(est.mean()) - exact) < 0.03 * exact, (float(est.mean()), exact)
     assert per_t.shape == ts.shape == (80,)
+
+
+def test_tweedie_sum_bias_vanishes_for_the_true_score_and_matches_closed_form_for_a_shifted_mean():
+    sde = VPSDE()
+    lam = torch.linspace(0.01, 1.0, 16, dtype=torch.float64)
+    mean = torch.full((1, 4, 4), 0.5, dtype=torch.float64)
+    p = GaussianScore(mean, torch.diag(lam), sde)
+    x0 = p.sample(4000, generator=torch.Generator().manual_seed(0))
+    ts = [1e-3, 0.05, 0.3, 0.6]
+    bias, se = tweedie_sum_bias(p, sde, x0, ts, generator=torch.Generator().manual_seed(1))
+    assert bias.shape == se.shape == (4,) and np.all(se > 0)
+    assert np.all(np.abs(bias) < 4 * se), (bias, se)
+    # a model whose mean is off by delta per pixel: E[x0|xt] - x0 sums to sum_i std^2 delta / (alpha^2 lam_i + std^2)
+    delta = 0.05
+    q = GaussianScore(mean + delta, torch.diag(lam), sde)
+    bias_q, se_q = tweedie_sum_bias(q, sde, x0, ts, generator=torch.Generator().manual_seed(1))
+    alpha, std = sde.coefficients(torch.tensor(ts, dtype=torch.float64))
+    exact = (std[:, None] ** 2 * delta / (alpha[:, None] ** 2 * lam + std[:, None] ** 2)).sum(-1).numpy()
+    assert np.all(np.abs(bias_q - exact) < 4 * se_q + 1e-9), (bias_q, exact, se_q)
+    assert exact[-1] > 10 * se_q[-1]  # the shifted model's bias is resolved, not lost in the noise

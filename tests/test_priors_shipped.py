@@ -1,6 +1,9 @@
 """The shipped priors load by name, with no download, and give finite log p, scores and samples."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import pytest
@@ -77,3 +80,18 @@ def test_shipped_faces16_score_error_against_the_true_gaussian():
     x = p.to_z(g.sample(64, generator=torch.Generator().manual_seed(0)).float())
     bound, _, _ = score_error_bound(p.score_model, true_z, p.sde, x, generator=torch.Generator().manual_seed(1))
     assert 0 < float(bound.mean()) < 16
+
+
+def test_check_prior_denoiser_only_reports_the_flux_bias(tmp_path):
+    """scripts/check_prior.py --denoiser-only: the denoiser's flux bias per t, finite, with positive errors."""
+    out = tmp_path / "den.json"
+    cmd = [sys.executable, "scripts/check_prior.py", "--prior", "default", "--n", "16", "--denoiser-only",
+           "--out", str(tmp_path), "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["prior"] == "bh32lnflux" and res["n_images"] == 16
+    rows = res["tweedie_flux_bias"]
+    assert [r["t"] for r in rows] == [0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7]
+    assert all(r["se_jy"] > 0 and abs(r["bias_jy"]) < 10 * (r["se_jy"] + 0.05) for r in rows)
+    assert json.loads((tmp_path / "denoiser.json").read_text()) == res
