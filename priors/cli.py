@@ -57,6 +57,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr-min", type=float, default=0.0, help="final learning rate of the cosine schedule")
     t.add_argument("--likelihood-fraction", type=float, default=0.0,
                    help="fraction of each batch with t drawn from g^2/std^2 (likelihood weighting; 0: uniform t)")
+    t.add_argument("--image-weight-cap", type=float, default=1.0,
+                   help="weight each image's loss by min(1 + std^2/alpha^2, CAP) (v-prediction's weighting of"
+                   " image errors, capped; 1: plain noise prediction)")
     t.add_argument("--init", help="start from this prior's weights (NAME.json + NAME.safetensors): fine-tuning;"
                    " its architecture, SDE and data transform are kept")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.json")
@@ -126,7 +129,8 @@ def run_train_prior(args: argparse.Namespace) -> dict:
         channel_mult=_channel_mult(args.channel_mult), num_res_blocks=args.num_res_blocks, sde=sde,
         augment=not args.no_augment, ckpt_every=args.ckpt_every, sample_every=args.sample_every, seed=args.seed,
         threads=args.threads, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
-        likelihood_fraction=args.likelihood_fraction, init=str(prior_path(args.init)) if args.init else None,
+        likelihood_fraction=args.likelihood_fraction, image_weight_cap=args.image_weight_cap,
+        init=str(prior_path(args.init)) if args.init else None,
     )
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     print(json.dumps(result))

@@ -7,7 +7,18 @@ usual choice for sample quality. ``likelihood_fraction = f`` draws a fraction
 ELBO's :class:`priors.elbo.TimeSampler`): with ``f = 1`` the loss is, up to a
 constant, the likelihood-weighted DSM of Song, Durkan, Murray & Ermon (2021)
 with importance sampling, i.e. minus the ELBO -- it puts the effort on small
-``t``, where the exact log p and the ELBO are decided. Adam with linear
+``t``, where the exact log p and the ELBO are decided.
+
+In terms of the *image* the noise-prediction loss weights the denoiser's
+error ``|E[x0|xt] - x0|^2`` by ``alpha^2 / std^2`` (0.09 at ``t`` = 0.5 and
+0.007 at 0.7 for the default VP SDE), so a network can get the total flux of
+noisy images badly wrong at large ``t`` at almost no cost.
+``image_weight_cap = c > 1`` multiplies each image's loss by
+``w(t) = min(1 + std^2 / alpha^2, c)``, divided by the batch mean of ``w``
+(so the learning rate keeps its meaning): uncapped, this is the weighting of
+v-prediction (image errors weighted by ``alpha^2 / std^2 + 1``, never below 1); the cap keeps
+``t`` near ``T`` (where ``w`` reaches ~2e4) from swamping the batch. ``c = 1``
+(default) is plain noise prediction. Adam with linear
 warm-up and an optional cosine decay (``lr_schedule="cosine"``, down to
 ``lr_min``), gradient-norm clipping, EMA weights
 (``torch.optim.swa_utils.AveragedModel``), tqdm progress, periodic sample
@@ -89,6 +100,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_min: float = 0.0
     likelihood_fraction: float = 0.0
+    image_weight_cap: float = 1.0
     init: str | None = None
 
     def __post_init__(self) -> None:
@@ -99,6 +111,9 @@ class TrainConfig:
             raise InterferoError(f"likelihood fraction must be in [0, 1], got {self.likelihood_fraction}")
         if not 0.0 <= self.lr_min <= self.lr:
             raise InterferoError(f"lr_min must be in [0, lr], got {self.lr_min}")
+        if not self.image_weight_cap >= 1.0:
+            raise InterferoError("image weight cap must be >= 1 (1: plain noise prediction),"
+                                 f" got {self.image_weight_cap}")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -127,21 +142,31 @@ def training_times(sde: SDE, n: int, generator: torch.Generator | None = None, d
     return t
 
 
+def image_error_weights(sde: SDE, t: torch.Tensor, cap: float) -> torch.Tensor:
+    """``min(1 + std^2 / alpha^2, cap)`` at times ``t`` (``cap = 1``: all ones); ``dsm_loss`` divides by the mean."""
+    if cap <= 1.0:
+        return torch.ones_like(t)
+    alpha, std = sde.coefficients(t)
+    return torch.clamp(1 + std**2 / alpha**2, max=cap)
+
+
 def dsm_loss(net, sde: SDE, z0: torch.Tensor, generator: torch.Generator | None = None,
              device: torch.device | None = None, likelihood_fraction: float = 0.0,
-             sampler: TimeSampler | None = None) -> torch.Tensor:
+             sampler: TimeSampler | None = None, image_weight_cap: float = 1.0) -> torch.Tensor:
     """Noise-prediction DSM loss per image ``(B,)`` at random ``t`` (see :func:`training_times`).
 
-    ``t`` and the noise are drawn on the CPU from ``generator`` (so a run is the same on any device)
-    and moved with the images to ``device``.
+    Each image's loss is weighted by :func:`image_error_weights` (all ones unless
+    ``image_weight_cap > 1``). ``t`` and the noise are drawn on the CPU from ``generator`` (so a run
+    is the same on any device) and moved with the images to ``device``.
     """
     t = training_times(sde, z0.shape[0], generator, z0.dtype, likelihood_fraction, sampler)
     noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
     alpha, std = sde.coefficients(t)
     xt = _bcast(alpha, z0) * z0 + _bcast(std, z0) * noise
+    w = image_error_weights(sde, t, image_weight_cap)
     if device is not None:
-        xt, t, noise = xt.to(device), t.to(device), noise.to(device)
-    return (net(xt, t) - noise).pow(2).reshape(z0.shape[0], -1).mean(-1)
+        xt, t, noise, w = xt.to(device), t.to(device), noise.to(device), w.to(device)
+    return w * (net(xt, t) - noise).pow(2).reshape(z0.shape[0], -1).mean(-1) / w.mean()
 
 
 def _with_init_architecture(config: TrainConfig, record: dict) -> TrainConfig:
@@ -308,7 +333,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         loss = dsm_loss(self.model, self.sde, z0, g, self.device, self.cfg.likelihood_fraction,
-                        self.time_sampler).mean()
+                        self.time_sampler, self.cfg.image_weight_cap).mean()
         if not torch.isfinite(loss):
             raise InterferoError(f"training loss became {loss.item()} at step {self.step}; lower --lr")
         self.opt.zero_grad(set_to_none=True)

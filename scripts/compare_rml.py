@@ -10,7 +10,7 @@ started from the previous result blurred by the nominal resolution, at
 32x32 over 160 uas from a Gaussian of the zero-baseline flux. (ehtim's ``tv``
 regulariser gives a NaN objective here, "J: nan", and the imager stops at the
 initial image; ``tv2``, the squared-gradient form, works.) DPI: our
-``reconstruct`` (the shipped default prior) on the same data, or an existing
+``reconstruct`` (the shipped default prior, or ``--prior``) on the same data, or an existing
 run folder (``--dpi``). ``--stations`` keeps only those sites (the sparse
 cases of the paper's Figure 1: 4 or 5 stations); the reduced observation is
 written to OUT/obs.uvfits and used by both.
@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--truth")
     ap.add_argument("--stations", help="comma-separated sites to keep")
     ap.add_argument("--dpi", help="existing reconstruct output folder")
+    ap.add_argument("--prior", default=ReconstructSettings().prior, help="score prior of the DPI run (name or path)")
     ap.add_argument("--steps", type=int, default=ReconstructSettings().steps)
     ap.add_argument("--flux", type=float)
     ap.add_argument("--out", default="outputs/compare_rml")
@@ -90,7 +91,7 @@ def main() -> None:
         dpi_metrics = json.loads((dpi_dir / "metrics.json").read_text())
     else:
         dpi_dir = out / "dpi"
-        s = ReconstructSettings(steps=args.steps, flux=args.flux)
+        s = ReconstructSettings(steps=args.steps, flux=args.flux, prior=args.prior)
         dpi_metrics = reconstruct(obs_path, dpi_dir, s, truth=args.truth, progress=True)
     dpi_img, _ = read_fits_image(dpi_dir / "mean.fits")
     op = InterferometryOperator(obs, geom, products=("cphase", "logcamp"))

@@ -20,8 +20,10 @@ other laws has edges the network does not reproduce):
 
 (npix 64: ``--npix 64``, for ``bh64``.)
 
-(Another fine-tune, ``--likelihood-fraction 0.25`` on v1, made the quality
-check worse and is not shipped.)
+(Two fine-tunes made the quality check worse and are not shipped:
+``--likelihood-fraction 0.25`` on v1, and 2500 steps of ``--image-weight-cap
+100`` from ``bh32lnflux`` at lr 1e-4, which fixed the denoiser's flux at high
+noise but raised the samples' flux; docs/priors.md.)
 
 1. generates the synthetic black-hole set (priors.datasets.blackholes, law
    ``--law``, 20000 images, 32x32 over 160 uas, seed 0) into
@@ -62,6 +64,8 @@ def main() -> None:
     ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     ap.add_argument("--likelihood-fraction", type=float, default=0.0,
                     help="fraction of t drawn from g^2/std^2 (priors.train.training_times)")
+    ap.add_argument("--image-weight-cap", type=float, default=1.0,
+                    help="weight image errors like v-prediction, capped (priors.train.image_error_weights)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-install", action="store_true", help="do not copy the result into data/weights")
     ap.add_argument("--name", help="name of the installed prior (default bh{npix})")
@@ -76,7 +80,7 @@ def main() -> None:
         data=str(data), out=str(out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         width=args.width, ema_decay=0.999, ckpt_every=min(250, args.steps), sample_every=1000, sample_steps=200,
         threads=args.threads, augment=True, init=args.init, lr_schedule=args.lr_schedule,
-        likelihood_fraction=args.likelihood_fraction,
+        likelihood_fraction=args.likelihood_fraction, image_weight_cap=args.image_weight_cap,
     )
     print(train(cfg, resume=args.resume))
     if not args.no_install:

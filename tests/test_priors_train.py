@@ -147,6 +147,25 @@ def test_likelihood_times_follow_g2_over_std2():
     assert kstest(weighted, "uniform", args=(sde.eps, sde.T - sde.eps)).pvalue < 1e-6  # they differ
 
 
+def test_image_weights_are_capped_inverse_alpha_squared():
+    """VP: ``1 + std^2/alpha^2 = 1/alpha^2 = exp(int_0^t beta)``; each image's loss is scaled by ``w / mean(w)``."""
+    from priors.train import training_times
+
+    sde = VPSDE()
+    z0 = torch.randn(64, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def zero_net(x, t):
+        return torch.zeros_like(x)
+
+    plain = dsm_loss(zero_net, sde, z0, torch.Generator().manual_seed(3))
+    weighted = dsm_loss(zero_net, sde, z0, torch.Generator().manual_seed(3), image_weight_cap=100.0)
+    assert torch.equal(dsm_loss(zero_net, sde, z0, torch.Generator().manual_seed(3), image_weight_cap=1.0), plain)
+    t = training_times(sde, 64, torch.Generator().manual_seed(3), torch.float64).numpy()
+    w = np.minimum(np.exp(0.1 * t + 0.5 * 19.9 * t**2), 100.0)
+    assert 0 < (w < 100).sum() < 64  # both sides of the cap are exercised
+    np.testing.assert_allclose(weighted.numpy(), plain.numpy() * w / w.mean(), rtol=1e-10)
+
+
 def test_cosine_schedule_and_bad_settings(faces, tmp_path):
     cfg = TrainConfig(data=str(faces), out=str(tmp_path / "c"), steps=110, ckpt_every=1000, lr_schedule="cosine",
                       lr_min=1e-4, **SMALL)
@@ -159,7 +178,7 @@ def test_cosine_schedule_and_bad_settings(faces, tmp_path):
     assert lrs[3] == pytest.approx(1e-4 + 0.5 * 1.9e-3 * (1 + np.cos(np.pi * 0.5)))
     assert lrs[4] == pytest.approx(1e-4, rel=1e-2) and lrs[5] == pytest.approx(1e-4)
     for bad, msg in (({"lr_schedule": "step"}, "schedule"), ({"likelihood_fraction": 1.5}, "likelihood fraction"),
-                     ({"lr_min": 1.0}, "lr_min")):
+                     ({"lr_min": 1.0}, "lr_min"), ({"image_weight_cap": 0.5}, "image weight cap")):
         with pytest.raises(InterferoError, match=msg):
             TrainConfig(data=str(faces), out=str(tmp_path / "x"), **SMALL | bad)
 
@@ -189,11 +208,12 @@ def test_fine_tuning_starts_from_a_prior(faces, tmp_path):
 def test_cli_fine_tuning_flags(faces, tmp_path, capsys):
     args = ["train-prior", "--data", str(faces), "--steps", "2", "--ckpt-every", "2", "--batch-size", "8",
             "--sample-every", "0", "--threads", "1", "--no-progress", "--lr-schedule", "cosine",
-            "--likelihood-fraction", "0.5"]
+            "--likelihood-fraction", "0.5", "--image-weight-cap", "50"]
     assert main([*args, "--out", str(tmp_path / "a"), "--width", "8"]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "prior")]) == 0
     record = json.loads((tmp_path / "b" / "prior.json").read_text())
     assert record["training"]["config"]["lr_schedule"] == "cosine" and record["network"]["width"] == 8
+    assert record["training"]["config"]["image_weight_cap"] == 50.0
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "c"), "--init", "no-such-prior"]) == 2
     err = capsys.readouterr().err.strip()
