@@ -57,6 +57,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr-min", type=float, default=0.0, help="final learning rate of the cosine schedule")
     t.add_argument("--likelihood-fraction", type=float, default=0.0,
                    help="fraction of each batch with t drawn from g^2/std^2 (likelihood weighting; 0: uniform t)")
+    t.add_argument("--no-output-norm", action="store_true",
+                   help="no GroupNorm before the U-Net's output convolution (lets the output scale with the input)")
     t.add_argument("--image-weight-cap", type=float, default=1.0,
                    help="weight each image's loss by min(1 + std^2/alpha^2, CAP) (v-prediction's weighting of"
                    " image errors, capped; 1: plain noise prediction)")
@@ -130,6 +132,7 @@ def run_train_prior(args: argparse.Namespace) -> dict:
         augment=not args.no_augment, ckpt_every=args.ckpt_every, sample_every=args.sample_every, seed=args.seed,
         threads=args.threads, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
         likelihood_fraction=args.likelihood_fraction, image_weight_cap=args.image_weight_cap,
+        output_norm=not args.no_output_norm,
         init=str(prior_path(args.init)) if args.init else None,
     )
     result = train(cfg, resume=args.resume, progress=not args.no_progress)

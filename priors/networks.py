@@ -79,6 +79,10 @@ class UNet(nn.Module):
             16 -> (1, 2), 32 -> (1, 2, 2), 64 -> (1, 2, 2, 2)).
         num_res_blocks: residual blocks per level.
         attn_resolutions: resolutions (pixels) with self-attention (default: <= 8).
+        output_norm: GroupNorm before the output convolution (the usual DDPM head). It rescales each
+            image's features to unit variance, so the output cannot simply grow in proportion to the
+            input, as the noise prediction of Gaussian-like data must (it is linear in ``x``). ``False``
+            drops it (``conv_out(silu(h))``).
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class UNet(nn.Module):
         num_res_blocks: int = 1,
         attn_resolutions: tuple[int, ...] | None = None,
         dropout: float = 0.0,
+        output_norm: bool = True,
     ) -> None:
         super().__init__()
         if channel_mult is None:
@@ -107,6 +112,7 @@ class UNet(nn.Module):
             "num_res_blocks": num_res_blocks,
             "attn_resolutions": list(attn_resolutions),
             "dropout": dropout,
+            "output_norm": bool(output_norm),
         }
         temb = 4 * width
         self.width = width
@@ -139,7 +145,7 @@ class UNet(nn.Module):
                 upsample = nn.Upsample(scale_factor=2, mode="nearest")
                 self.up.append(nn.ModuleList([upsample, nn.Conv2d(ch, ch, 3, padding=1)]))
                 res *= 2
-        self.norm_out = _norm(ch)
+        self.norm_out = _norm(ch) if output_norm else nn.Identity()
         self.conv_out = nn.Conv2d(ch, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)

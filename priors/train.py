@@ -88,6 +88,7 @@ class TrainConfig:
     channel_mult: list[int] | None = None
     num_res_blocks: int = 1
     dropout: float = 0.0
+    output_norm: bool = True
     sde: dict = field(default_factory=lambda: {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
     augment: bool = True
     ckpt_every: int = 500
@@ -174,6 +175,7 @@ def _with_init_architecture(config: TrainConfig, record: dict) -> TrainConfig:
     net = record["network"]
     return replace(config, width=int(net["width"]), channel_mult=list(net["channel_mult"]),
                    num_res_blocks=int(net["num_res_blocks"]), dropout=float(net.get("dropout", 0.0)),
+                   output_norm=bool(net.get("output_norm", True)),
                    sde=dict(record["sde"]))
 
 
@@ -243,7 +245,7 @@ class Trainer:
         self.net = UNet(
             image_size=self.image_size, channels=self.channels, width=config.width,
             channel_mult=tuple(config.channel_mult) if config.channel_mult else None,
-            num_res_blocks=config.num_res_blocks, dropout=config.dropout,
+            num_res_blocks=config.num_res_blocks, dropout=config.dropout, output_norm=config.output_norm,
         ).to(self.device)
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)

@@ -209,9 +209,12 @@ def test_cli_fine_tuning_flags(faces, tmp_path, capsys):
     args = ["train-prior", "--data", str(faces), "--steps", "2", "--ckpt-every", "2", "--batch-size", "8",
             "--sample-every", "0", "--threads", "1", "--no-progress", "--lr-schedule", "cosine",
             "--likelihood-fraction", "0.5", "--image-weight-cap", "50"]
-    assert main([*args, "--out", str(tmp_path / "a"), "--width", "8"]) == 0
+    assert main([*args, "--out", str(tmp_path / "a"), "--width", "8", "--no-output-norm"]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "prior")]) == 0
     record = json.loads((tmp_path / "b" / "prior.json").read_text())
+    # the starting prior's head (no output GroupNorm) is kept and reloads as such
+    assert record["network"]["output_norm"] is False
+    assert isinstance(load_prior_network(tmp_path / "b" / "prior")[0].norm_out, torch.nn.Identity)
     assert record["training"]["config"]["lr_schedule"] == "cosine" and record["network"]["width"] == 8
     assert record["training"]["config"]["image_weight_cap"] == 50.0
     capsys.readouterr()
