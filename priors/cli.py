@@ -58,7 +58,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--likelihood-fraction", type=float, default=0.0,
                    help="fraction of each batch with t drawn from g^2/std^2 (likelihood weighting; 0: uniform t)")
     t.add_argument("--no-output-norm", action="store_true",
-                   help="no GroupNorm before the U-Net's output convolution (lets the output scale with the input)")
+                   help="no GroupNorm before the U-Net's output convolution (an experiment; worse on faces16)")
     t.add_argument("--image-weight-cap", type=float, default=1.0,
                    help="weight each image's loss by min(1 + std^2/alpha^2, CAP) (v-prediction's weighting of"
                    " image errors, capped; 1: plain noise prediction)")

@@ -79,10 +79,9 @@ class UNet(nn.Module):
             16 -> (1, 2), 32 -> (1, 2, 2), 64 -> (1, 2, 2, 2)).
         num_res_blocks: residual blocks per level.
         attn_resolutions: resolutions (pixels) with self-attention (default: <= 8).
-        output_norm: GroupNorm before the output convolution (the usual DDPM head). It rescales each
-            image's features to unit variance, so the output cannot simply grow in proportion to the
-            input, as the noise prediction of Gaussian-like data must (it is linear in ``x``). ``False``
-            drops it (``conv_out(silu(h))``).
+        output_norm: GroupNorm before the output convolution (the usual DDPM head; default). ``False``
+            drops it (``conv_out(silu(h))``), an experiment: trained from scratch on the face Gaussian
+            it did worse than the normed head (docs/priors.md, Validation).
     """
 
     def __init__(

@@ -69,8 +69,8 @@ def tweedie_sum_bias(score_model, sde: SDE, x0: torch.Tensor, ts, generator: tor
         for start in range(0, x0.shape[0], batch):
             xb = x0[start:start + batch]
             tt = torch.full((xb.shape[0],), float(t), dtype=xb.dtype)
-            alpha, std = sde.coefficients(tt)
-            xt = _bcast(alpha, xb) * xb + _bcast(std, xb) * torch.randn(xb.shape, generator=generator, dtype=xb.dtype)
+            mean, std = sde.marginal_prob(xb, tt)
+            xt = mean + _bcast(std, xb) * torch.randn(xb.shape, generator=generator, dtype=xb.dtype)
             with torch.no_grad():
                 diffs.append((tweedie_denoise(score_model, sde, xt, float(t)) - xb).reshape(xb.shape[0], -1).sum(-1))
         d = torch.cat(diffs).double()
