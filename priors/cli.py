@@ -59,6 +59,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="fraction of each batch with t drawn from g^2/std^2 (likelihood weighting; 0: uniform t)")
     t.add_argument("--no-output-norm", action="store_true",
                    help="no GroupNorm before the U-Net's output convolution (an experiment; worse on faces16)")
+    t.add_argument("--global-rank", type=int, default=0,
+                   help="add a time-modulated rank-R linear map over all pixels to the U-Net's output (0: none;"
+                   " with --init from a prior without one, the branch is added and starts at zero)")
     t.add_argument("--image-weight-cap", type=float, default=1.0,
                    help="weight each image's loss by min(1 + std^2/alpha^2, CAP) (v-prediction's weighting of"
                    " image errors, capped; 1: plain noise prediction)")
@@ -132,7 +135,7 @@ def run_train_prior(args: argparse.Namespace) -> dict:
         augment=not args.no_augment, ckpt_every=args.ckpt_every, sample_every=args.sample_every, seed=args.seed,
         threads=args.threads, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
         likelihood_fraction=args.likelihood_fraction, image_weight_cap=args.image_weight_cap,
-        output_norm=not args.no_output_norm,
+        output_norm=not args.no_output_norm, global_rank=args.global_rank,
         init=str(prior_path(args.init)) if args.init else None,
     )
     result = train(cfg, resume=args.resume, progress=not args.no_progress)

@@ -68,6 +68,28 @@ class Attention(nn.Module):
         return x + self.proj(a.transpose(1, 2).reshape(b, c, h, w))
 
 
+class GlobalLinear(nn.Module):
+    """A time-modulated low-rank linear map over all pixels: ``P_out (g(t) * (P_in x) + b(t))``.
+
+    Convolutions see a pixel's neighbourhood; this branch sees the whole image at once. The exact
+    noise prediction of Gaussian data ``N(mu, U diag(lam) U^T)`` is of this form with ``P_in = U^T``,
+    ``P_out = U``, ``g_k(t) = std / (alpha^2 lam_k + std^2)`` and ``b(t) = -alpha g(t) * U^T mu``,
+    so a rank-``D`` branch can represent it exactly, and a lower rank the leading directions.
+    ``P_out`` starts at zero: an added branch leaves a network's output unchanged until it is trained.
+    """
+
+    def __init__(self, size: int, rank: int, temb: int) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(size, rank, bias=False)
+        self.gain = nn.Linear(temb, 2 * rank)
+        self.proj_out = nn.Linear(rank, size, bias=False)
+        nn.init.zeros_(self.proj_out.weight)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        g, b = self.gain(F.silu(emb)).chunk(2, dim=1)
+        return self.proj_out(g * self.proj_in(x.flatten(1)) + b).reshape(x.shape)
+
+
 class UNet(nn.Module):
     """Time-conditioned U-Net predicting the noise of ``x_t`` (same shape as the input).
 
@@ -82,6 +104,7 @@ class UNet(nn.Module):
         output_norm: GroupNorm before the output convolution (the usual DDPM head; default). ``False``
             drops it (``conv_out(silu(h))``), an experiment: trained from scratch on the face Gaussian
             it did worse than the normed head (docs/priors.md, Validation).
+        global_rank: rank of a :class:`GlobalLinear` branch added to the output (0: none, the default).
     """
 
     def __init__(
@@ -94,6 +117,7 @@ class UNet(nn.Module):
         attn_resolutions: tuple[int, ...] | None = None,
         dropout: float = 0.0,
         output_norm: bool = True,
+        global_rank: int = 0,
     ) -> None:
         super().__init__()
         if channel_mult is None:
@@ -112,6 +136,7 @@ class UNet(nn.Module):
             "attn_resolutions": list(attn_resolutions),
             "dropout": dropout,
             "output_norm": bool(output_norm),
+            "global_rank": int(global_rank),
         }
         temb = 4 * width
         self.width = width
@@ -148,6 +173,10 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        if global_rank < 0:
+            raise InterferoError(f"global rank must be >= 0, got {global_rank}")
+        self.global_linear = (GlobalLinear(channels * image_size**2, int(global_rank), temb)
+                              if global_rank else None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.temb(timestep_embedding(t, self.width))
@@ -169,7 +198,10 @@ class UNet(nn.Module):
                 h = torch.cat([h, hs.pop()], dim=1)
                 for block in blocks:
                     h = block(h, emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        if self.global_linear is not None:
+            out = out + self.global_linear(x, emb)
+        return out
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -89,6 +89,7 @@ class TrainConfig:
     num_res_blocks: int = 1
     dropout: float = 0.0
     output_norm: bool = True
+    global_rank: int = 0
     sde: dict = field(default_factory=lambda: {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
     augment: bool = True
     ckpt_every: int = 500
@@ -176,6 +177,7 @@ def _with_init_architecture(config: TrainConfig, record: dict) -> TrainConfig:
     return replace(config, width=int(net["width"]), channel_mult=list(net["channel_mult"]),
                    num_res_blocks=int(net["num_res_blocks"]), dropout=float(net.get("dropout", 0.0)),
                    output_norm=bool(net.get("output_norm", True)),
+                   global_rank=int(net.get("global_rank", 0)) or config.global_rank,
                    sde=dict(record["sde"]))
 
 
@@ -246,6 +248,7 @@ class Trainer:
             image_size=self.image_size, channels=self.channels, width=config.width,
             channel_mult=tuple(config.channel_mult) if config.channel_mult else None,
             num_res_blocks=config.num_res_blocks, dropout=config.dropout, output_norm=config.output_norm,
+            global_rank=config.global_rank,
         ).to(self.device)
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
@@ -255,7 +258,10 @@ class Trainer:
         if ckpt is not None:
             self._load(ckpt)
         elif init_net is not None:  # fine-tuning: network and EMA start from the prior's (EMA) weights
-            load_state(self.net, init_net.state_dict(), str(config.init))
+            state = init_net.state_dict()
+            if init_net.global_linear is None and self.net.global_linear is not None:  # a branch added here
+                state |= {k: v for k, v in self.net.state_dict().items() if k.startswith("global_linear.")}
+            load_state(self.net, state, str(config.init))
             self.ema.module.load_state_dict(self.net.state_dict())
         self.model = self.net
         if self.distributed:

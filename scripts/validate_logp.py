@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--global-rank", type=int, default=0,
+                    help="rank of the U-Net's global linear branch (priors.networks.GlobalLinear; 0: none)")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--n-train", type=int, default=20000, help="training draws from the face-Gaussian")
     ap.add_argument("--n-grad", type=int, default=32, help="images for the gradient check (minutes each)")
@@ -115,9 +117,11 @@ def main() -> None:
         done = run / "prior.json"
         record = json.loads(done.read_text())["training"] if done.is_file() else None
         if (args.retrain or record is None or record["steps"] != args.steps
-                or record["data"].get("n_images") != args.n_train):
+                or record["data"].get("n_images") != args.n_train
+                or record["config"].get("global_rank", 0) != args.global_rank):
             cfg = TrainConfig(data=str(data), out=str(run), steps=args.steps, batch_size=args.batch_size, lr=1e-3,
-                              warmup=200, width=args.width, augment=False, ckpt_every=500, sample_every=2000)
+                              warmup=200, width=args.width, augment=False, ckpt_every=500, sample_every=2000,
+                              global_rank=args.global_rank)
             train(cfg, resume=(run / "checkpoint.json").is_file() and not args.retrain)
     prior = load_prior(str(done.with_suffix("")))
     train_x = torch.from_numpy(load_dataset(data)["images"])

@@ -17,7 +17,7 @@ from posterior.cli import main
 from priors.checkpoint import load_prior_network, load_tensors
 from priors.datasets import make_dataset
 from priors.datasets.store import write_dataset
-from priors.networks import UNet
+from priors.networks import GaussianScore, GlobalLinear, UNet
 from priors.sde import VPSDE
 from priors.train import TrainConfig, Trainer, dsm_loss, train
 
@@ -210,17 +210,66 @@ def test_cli_fine_tuning_flags(faces, tmp_path, capsys):
             "--sample-every", "0", "--threads", "1", "--no-progress", "--lr-schedule", "cosine",
             "--likelihood-fraction", "0.5", "--image-weight-cap", "50"]
     assert main([*args, "--out", str(tmp_path / "a"), "--width", "8", "--no-output-norm"]) == 0
-    assert main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "prior")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "prior"),
+                 "--global-rank", "3"]) == 0
     record = json.loads((tmp_path / "b" / "prior.json").read_text())
     # the starting prior's head (no output GroupNorm) is kept and reloads as such
     assert record["network"]["output_norm"] is False
     assert isinstance(load_prior_network(tmp_path / "b" / "prior")[0].norm_out, torch.nn.Identity)
     assert record["training"]["config"]["lr_schedule"] == "cosine" and record["network"]["width"] == 8
     assert record["training"]["config"]["image_weight_cap"] == 50.0
+    assert record["network"]["global_rank"] == 3  # a branch added to the starting prior
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "c"), "--init", "no-such-prior"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown prior 'no-such-prior'" in err and len(err.splitlines()) == 1
+
+
+def test_global_linear_represents_the_gaussian_noise_prediction():
+    """With ``P_in = U^T``, ``P_out = U`` and the gains of its docstring, the branch is the exact noise
+    prediction ``-std * score`` of diffused Gaussian data (closed form of :class:`GaussianScore`)."""
+    torch.manual_seed(0)
+    d, sde = 12, VPSDE()
+    a = torch.randn(d, d, dtype=torch.float64)
+    mean, cov = torch.randn(d, dtype=torch.float64), a @ a.T / d + 0.05 * torch.eye(d, dtype=torch.float64)
+    exact = GaussianScore(mean.reshape(1, 3, 4), cov, sde)
+    branch = GlobalLinear(d, d, temb=5).double()
+    lam, u = torch.linalg.eigh(cov)
+    x = torch.randn(6, 1, 3, 4, dtype=torch.float64)
+    for t in (0.01, 0.3, 0.9):
+        alpha, std = (float(v) for v in sde.coefficients(torch.tensor(t, dtype=torch.float64)))
+        g = std / (alpha**2 * lam + std**2)
+        with torch.no_grad():
+            branch.proj_in.weight.copy_(u.T)
+            branch.proj_out.weight.copy_(u)
+            branch.gain.weight.zero_()
+            branch.gain.bias.copy_(torch.cat([g, -alpha * g * (u.T @ mean)]))
+            got = branch(x, torch.zeros(6, 5, dtype=torch.float64))
+        want = -std * exact(x, torch.full((6,), t, dtype=torch.float64))
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), t
+
+
+def test_fine_tuning_can_add_a_global_branch(faces, tmp_path):
+    """``--global-rank`` on a fine-tune adds a branch that starts at zero: the network's output is the
+    starting prior's until training moves it; the rank is recorded and reloads."""
+    base = TrainConfig(data=str(faces), out=str(tmp_path / "base"), steps=2, ckpt_every=2, **SMALL)
+    train(base, progress=False)
+    net, _ = load_prior_network(tmp_path / "base" / "prior")
+    assert net.global_linear is None
+    cfg = TrainConfig(data=str(faces), out=str(tmp_path / "gl"), steps=3, ckpt_every=3, global_rank=7,
+                      init=str(tmp_path / "base" / "prior"), **SMALL)
+    ft = Trainer(cfg, progress=False)
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([0.01, 0.1, 0.5, 1.0])
+    with torch.no_grad():
+        assert torch.equal(ft.net(x, t), net(x, t))
+    ft.run()
+    record = json.loads((tmp_path / "gl" / "prior.json").read_text())
+    assert record["network"]["global_rank"] == 7
+    reloaded, _ = load_prior_network(tmp_path / "gl" / "prior")
+    assert reloaded.global_linear.proj_in.weight.shape == (7, 256)
+    assert reloaded.global_linear.proj_out.weight.abs().max() > 0  # trained away from its zero start
+    with pytest.raises(InterferoError, match="global rank must be >= 0"):
+        UNet(16, global_rank=-1)
 
 
 def test_record_keeps_the_black_holes_floor_law(tmp_path):
