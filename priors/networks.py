@@ -125,6 +125,8 @@ class UNet(nn.Module):
         channel_mult = tuple(int(m) for m in channel_mult)
         if image_size % 2 ** (len(channel_mult) - 1):
             raise InterferoError(f"image size {image_size} is not divisible by {2 ** (len(channel_mult) - 1)}")
+        if global_rank < 0:
+            raise InterferoError(f"global rank must be >= 0, got {global_rank}")
         if attn_resolutions is None:
             attn_resolutions = tuple(r for r in (8, 4, 2) if r <= image_size // 2)
         self.config = {
@@ -173,8 +175,6 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-        if global_rank < 0:
-            raise InterferoError(f"global rank must be >= 0, got {global_rank}")
         self.global_linear = (GlobalLinear(channels * image_size**2, int(global_rank), temb)
                               if global_rank else None)
 

@@ -113,6 +113,8 @@ class TrainConfig:
             raise InterferoError(f"likelihood fraction must be in [0, 1], got {self.likelihood_fraction}")
         if not 0.0 <= self.lr_min <= self.lr:
             raise InterferoError(f"lr_min must be in [0, lr], got {self.lr_min}")
+        if self.global_rank < 0:
+            raise InterferoError(f"global rank must be >= 0, got {self.global_rank}")
         if not self.image_weight_cap >= 1.0:
             raise InterferoError("image weight cap must be >= 1 (1: plain noise prediction),"
                                  f" got {self.image_weight_cap}")

@@ -270,6 +270,8 @@ def test_fine_tuning_can_add_a_global_branch(faces, tmp_path):
     assert reloaded.global_linear.proj_out.weight.abs().max() > 0  # trained away from its zero start
     with pytest.raises(InterferoError, match="global rank must be >= 0"):
         UNet(16, global_rank=-1)
+    with pytest.raises(InterferoError, match="global rank must be >= 0"):
+        TrainConfig(data=str(faces), out=str(tmp_path / "bad"), global_rank=-2)
 
 
 def test_record_keeps_the_black_holes_floor_law(tmp_path):
