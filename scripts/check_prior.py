@@ -130,4 +130,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from interfero.errors import run_script
+
+    run_script(main, "check_prior")

@@ -114,12 +114,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import sys
+    from interfero.errors import run_script
 
-    from interfero.errors import InterferoError
-
-    try:
-        main()
-    except InterferoError as err:
-        print(f"compare_rml: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "compare_rml")

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from interfero.plotting import plt, save_figure
 from posterior.dpi import DPI, DPIConfig, DPITarget
@@ -92,5 +91,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    main()
+    from interfero.errors import run_script
+
+    run_script(main, "validate_gaussian_posterior")

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interfero.errors import InterferoError
 from interfero.io import atomic_path, atomic_write_text
 from interfero.plotting import save_figure
 from priors.classical import GaussianPrior
@@ -104,6 +105,9 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--json", help="write the figures here as well")
     args = ap.parse_args()
+    if args.n_train <= 16 * 16:
+        raise InterferoError(f"--n-train must exceed the 256 pixels (the Gaussian fitted to the training draws"
+                             f" needs a full-rank covariance), got {args.n_train}")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -117,13 +121,13 @@ def main() -> None:
     else:
         done = run / "prior.json"
         record = json.loads(done.read_text())["training"] if done.is_file() else None
-        if (args.retrain or record is None or record["steps"] != args.steps
-                or record["data"].get("n_images") != args.n_train
-                or record["config"].get("global_rank", 0) != args.global_rank):
+        other_net = record is not None and record["config"].get("global_rank", 0) != args.global_rank
+        if (args.retrain or record is None or other_net or record["steps"] != args.steps
+                or record["data"].get("n_images") != args.n_train):
             cfg = TrainConfig(data=str(data), out=str(run), steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                               warmup=200, width=args.width, augment=False, ckpt_every=500, sample_every=2000,
                               global_rank=args.global_rank)
-            train(cfg, resume=(run / "checkpoint.json").is_file() and not args.retrain)
+            train(cfg, resume=(run / "checkpoint.json").is_file() and not (args.retrain or other_net))
     prior = load_prior(str(done.with_suffix("")))
     train_x = torch.from_numpy(load_dataset(data)["images"])
     control = None
@@ -202,4 +206,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from interfero.errors import run_script
+
+    run_script(main, "validate_logp")

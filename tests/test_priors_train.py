@@ -283,3 +283,26 @@ def test_record_keeps_the_black_holes_floor_law(tmp_path):
     record = json.loads((tmp_path / "r" / "prior.json").read_text())
     assert record["training"]["data"]["law"] == "extended"
     assert record["training"]["data"]["kind"] == "blackholes"
+
+
+def test_validate_logp_script_writes_its_figures_and_retrains_for_another_network(tmp_path):
+    """scripts/validate_logp.py at toy size: the JSON the issue names, and a run asking for another
+    ``--global-rank`` trains a new network instead of resuming the old checkpoint."""
+    repo = Path(__file__).resolve().parents[1]
+    base = [sys.executable, "scripts/validate_logp.py", "--out", str(tmp_path), "--steps", "2", "--batch-size", "8",
+            "--width", "8", "--n", "3", "--n-grad", "0", "--divergence", "hutchinson", "--probes", "1",
+            "--rtol", "1e-2", "--threads", "1"]
+    for rank in (0, 5):
+        out = tmp_path / f"figures-{rank}.json"
+        proc = subprocess.run([*base, "--n-train", "400", "--global-rank", str(rank), "--json", str(out)], cwd=repo,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        figures = json.loads(out.read_text())
+        assert {"r2_in", "r2_ood", "median_cos_dist_grad_vs_score"} <= set(figures)
+        assert np.isfinite(figures["r2_in"]) and figures["n"] == 3
+        record = json.loads((tmp_path / "run" / "prior.json").read_text())
+        assert record["network"]["global_rank"] == rank
+    # bad input is one line and exit status 2 (here: a Gaussian fitted to fewer draws than pixels)
+    proc = subprocess.run([*base, "--n-train", "64"], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("validate_logp: error:"), proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
