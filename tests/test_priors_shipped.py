@@ -70,9 +70,8 @@ def test_shipped_faces16_score_error_against_the_true_gaussian():
     """faces16 learned the face Gaussian: its score-matching KL bound against the closed-form diffused score.
 
     Measured on these 64 images: 1.5 nats for the shipped weights (stage 8), 1.8 for stage 7, 2.6 for stage 6,
-    3.7 for stage 5
-    (stage 4 plus a rank-256 GlobalLinear branch), 8.7 for stage 4 (200000 draws), 12.3 for stage 3, 27.6 for
-    3000 steps.
+    3.7 for stage 5 (stage 4 plus a rank-256 GlobalLinear branch), 8.7 for stage 4 (200000 draws), 12.3 for
+    stage 3, 27.6 for 3000 steps.
     """
     from priors.datasets.faces import face_gaussian
     from priors.score_error import score_error_bound
