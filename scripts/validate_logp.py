@@ -123,13 +123,15 @@ def main() -> None:
     else:
         done = run / "prior.json"
         record = json.loads(done.read_text())["training"] if done.is_file() else None
-        other_net = record is not None and record["config"].get("global_rank", 0) != args.global_rank
-        if (args.retrain or record is None or other_net or record["steps"] != args.steps
-                or record["data"].get("n_images") != args.n_train):
+        # another network or other draws: train anew (a checkpoint of that run cannot be resumed)
+        other_run = record is not None and (record["config"].get("global_rank", 0) != args.global_rank
+                                            or record["config"].get("width") != args.width
+                                            or record["data"].get("n_images") != args.n_train)
+        if args.retrain or record is None or other_run or record["steps"] != args.steps:
             cfg = TrainConfig(data=str(data), out=str(run), steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                               warmup=200, width=args.width, augment=False, ckpt_every=500, sample_every=2000,
                               global_rank=args.global_rank)
-            train(cfg, resume=(run / "checkpoint.json").is_file() and not (args.retrain or other_net))
+            train(cfg, resume=(run / "checkpoint.json").is_file() and not (args.retrain or other_run))
     prior = load_prior(str(done.with_suffix("")))
     train_x = torch.from_numpy(load_dataset(data)["images"])
     control = None

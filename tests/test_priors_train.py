@@ -287,7 +287,7 @@ def test_record_keeps_the_black_holes_floor_law(tmp_path):
 
 def test_validate_logp_script_writes_its_figures_and_retrains_for_another_network(tmp_path):
     """scripts/validate_logp.py at toy size: the JSON the issue names, and a run asking for another
-    ``--global-rank`` trains a new network instead of resuming the old checkpoint."""
+    ``--global-rank`` or ``--n-train`` trains a new network instead of resuming the old checkpoint."""
     repo = Path(__file__).resolve().parents[1]
     base = [sys.executable, "scripts/validate_logp.py", "--out", str(tmp_path), "--steps", "2", "--batch-size", "8",
             "--width", "8", "--n", "3", "--n-grad", "0", "--divergence", "hutchinson", "--probes", "1",
@@ -302,6 +302,10 @@ def test_validate_logp_script_writes_its_figures_and_retrains_for_another_networ
         assert np.isfinite(figures["r2_in"]) and figures["n"] == 3
         record = json.loads((tmp_path / "run" / "prior.json").read_text())
         assert record["network"]["global_rank"] == rank
+    # other training draws: a new run as well, not a resume of the checkpoint made on the first ones
+    proc = subprocess.run([*base, "--n-train", "500", "--global-rank", "5"], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "prior.json").read_text())["training"]["data"]["n_images"] == 500
     # bad input is one line and exit status 2 (here: a Gaussian fitted to fewer draws than pixels)
     proc = subprocess.run([*base, "--n-train", "64"], cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("validate_logp: error:"), proc.stderr[-2000:]
