@@ -20,6 +20,11 @@ default; ``rtol``/``atol`` settable). The divergence is
   unbiased, with a variance that shrinks with ``|J - J_ref|_F^2`` instead of
   ``|J|_F^2`` (a control variate). For images whose score is close to a
   Gaussian's it reaches the exact trace's accuracy at a few probes' cost.
+  Each probe's divergence is integrated as its own state component (the
+  trajectory ``x(t)`` does not depend on the probes), so a solve with
+  ``K >= 2`` probes also reports the standard error of its estimate
+  (``PFODEResult.probe_sem``, the spread of the ``K`` per-probe log p values
+  over ``sqrt(K)``) at no extra cost.
 
 Gradients of ``log p`` with respect to ``x``:
 
@@ -106,7 +111,7 @@ class PFODEDynamics(nn.Module):
             g2 = self.sde.diffusion(t) ** 2
             known = (self.sde.divergence_drift(t, x[0].numel()) - 0.5 * g2 * self.control.divergence(t, x)).to(x.dtype)
         (vjp,) = torch.autograd.grad((probed * vf).sum(), xr, create_graph=create_graph)
-        div = (vjp * vf).reshape(k, b, -1).sum(-1).mean(0) + known
+        div = (vjp * vf).reshape(k, b, -1).sum(-1) + known  # (K, B): one divergence per probe
         return out[:b], div
 
     def _exact(self, x, t, create_graph):
@@ -129,7 +134,11 @@ class PFODEDynamics(nn.Module):
 
 @dataclass
 class PFODEResult:
-    """``logp`` ``(B,)``; ``z`` the state at ``T``; ``prior_logp`` and ``delta_logp`` its two terms."""
+    """``logp`` ``(B,)``; ``z`` the state at ``T``; ``prior_logp`` and ``delta_logp`` its two terms.
+
+    ``probe_sem`` ``(B,)``: the standard error of a Hutchinson estimate (the sample standard deviation of
+    the ``K`` per-probe values over ``sqrt(K)``, nats); ``None`` for the exact trace or one probe.
+    """
 
     logp: torch.Tensor
     z: torch.Tensor
@@ -137,6 +146,7 @@ class PFODEResult:
     delta_logp: torch.Tensor
     nfe_forward: int
     dynamics: PFODEDynamics
+    probe_sem: torch.Tensor | None = None
 
     @property
     def nfe(self) -> int:
@@ -189,7 +199,9 @@ def pf_ode_logp(
     dyn = PFODEDynamics(score_fn, sde, divergence, v, chunk, keep_graph=gradient != "none",
                         control=control if divergence == "hutchinson" else None)
     ts = torch.tensor([sde.eps, sde.T], dtype=x.dtype, device=x.device)
-    state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    # the integral of div F: one per probe for Hutchinson (K, B), else (B,)
+    delta0 = torch.zeros(*(() if v is None else (v.shape[0],)), x.shape[0], dtype=x.dtype, device=x.device)
+    state = (x, delta0)
     # Adaptive Runge-Kutta steps in torchdiffeq may overshoot the end time and interpolate back. Past T
     # that is harmless, but the adjoint solve runs from T down to eps, and an overshoot evaluates the score
     # at t < eps (t < 0: std(t) is NaN) -- the cause of 'underflow in dt'. step_t makes every solve land
@@ -208,5 +220,10 @@ def pf_ode_logp(
         with torch.no_grad():
             zs, deltas = odeint(dyn, state, ts, rtol=rtol, atol=atol, method=method, options=dict(fixed))
     z, delta = zs[-1], deltas[-1]
+    sem = None
+    if delta.ndim == 2:
+        k = delta.shape[0]
+        sem = delta.detach().std(0) / k**0.5 if k > 1 else None
+        delta = delta.mean(0)
     prior = sde.prior_logp(z)
-    return PFODEResult(prior + delta, z, prior, delta, dyn.nfe, dyn)
+    return PFODEResult(prior + delta, z, prior, delta, dyn.nfe, dyn, sem)

@@ -65,6 +65,7 @@ class ScorePrior(Prior):
         self.training_data = dict(training_data) if training_data else None
         self._sampler = TimeSampler(sde, self.elbo_kwargs.get("importance", True))
         self.last_nfe: int | None = None
+        self.last_probe_sem: torch.Tensor | None = None  # nats, per image, of the last Hutchinson log p
 
     def with_estimator(self, method: str | None = None, ode: dict | None = None,
                        elbo: dict | None = None) -> ScorePrior:
@@ -98,7 +99,7 @@ class ScorePrior(Prior):
         logdet = -x[0].numel() * math.log(self.scale)
         if method == "ode":
             res = pf_ode_logp(self.score_model, self.sde, z, generator=generator, **self.ode_kwargs)
-            self.last_nfe = res.nfe_forward
+            self.last_nfe, self.last_probe_sem = res.nfe_forward, res.probe_sem
             return res.logp + logdet
         if method == "elbo":
             importance = self.elbo_kwargs.get("importance", True)

@@ -14,6 +14,10 @@
    trace, or Hutchinson (Rademacher probes) with a control variate: the
    Gaussian fitted to the --n-train *training draws* (not the truth), whose
    divergence is known in closed form (priors.ode); unbiased either way.
+   With >= 2 probes the probes' spread gives each estimate's standard error
+   (priors.ode), reported as probe_sd_*_nats, and the R^2 with that noise
+   taken out (r2_*_without_probe_noise): what the model's log p itself
+   scores, which the exact trace measures directly.
    The ceiling a finite training set sets: the same R^2 for the Gaussian
    fitted (maximum likelihood) to the training draws, the best any model of
    those draws can be expected to do (with 20000 draws of 256 pixels it is
@@ -53,21 +57,35 @@ from priors.score_error import score_error_bound
 from priors.train import TrainConfig, train
 
 
-def r2_scores(model: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    corr = float(np.corrcoef(model, truth)[0, 1]) ** 2
-    identity = 1 - float(np.sum((model - truth) ** 2) / np.sum((truth - truth.mean()) ** 2))
+def r2_scores(model: np.ndarray, truth: np.ndarray, noise_var: np.ndarray | None = None) -> tuple[float, float]:
+    """R^2 (squared Pearson correlation) and R^2 about the identity line of ``model`` against ``truth``.
+
+    ``noise_var``: per-image variance of an estimator noise in ``model`` that is independent of the
+    truth (the Hutchinson probes' squared standard error, nats^2). It is taken out of ``model``'s
+    variance and of the squared errors, giving the figures the model's log p itself would score
+    (the usual correction for attenuation; NaN where the noise exceeds the observed spread).
+    """
+    noise = 0.0 if noise_var is None else float(np.mean(noise_var))
+    centred = truth - truth.mean()
+    var_model = float(np.var(model)) - noise
+    cov = float(np.mean((model - model.mean()) * centred))
+    corr = cov**2 / (var_model * float(np.var(truth))) if var_model > 0 else float("nan")
+    identity = 1 - (float(np.sum((model - truth) ** 2)) - noise * len(model)) / float(np.sum(centred**2))
     return corr, identity
 
 
 def model_logp(prior, x: torch.Tensor, batch: int, divergence: str, probes: int, rtol: float,
-               control=None) -> np.ndarray:
+               control=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-image ODE log p, and the Hutchinson standard error of each (None: exact trace or one probe)."""
     prior.method = "ode"
     prior.ode_kwargs = {"divergence": divergence, "probes": probes, "probe": "rademacher", "gradient": "none",
                         "rtol": rtol, "atol": rtol, "chunk": 64, "control": control}
-    out = []
+    out, sem = [], []
     for i in range(0, len(x), batch):
         out.append(prior.log_prob(x[i : i + batch], generator=torch.Generator().manual_seed(i)).detach())
-    return torch.cat(out).double().numpy()
+        sem.append(prior.last_probe_sem)
+    sem_all = None if any(s is None for s in sem) else torch.cat(sem).double().numpy()
+    return torch.cat(out).double().numpy(), sem_all
 
 
 def scatter(model, truth, title, path):
@@ -141,13 +159,21 @@ def main() -> None:
     x_in = gauss.sample(args.n, generator=torch.Generator().manual_seed(123)).float()
     x_ood = torch.from_numpy(natural_patches(args.n, 16, seed=1))
     t0 = time.perf_counter()
-    lp_in = model_logp(prior, x_in, 32, args.divergence, args.probes, args.rtol, control)
-    lp_ood = model_logp(prior, x_ood, 32, args.divergence, args.probes, args.rtol, control)
+    lp_in, sem_in = model_logp(prior, x_in, 32, args.divergence, args.probes, args.rtol, control)
+    lp_ood, sem_ood = model_logp(prior, x_ood, 32, args.divergence, args.probes, args.rtol, control)
     t_logp = time.perf_counter() - t0
     true_in = gauss.log_prob(x_in.double()).numpy()
     true_ood = gauss.log_prob(x_ood.double()).numpy()
     r2_in, r2_id_in = r2_scores(lp_in, true_in)
     r2_ood, r2_id_ood = r2_scores(lp_ood, true_ood)
+    # the same without the Hutchinson noise (its per-image variance is known from the probes' spread)
+    quiet = {}
+    if sem_in is not None:
+        quiet = {"probe_sd_in_nats": float(np.sqrt(np.mean(sem_in**2))),
+                 "probe_sd_ood_nats": float(np.sqrt(np.mean(sem_ood**2))),
+                 "r2_in_without_probe_noise": r2_scores(lp_in, true_in, sem_in**2)[0],
+                 "r2_identity_in_without_probe_noise": r2_scores(lp_in, true_in, sem_in**2)[1],
+                 "r2_ood_without_probe_noise": r2_scores(lp_ood, true_ood, sem_ood**2)[0]}
     # the ceiling of the training set: the maximum-likelihood Gaussian of the training draws
     flat = train_x.double().reshape(train_x.shape[0], -1)
     fitted = GaussianPrior(flat.mean(0).reshape(train_x.shape[1:]), torch.cov(flat.T, correction=0))
@@ -199,11 +225,12 @@ def main() -> None:
         "divergence": args.divergence, "probes": args.probes if args.divergence == "hutchinson" else None,
         "rtol": args.rtol, "logp_seconds": t_logp, "pixels": 256,
         "score_error_bound_nats": float(bound.mean()), "score_error_bound_sd_nats": float(bound.std()),
-    }
+    } | quiet
     text = json.dumps(figures, indent=2)
     atomic_write_text(out / "figures.json", text)
     with atomic_path(out / "logp.npz") as tmp:  # per-image values, for comparisons between runs
-        np.savez(tmp, model_in=lp_in, true_in=true_in, model_ood=lp_ood, true_ood=true_ood)
+        extra = {} if sem_in is None else {"probe_sem_in": sem_in, "probe_sem_ood": sem_ood}
+        np.savez(tmp, model_in=lp_in, true_in=true_in, model_ood=lp_ood, true_ood=true_ood, **extra)
     if args.json:
         atomic_write_text(args.json, text)
     print(text)

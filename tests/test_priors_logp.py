@@ -65,6 +65,21 @@ def test_hutchinson_is_unbiased(gauss):
         assert torch.all(torch.abs(mean - exact.logp[:2]) < 3 * se + 1e-3), (mean, exact.logp[:2], se)
 
 
+def test_hutchinson_reports_its_standard_error(gauss):
+    """The per-solve standard error from K probes matches the spread of independent K-probe solves."""
+    _, sde, score, x, exact = gauss
+    xr = x[:1].repeat_interleave(48, 0)  # 48 independent 16-probe estimates of one image's log p
+    res = pf_ode_logp(score, sde, xr, divergence="hutchinson", probes=16, gradient="none", rtol=1e-6, atol=1e-6,
+                      generator=torch.Generator().manual_seed(3))
+    spread = float(res.logp.std())
+    reported = float(res.probe_sem.pow(2).mean().sqrt())
+    assert 0.75 < reported / spread < 1.33, (reported, spread)
+    assert abs(float(res.logp.mean()) - float(exact.logp[0])) < 3 * spread / 48**0.5 + 1e-3
+    assert exact.probe_sem is None  # the exact trace has no probe noise
+    one = pf_ode_logp(score, sde, x[:1], probes=1, gradient="none", rtol=1e-4, atol=1e-4)
+    assert one.probe_sem is None and one.logp.shape == (1,)
+
+
 @pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_ode_gradient_matches_analytic(gauss, gradient, divergence):

@@ -290,7 +290,7 @@ def test_validate_logp_script_writes_its_figures_and_retrains_for_another_networ
     ``--global-rank`` or ``--n-train`` trains a new network instead of resuming the old checkpoint."""
     repo = Path(__file__).resolve().parents[1]
     base = [sys.executable, "scripts/validate_logp.py", "--out", str(tmp_path), "--steps", "2", "--batch-size", "8",
-            "--width", "8", "--n", "3", "--n-grad", "0", "--divergence", "hutchinson", "--probes", "1",
+            "--width", "8", "--n", "3", "--n-grad", "0", "--divergence", "hutchinson", "--probes", "2",
             "--rtol", "1e-2", "--threads", "1"]
     for rank in (0, 5):
         out = tmp_path / f"figures-{rank}.json"
@@ -300,6 +300,8 @@ def test_validate_logp_script_writes_its_figures_and_retrains_for_another_networ
         figures = json.loads(out.read_text())
         assert {"r2_in", "r2_ood", "median_cos_dist_grad_vs_score"} <= set(figures)
         assert np.isfinite(figures["r2_in"]) and figures["n"] == 3
+        # two probes: the Hutchinson noise is measured and reported beside the R^2 it lowers
+        assert figures["probe_sd_in_nats"] > 0 and "r2_in_without_probe_noise" in figures
         record = json.loads((tmp_path / "run" / "prior.json").read_text())
         assert record["network"]["global_rank"] == rank
     # other training draws: a new run as well, not a resume of the checkpoint made on the first ones
