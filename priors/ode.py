@@ -200,8 +200,8 @@ def pf_ode_logp(
                         control=control if divergence == "hutchinson" else None)
     ts = torch.tensor([sde.eps, sde.T], dtype=x.dtype, device=x.device)
     # the integral of div F: one per probe for Hutchinson (K, B), else (B,)
-    delta0 = torch.zeros(*(() if v is None else (v.shape[0],)), x.shape[0], dtype=x.dtype, device=x.device)
-    state = (x, delta0)
+    delta_shape = (x.shape[0],) if v is None else (v.shape[0], x.shape[0])
+    state = (x, torch.zeros(delta_shape, dtype=x.dtype, device=x.device))
     # Adaptive Runge-Kutta steps in torchdiffeq may overshoot the end time and interpolate back. Past T
     # that is harmless, but the adjoint solve runs from T down to eps, and an overshoot evaluates the score
     # at t < eps (t < 0: std(t) is NaN) -- the cause of 'underflow in dt'. step_t makes every solve land

@@ -169,10 +169,10 @@ def main() -> None:
     # the same without the Hutchinson noise (its per-image variance is known from the probes' spread)
     quiet = {}
     if sem_in is not None:
+        quiet_in, quiet_id_in = r2_scores(lp_in, true_in, sem_in**2)
         quiet = {"probe_sd_in_nats": float(np.sqrt(np.mean(sem_in**2))),
                  "probe_sd_ood_nats": float(np.sqrt(np.mean(sem_ood**2))),
-                 "r2_in_without_probe_noise": r2_scores(lp_in, true_in, sem_in**2)[0],
-                 "r2_identity_in_without_probe_noise": r2_scores(lp_in, true_in, sem_in**2)[1],
+                 "r2_in_without_probe_noise": quiet_in, "r2_identity_in_without_probe_noise": quiet_id_in,
                  "r2_ood_without_probe_noise": r2_scores(lp_ood, true_ood, sem_ood**2)[0]}
     # the ceiling of the training set: the maximum-likelihood Gaussian of the training draws
     flat = train_x.double().reshape(train_x.shape[0], -1)
