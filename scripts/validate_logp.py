@@ -53,7 +53,7 @@ from priors.datasets.patches import natural_patches
 from priors.datasets.store import load_dataset, write_dataset
 from priors.networks import GaussianScore
 from priors.pretrained import load_prior, prior_path
-from priors.score_error import score_error_bound
+from priors.score_error import score_error_bound, subspace_gain
 from priors.train import TrainConfig, train
 
 
@@ -86,6 +86,20 @@ def model_logp(prior, x: torch.Tensor, batch: int, divergence: str, probes: int,
         sem.append(prior.last_probe_sem)
     sem_all = None if any(s is None for s in sem) else torch.cat(sem).double().numpy()
     return torch.cat(out).double().numpy(), sem_all
+
+
+def subspace_residuals(model: np.ndarray, truth: np.ndarray, x: torch.Tensor, gauss: GaussianPrior,
+                       bases: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Variance (nats^2) of the model log p left after the affine fit on the true one, and after adding each
+    image's chi^2 in every subspace of ``bases`` as regressors: the part of the residual a per-subspace
+    precision error of the model explains."""
+    r = (x.double().reshape(x.shape[0], -1) - gauss.mean.reshape(1, -1))
+    # bases of eigenvectors: the variance along each is b^T cov b
+    chi2 = [(r @ b.double()).pow(2) @ (1 / (b.double().T @ gauss.cov @ b.double()).diagonal()) for b in bases.values()]
+    affine = np.c_[np.ones_like(truth), truth]
+    both = np.c_[affine, np.stack([c.numpy() for c in chi2], 1)]
+    left = [float(np.var(model - a @ np.linalg.lstsq(a, model, rcond=None)[0])) for a in (affine, both)]
+    return {"residual_var_in_nats2": left[0], "residual_var_in_after_subspace_chi2_nats2": left[1]}
 
 
 def scatter(model, truth, title, path):
@@ -207,11 +221,24 @@ def main() -> None:
     true_z = gauss.standardised(prior.shift, prior.scale).diffused(prior.sde)
     bound, ts, per_t = score_error_bound(prior.score_model, true_z, prior.sde, prior.to_z(x_in),
                                          generator=torch.Generator().manual_seed(11))
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    # how it is off: the score's gain in the 157 floor directions (eigenvalue = the floor) and the 99 others,
+    # and how much of the log p residual the per-image chi^2 in those two subspaces explains
+    floor = gauss.lam <= gauss.lam.min() * (1 + 1e-6)
+    bases = {"floor": gauss.vecs[:, floor], "top": gauss.vecs[:, ~floor]}
+    gains = subspace_gain(prior.score_model, true_z, prior.sde, prior.to_z(x_in), bases, ts[::2],
+                          generator=torch.Generator().manual_seed(12))
+    resid = subspace_residuals(lp_in, true_in, x_in, gauss, bases)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax.loglog(ts, per_t)
     ax.set_xlabel("diffusion time t")
     ax.set_ylabel("0.5 g^2 E|s_theta - s*|^2 (nats per unit t)")
     ax.set_title(f"score-error KL bound {float(bound.mean()):.1f} nats")
+    for name in bases:
+        bx.semilogx(gains["t"], gains[f"{name}_gain"], marker="o", label=f"{name} ({int(bases[name].shape[1])} dims)")
+    bx.axhline(1.0, color="k", lw=0.5)
+    bx.set_xlabel("diffusion time t")
+    bx.set_ylabel("gain <s_theta, s*> / |s*|^2")
+    bx.legend()
     save_figure(fig, out / "score_error.png")
     figures = {
         "r2_in": r2_in, "r2_ood": r2_ood, "r2_identity_in": r2_id_in, "r2_identity_ood": r2_id_ood,
@@ -225,6 +252,7 @@ def main() -> None:
         "divergence": args.divergence, "probes": args.probes if args.divergence == "hutchinson" else None,
         "rtol": args.rtol, "logp_seconds": t_logp, "pixels": 256,
         "score_error_bound_nats": float(bound.mean()), "score_error_bound_sd_nats": float(bound.std()),
+        "score_gain": {k: v.tolist() for k, v in gains.items()}, **resid,
     } | quiet
     text = json.dumps(figures, indent=2)
     atomic_write_text(out / "figures.json", text)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from priors.networks import GaussianScore
-from priors.score_error import score_error_bound, tweedie_sum_bias
+from priors.score_error import score_error_bound, subspace_gain, tweedie_sum_bias
 from priors.sde import VPSDE
 
 
@@ -49,3 +49,28 @@ def test_tweedie_sum_bias_vanishes_for_the_true_score_and_matches_closed_form_fo
     exact = (std[:, None] ** 2 * delta / (alpha[:, None] ** 2 * lam + std[:, None] ** 2)).sum(-1).numpy()
     assert np.all(np.abs(bias_q - exact) < 4 * se_q + 1e-9), (bias_q, exact, se_q)
     assert exact[-1] > 10 * se_q[-1]  # the shifted model's bias is resolved, not lost in the noise
+
+
+def test_subspace_gain_is_one_for_the_true_score_and_the_closed_form_ratio_for_a_wrong_variance():
+    sde = VPSDE()
+    lam_p = torch.linspace(0.01, 1.0, 16, dtype=torch.float64)
+    lam_q = lam_p.clone()
+    lam_q[:8] *= 1.3  # the model is 30% too broad in the first 8 coordinates only
+    p = GaussianScore(torch.zeros(1, 4, 4), torch.diag(lam_p), sde)
+    q = GaussianScore(torch.zeros(1, 4, 4), torch.diag(lam_q), sde)
+    x0 = p.sample(20000, generator=torch.Generator().manual_seed(0))
+    eye = torch.eye(16, dtype=torch.float64)
+    bases = {"low": eye[:, :8], "high": eye[:, 8:]}
+    ts = [1e-3, 0.05]
+    same = subspace_gain(p, p, sde, x0, bases, ts, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(same["low_gain"], 1.0, atol=1e-12)
+    np.testing.assert_allclose(same["high_relerr2"], 0.0, atol=1e-12)
+    got = subspace_gain(q, p, sde, x0, bases, ts, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(got["high_gain"], 1.0, atol=1e-12)
+    # closed form: s_q / s_p = v_p / v_q per coordinate, v = alpha^2 lam + std^2; |s_p|^2 weights 1 / v_p
+    alpha, std = sde.coefficients(torch.tensor(ts, dtype=torch.float64))
+    vp = alpha[:, None] ** 2 * lam_p[:8] + std[:, None] ** 2
+    vq = alpha[:, None] ** 2 * lam_q[:8] + std[:, None] ** 2
+    exact = ((vp / vq) / vp).sum(-1) / (1 / vp).sum(-1)
+    np.testing.assert_allclose(got["low_gain"], exact.numpy(), rtol=0.02)
+    assert got["low_gain"][0] < 0.8 and np.all(got["low_relerr2"] > 0.01)  # near 1 / 1.3 at eps

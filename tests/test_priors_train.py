@@ -302,6 +302,10 @@ def test_validate_logp_script_writes_its_figures_and_retrains_for_another_networ
         assert np.isfinite(figures["r2_in"]) and figures["n"] == 3
         # two probes: the Hutchinson noise is measured and reported beside the R^2 it lowers
         assert figures["probe_sd_in_nats"] > 0 and "r2_in_without_probe_noise" in figures
+        # where the score is off: its gain per covariance subspace (157 floor + 99 other directions)
+        gains = figures["score_gain"]
+        assert len(gains["t"]) == len(gains["floor_gain"]) == len(gains["top_gain"]) > 5
+        assert np.all(np.isfinite(gains["floor_gain"])) and figures["residual_var_in_nats2"] >= 0
         record = json.loads((tmp_path / "run" / "prior.json").read_text())
         assert record["network"]["global_rank"] == rank
     # other training draws: a new run as well, not a resume of the checkpoint made on the first ones
