@@ -65,6 +65,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--image-weight-cap", type=float, default=1.0,
                    help="weight each image's loss by min(1 + std^2/alpha^2, CAP) (v-prediction's weighting of"
                    " image errors, capped; 1: plain noise prediction)")
+    t.add_argument("--antithetic", action="store_true",
+                   help="noise z and -z at the same t for each image (half as many images per batch; lower"
+                   " gradient variance at small t)")
     t.add_argument("--init", help="start from this prior's weights (NAME.json + NAME.safetensors): fine-tuning;"
                    " its architecture, SDE and data transform are kept")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.json")
@@ -135,6 +138,7 @@ def run_train_prior(args: argparse.Namespace) -> dict:
         augment=not args.no_augment, ckpt_every=args.ckpt_every, sample_every=args.sample_every, seed=args.seed,
         threads=args.threads, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
         likelihood_fraction=args.likelihood_fraction, image_weight_cap=args.image_weight_cap,
+        antithetic=args.antithetic,
         output_norm=not args.no_output_norm, global_rank=args.global_rank,
         init=str(prior_path(args.init)) if args.init else None,
     )

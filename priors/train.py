@@ -18,7 +18,13 @@ noisy images badly wrong at large ``t`` at almost no cost.
 (so the learning rate keeps its meaning): uncapped, this is the weighting of
 v-prediction (image errors weighted by ``alpha^2 / std^2 + 1``, never below 1); the cap keeps
 ``t`` near ``T`` (where ``w`` reaches ~2e4) from swamping the batch. ``c = 1``
-(default) is plain noise prediction. Adam with linear
+(default) is plain noise prediction. ``antithetic = True`` evaluates each
+drawn image twice, with noise ``z`` and ``-z`` at the same ``t`` (half as many
+images per batch): still an unbiased estimate of the same loss, but the
+gradient's part odd in ``z`` -- the dominant noise at small ``t``, where
+``x_t ~ alpha x_0`` and the target is almost all ``z`` -- cancels within each
+pair. On ``faces16`` (likelihood-weighted, batch 512) that divides the
+gradient variance by 6.6 for the U-Net and 2.0 for the global linear branch. Adam with linear
 warm-up and an optional cosine decay (``lr_schedule="cosine"``, down to
 ``lr_min``), gradient-norm clipping, EMA weights
 (``torch.optim.swa_utils.AveragedModel``), tqdm progress, periodic sample
@@ -103,6 +109,7 @@ class TrainConfig:
     lr_min: float = 0.0
     likelihood_fraction: float = 0.0
     image_weight_cap: float = 1.0
+    antithetic: bool = False
     init: str | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +122,8 @@ class TrainConfig:
             raise InterferoError(f"lr_min must be in [0, lr], got {self.lr_min}")
         if self.global_rank < 0:
             raise InterferoError(f"global rank must be >= 0, got {self.global_rank}")
+        if self.antithetic and self.batch_size % 2:
+            raise InterferoError(f"antithetic pairs need an even batch size, got {self.batch_size}")
         if not self.image_weight_cap >= 1.0:
             raise InterferoError("image weight cap must be >= 1 (1: plain noise prediction),"
                                  f" got {self.image_weight_cap}")
@@ -156,8 +165,12 @@ def image_error_weights(sde: SDE, t: torch.Tensor, cap: float) -> torch.Tensor:
 
 def dsm_loss(net, sde: SDE, z0: torch.Tensor, generator: torch.Generator | None = None,
              device: torch.device | None = None, likelihood_fraction: float = 0.0,
-             sampler: TimeSampler | None = None, image_weight_cap: float = 1.0) -> torch.Tensor:
+             sampler: TimeSampler | None = None, image_weight_cap: float = 1.0,
+             antithetic: bool = False) -> torch.Tensor:
     """Noise-prediction DSM loss per image ``(B,)`` at random ``t`` (see :func:`training_times`).
+
+    ``antithetic``: each image is evaluated twice, with noise ``z`` and ``-z`` at the same ``t``; the result
+    is then ``(2B,)`` (the ``+z`` halves first).
 
     Each image's loss is weighted by :func:`image_error_weights` (all ones unless
     ``image_weight_cap > 1``). ``t`` and the noise are drawn on the CPU from ``generator`` (so a run
@@ -165,6 +178,8 @@ def dsm_loss(net, sde: SDE, z0: torch.Tensor, generator: torch.Generator | None 
     """
     t = training_times(sde, z0.shape[0], generator, z0.dtype, likelihood_fraction, sampler)
     noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
+    if antithetic:
+        z0, t, noise = torch.cat([z0, z0]), torch.cat([t, t]), torch.cat([noise, -noise])
     alpha, std = sde.coefficients(t)
     xt = _bcast(alpha, z0) * z0 + _bcast(std, z0) * noise
     w = image_error_weights(sde, t, image_weight_cap)
@@ -336,14 +351,15 @@ class Trainer:
 
     def train_step(self) -> float:
         g = _step_generator(self.cfg.seed, self.rank, self.step)
-        idx = torch.randint(self.z.shape[0], (self.cfg.batch_size,), generator=g)
+        n = self.cfg.batch_size // 2 if self.cfg.antithetic else self.cfg.batch_size
+        idx = torch.randint(self.z.shape[0], (n,), generator=g)
         z0 = self.z[idx]
         if self.cfg.augment:
             z0 = _augment(z0, g)
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         loss = dsm_loss(self.model, self.sde, z0, g, self.device, self.cfg.likelihood_fraction,
-                        self.time_sampler, self.cfg.image_weight_cap).mean()
+                        self.time_sampler, self.cfg.image_weight_cap, self.cfg.antithetic).mean()
         if not torch.isfinite(loss):
             raise InterferoError(f"training loss became {loss.item()} at step {self.step}; lower --lr")
         self.opt.zero_grad(set_to_none=True)

@@ -166,6 +166,49 @@ def test_image_weights_are_capped_inverse_alpha_squared():
     np.testing.assert_allclose(weighted.numpy(), plain.numpy() * w / w.mean(), rtol=1e-10)
 
 
+def test_antithetic_pairs_are_unbiased_and_cut_the_gradient_variance_near_the_optimum(faces, tmp_path):
+    """``antithetic``: each image at ``(t, z)`` and ``(t, -z)``. Model: ``eps = A std x / (alpha^2 lam + std^2)``
+    on ``N(0, lam I)`` data, exact at ``A = I``. There the expected gradient in ``A`` is zero either way and
+    the pairs remove its part odd in ``z`` (dominant at small ``t``), so its variance falls at equal cost
+    (measured 1.42x here; 6.6x for the faces16 U-Net, docs/priors.md)."""
+    sde = VPSDE()
+    lam = 0.01
+
+    def grads(antithetic):
+        out = []
+        for k in range(300):
+            g = torch.Generator().manual_seed(k)
+            x = (lam**0.5) * torch.randn(64, 1, 4, 4, dtype=torch.float64, generator=g)
+            a = torch.eye(16, dtype=torch.float64).requires_grad_(True)
+
+            def net(xt, t, a=a):
+                alpha, std = sde.coefficients(t)
+                return ((xt.flatten(1) * (std / (alpha**2 * lam + std**2))[:, None]) @ a.T).reshape(xt.shape)
+
+            loss = dsm_loss(net, sde, x[:32] if antithetic else x, g, likelihood_fraction=1.0,
+                            antithetic=antithetic)
+            assert loss.shape == (64,)
+            (da,) = torch.autograd.grad(loss.mean(), a)
+            out.append(da.flatten().numpy())
+        return np.array(out)
+
+    plain, anti = grads(False), grads(True)
+    se = np.hypot(plain.std(0), anti.std(0)) / np.sqrt(300)
+    assert np.mean(np.abs(plain.mean(0) - anti.mean(0)) / se) < 1.0  # ~0.8 for equal means
+    assert np.mean(np.abs(anti.mean(0)) / (anti.std(0) / np.sqrt(300))) < 1.0  # zero at the optimum
+    assert anti.var(0).sum() < plain.var(0).sum() / 1.25, (anti.var(0).sum(), plain.var(0).sum())
+    # the pairs share the image and t and negate the noise: a zero model's loss is |z|^2, equal within a pair
+    zero = dsm_loss(lambda xt, t: torch.zeros_like(xt), sde, torch.randn(8, 1, 4, 4),
+                    torch.Generator().manual_seed(2), antithetic=True)
+    assert torch.equal(zero[:8], zero[8:])
+    # in the trainer: half as many images per step, same evaluations; an odd batch is refused
+    cfg = TrainConfig(data=str(faces), out=str(tmp_path / "a"), steps=2, ckpt_every=1000, antithetic=True, **SMALL)
+    trainer = Trainer(cfg, progress=False)
+    assert np.isfinite(trainer.train_step())
+    with pytest.raises(InterferoError, match="even batch size"):
+        TrainConfig(data=str(faces), out=str(tmp_path / "b"), antithetic=True, **(SMALL | {"batch_size": 15}))
+
+
 def test_cosine_schedule_and_bad_settings(faces, tmp_path):
     cfg = TrainConfig(data=str(faces), out=str(tmp_path / "c"), steps=110, ckpt_every=1000, lr_schedule="cosine",
                       lr_min=1e-4, **SMALL)
