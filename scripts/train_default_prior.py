@@ -68,6 +68,8 @@ def main() -> None:
                     help="weight image errors like v-prediction, capped (priors.train.image_error_weights)")
     ap.add_argument("--global-rank", type=int, default=0,
                     help="add a rank-R global linear branch to the U-Net (priors.networks.GlobalLinear; 0: none)")
+    ap.add_argument("--antithetic", action="store_true",
+                    help="noise z and -z at the same t per image (priors.train.dsm_loss)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-install", action="store_true", help="do not copy the result into data/weights")
     ap.add_argument("--name", help="name of the installed prior (default bh{npix})")
@@ -83,7 +85,7 @@ def main() -> None:
         width=args.width, ema_decay=0.999, ckpt_every=min(250, args.steps), sample_every=1000, sample_steps=200,
         threads=args.threads, augment=True, init=args.init, lr_schedule=args.lr_schedule,
         likelihood_fraction=args.likelihood_fraction, image_weight_cap=args.image_weight_cap,
-        global_rank=args.global_rank,
+        global_rank=args.global_rank, antithetic=args.antithetic,
     )
     print(train(cfg, resume=args.resume))
     if not args.no_install:
