@@ -24,7 +24,9 @@ images per batch): still an unbiased estimate of the same loss, but the
 gradient's part odd in ``z`` -- the dominant noise at small ``t``, where
 ``x_t ~ alpha x_0`` and the target is almost all ``z`` -- cancels within each
 pair. On ``faces16`` (likelihood-weighted, batch 512) that divides the
-gradient variance by 6.6 for the U-Net and 2.0 for the global linear branch. Adam with linear
+gradient variance by 6.6 for the U-Net and 2.0 for the global linear branch
+at equal cost; in training it bought less than that ratio, but more per step
+than plain noise (docs/priors.md). Adam with linear
 warm-up and an optional cosine decay (``lr_schedule="cosine"``, down to
 ``lr_min``), gradient-norm clipping, EMA weights
 (``torch.optim.swa_utils.AveragedModel``), tqdm progress, periodic sample

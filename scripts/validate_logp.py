@@ -25,7 +25,11 @@
    default, whose ceiling is ~0.998; the draws are written once, ~200 MB).
    Also the score-matching KL bound (priors.score_error) of the network
    against the true diffused score: what a network must bring down for an
-   exact log p to be right (OUT/score_error.png shows it per t).
+   exact log p to be right (OUT/score_error.png shows it per t), and how it
+   is off: the score's gain on the true one per t in the 157 floor and 99
+   other eigen-directions of the covariance (score_gain, priors.score_error
+   .subspace_gain), with the log p residual variance before and after the
+   per-image chi^2 in those subspaces are added to the affine fit.
 3. The gradient of the ODE log p (adjoint, at --rtol) against the network
    score at t = eps on --n-grad images: cosine distance 1 - cos per image
    (median reported). The adjoint solve costs minutes per image.
