@@ -38,6 +38,18 @@ import torch
 from .sde import SDE, _bcast
 
 
+def _scores_at(score_model, true_score, sde: SDE, x0: torch.Tensor, t: float,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model and true score, ``(B, D)`` float64 each, at one draw ``x_t = alpha x0 + std z`` per image."""
+    tt = torch.full((x0.shape[0],), t, dtype=x0.dtype)
+    alpha, std = sde.coefficients(tt)
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    xt = _bcast(alpha, x0) * x0 + _bcast(std, x0) * z
+    with torch.no_grad():
+        model = score_model(xt, tt).double().reshape(x0.shape[0], -1)
+    return model, true_score(xt.double(), tt.double()).double().reshape(x0.shape[0], -1)
+
+
 def score_error_bound(score_model, true_score, sde: SDE, x0: torch.Tensor, n_t: int = 25,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Per image ``(B,)`` float64: ``1/2 int g^2 |s_theta - s*|^2 dt`` (nats); also the grid ``t`` and the
@@ -48,14 +60,9 @@ def score_error_bound(score_model, true_score, sde: SDE, x0: torch.Tensor, n_t: 
     ts = np.geomspace(sde.eps, sde.T, n_t)
     rows = []
     for t in ts:
-        tt = torch.full((x0.shape[0],), float(t), dtype=x0.dtype)
-        alpha, std = sde.coefficients(tt)
-        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-        xt = _bcast(alpha, x0) * x0 + _bcast(std, x0) * z
-        with torch.no_grad():
-            diff = score_model(xt, tt).double() - true_score(xt.double(), tt.double()).double()
+        model, true = _scores_at(score_model, true_score, sde, x0, float(t), generator)
         g2 = float(sde.diffusion(torch.tensor(float(t), dtype=torch.float64)) ** 2)
-        rows.append(0.5 * g2 * diff.pow(2).reshape(x0.shape[0], -1).sum(-1))
+        rows.append(0.5 * g2 * (model - true).pow(2).sum(-1))
     vals = torch.stack(rows)  # (n_t, B)
     per_image = torch.trapezoid(vals, torch.from_numpy(ts), dim=0)
     return per_image, ts, vals.mean(1).numpy()
@@ -97,13 +104,7 @@ def subspace_gain(score_model, true_score, sde: SDE, x0: torch.Tensor, bases: di
     """
     out: dict[str, list] = {f"{k}_{m}": [] for k in bases for m in ("gain", "relerr2")}
     for t in ts:
-        tt = torch.full((x0.shape[0],), float(t), dtype=x0.dtype)
-        alpha, std = sde.coefficients(tt)
-        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-        xt = _bcast(alpha, x0) * x0 + _bcast(std, x0) * z
-        with torch.no_grad():
-            model = score_model(xt, tt).double().reshape(x0.shape[0], -1)
-        true = true_score(xt.double(), tt.double()).double().reshape(x0.shape[0], -1)
+        model, true = _scores_at(score_model, true_score, sde, x0, float(t), generator)
         for name, basis in bases.items():
             a, b = model @ basis.double(), true @ basis.double()
             norm = float(b.pow(2).sum())
