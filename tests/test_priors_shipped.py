@@ -69,10 +69,10 @@ def test_make_dataset_cli(tmp_path, kind):
 def test_shipped_faces16_score_error_against_the_true_gaussian():
     """faces16 learned the face Gaussian: its score-matching KL bound against the closed-form diffused score.
 
-    Measured on these 64 images: 1.05 nats for the shipped weights (stage 12, antithetic noise pairs), 1.16 for
-    stage 11, 1.28 for stage 10, 1.32 for stage 9, 1.48 for stage 8, 1.8 for stage 7, 2.6 for stage 6, 3.7 for
-    stage 5 (stage 4 plus a rank-256 GlobalLinear branch), 8.7 for stage 4 (200000 draws), 12.3 for stage 3,
-    27.6 for 3000 steps.
+    Measured on these 64 images: 1.01 nats for the shipped weights (stage 13, antithetic noise pairs), 1.05 for
+    stage 12 (also antithetic), 1.16 for stage 11, 1.28 for stage 10, 1.32 for stage 9, 1.48 for stage 8, 1.8 for
+    stage 7, 2.6 for stage 6, 3.7 for stage 5 (stage 4 plus a rank-256 GlobalLinear branch), 8.7 for stage 4
+    (200000 draws), 12.3 for stage 3, 27.6 for 3000 steps.
     """
     from priors.datasets.faces import face_gaussian
     from priors.score_error import score_error_bound
@@ -82,7 +82,7 @@ def test_shipped_faces16_score_error_against_the_true_gaussian():
     true_z = g.standardised(p.shift, p.scale).diffused(p.sde)
     x = p.to_z(g.sample(64, generator=torch.Generator().manual_seed(0)).float())
     bound, _, _ = score_error_bound(p.score_model, true_z, p.sde, x, generator=torch.Generator().manual_seed(1))
-    assert 0 < float(bound.mean()) < 1.15
+    assert 0 < float(bound.mean()) < 1.1
 
 
 def test_check_prior_denoiser_only_reports_the_flux_bias(tmp_path):
