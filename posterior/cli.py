@@ -57,9 +57,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="posterior image with uncertainty from a uvfits file (DPI)")
     p.add_argument("obs", help="observation (uvfits)")
     p.add_argument("--prior", default=d.prior,
-                   help="shipped prior (default = bh32lnflux; bh32disk, bh32) or a prior file stem")
+                   help="shipped prior (default = bh32lnflux; bh32disk, bh32), a prior file stem, or a classical"
+                        " regulariser: tv, mem, tv+mem (flux-normalised; MEM against the starting blob)")
     p.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode"),
                    help="ELBO surrogate (fast) or exact probability-flow ODE log p")
+    p.add_argument("--reg-weight", type=_positive_float, default=d.reg_weight,
+                   help="weight (nats) of --prior tv|mem|tv+mem: log p = -w TV(x)/F + w S(x)/F")
     p.add_argument("--elbo-draws", type=_positive_int, default=d.elbo_draws, help="time/noise draws of the ELBO")
     p.add_argument("--data", default=",".join(d.products), help="data products: cphase,logcamp[,amp,vis]")
     p.add_argument("--npix", type=_positive_int, default=d.npix, help="image size in pixels")
@@ -91,7 +94,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 def _reconstruct(args) -> None:
     products = tuple(x.strip() for x in args.data.split(",") if x.strip())
     s = rec.ReconstructSettings(
-        prior=args.prior, prior_method=args.prior_method, elbo_draws=args.elbo_draws, products=products,
+        prior=args.prior, prior_method=args.prior_method, reg_weight=args.reg_weight, elbo_draws=args.elbo_draws,
+        products=products,
         npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_output=args.flow_output,

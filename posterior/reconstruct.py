@@ -1,5 +1,9 @@
 """The main job: black-hole reconstruction with uncertainty from a uvfits file (DPI + a score-based prior).
 
+The prior is a shipped or trained score prior (``prior="default"``) or a classical regulariser
+(``"tv"``, ``"mem"``, ``"tv+mem"``: :func:`priors.classical.image_regulariser`, weight ``reg_weight``,
+MEM against the flow's starting blob), for comparison with the RML baselines.
+
 :func:`reconstruct` validates everything first (observation, data products,
 prior size and field of view, output folder), fits a normalizing-flow
 posterior, and writes, each file atomically and the JSON metrics last:
@@ -55,6 +59,7 @@ class ReconstructSettings:
 
     prior: str = "default"
     prior_method: str = "elbo"
+    reg_weight: float = 10.0
     elbo_draws: int = 2
     products: tuple[str, ...] = ("cphase", "logcamp")
     npix: int = 32
@@ -102,7 +107,7 @@ def truth_prior_percentile(prior, truth: np.ndarray, seed: int = 0, n_reference:
     truth) and the ELBOs; empty if the prior does not record its training set."""
     from priors.ood import compare_to_training
 
-    if not (prior.training_data and "kind" in prior.training_data):
+    if not (getattr(prior, "training_data", None) and "kind" in prior.training_data):
         return {}
     elbo_prior = prior.with_estimator(method="elbo", elbo={"draws": 16})  # same network, not reloaded
     cmp = compare_to_training(elbo_prior, truth[None, None], n_reference=n_reference, seed=seed)
@@ -134,8 +139,16 @@ def _residuals(op: InterferometryOperator, x: torch.Tensor) -> dict[str, np.ndar
     return out
 
 
+def prior_method_name(s: ReconstructSettings) -> str:
+    """How the prior's log p is computed: the score prior's estimator, or the classical regulariser's weight."""
+    from priors.classical import REGULARISERS
+
+    return f"closed form, weight {s.reg_weight:g}" if s.prior in REGULARISERS else s.prior_method
+
+
 def build_problem(obs_path, s: ReconstructSettings):
     """Observation, geometry, operator, prior and total flux after all input checks."""
+    from priors.classical import REGULARISERS, image_regulariser
     from priors.pretrained import load_prior
 
     if s.steps < 1:
@@ -153,17 +166,21 @@ def build_problem(obs_path, s: ReconstructSettings):
         raise InterferoError(f"{obs_path}: no closure phases (needs 3 stations observing at the same time)")
     if "logcamp" in s.products and len(closures.quad_rows) == 0:
         raise InterferoError(f"{obs_path}: no log closure amplitudes (needs 4 stations observing at the same time)")
-    prior = load_prior(s.prior, method=s.prior_method, expect_image_size=s.npix,
-                       elbo={"draws": s.elbo_draws, "importance": True})
+    flux = s.flux if s.flux is not None else zero_baseline_flux(obs)
+    if not (math.isfinite(flux) and flux > 0):
+        raise InterferoError(f"total flux must be > 0 Jy, got {flux}")
+    if s.prior in REGULARISERS:  # classical: flux-normalised TV / MEM against the starting blob
+        prior = image_regulariser(s.prior, gaussian_blob(geom, flux, s.init_fwhm_uas), s.reg_weight)
+        prior.fov_uas = None
+    else:
+        prior = load_prior(s.prior, method=s.prior_method, expect_image_size=s.npix,
+                           elbo={"draws": s.elbo_draws, "importance": True})
     if prior.fov_uas is not None and not math.isclose(prior.fov_uas, s.fov_uas, rel_tol=1e-6):
         msg = (f"prior {prior.name} was trained on a {prior.fov_uas:g} uas field of view, not {s.fov_uas:g} uas:"
                f" its images would be rescaled on the sky (use --fov {prior.fov_uas:g})")
         if not s.allow_fov_mismatch:
             raise InterferoError(msg + " or pass --allow-fov-mismatch")
         print(f"warning: {msg}")
-    flux = s.flux if s.flux is not None else zero_baseline_flux(obs)
-    if not (math.isfinite(flux) and flux > 0):
-        raise InterferoError(f"total flux must be > 0 Jy, got {flux}")
     op = InterferometryOperator(obs, geom, products=s.products, total_flux=flux, flux_sigma=s.flux_sigma_frac * flux)
     return obs, geom, op, prior, flux
 
@@ -192,7 +209,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     run = DPI(flow, DPITarget(op, op.data, prior), cfg, out=out, resume=resume, progress=progress).fit()
     post = run.posterior()
     mean = torch.tensor(post.mean[None], dtype=torch.float32)
-    metrics = {"method": "dpi", "prior": prior.name, "prior_method": s.prior_method, "products": list(s.products),
+    prior_method = prior_method_name(s)
+    metrics = {"method": "dpi", "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
                "npix": s.npix, "fov_uas": s.fov_uas, "total_flux": float(post.mean.sum()),
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
                "flux_constraint_jy": flux, "sys_noise": s.sys_noise,
@@ -211,7 +229,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
             "geometry": {"npix": s.npix, "fov_uas": s.fov_uas}, "settings": asdict(s),
             "operator": {"products": list(op.products), "total_flux": flux, "flux_sigma": op.flux_sigma,
                          "n_vis": obs.n_vis, **{f"n_{k}": int(op.data[k].shape[-1]) for k in op.products}},
-            "prior": {"name": prior.name, "method": s.prior_method, "fov_uas": prior.fov_uas}}
+            "prior": {"name": prior.name, "method": prior_method, "fov_uas": prior.fov_uas}}
     write_samples_h5(post, out / "samples.h5", meta)
     write_fits_summaries(post, geom, out)
     plot_uv_coverage(obs, out / "uv_coverage.png")

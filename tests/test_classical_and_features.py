@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from interfero.errors import InterferoError
 from interfero.features import RingExtractor, ring_features
 from interfero.io import ImageGeometry
 from interfero.models import render
-from priors.classical import GaussianPrior, MEMPrior, TVPrior
+from priors.classical import GaussianPrior, MEMPrior, SumPrior, TVPrior, image_regulariser
 from priors.datasets import make_dataset
 
 
@@ -43,6 +44,37 @@ def test_tv_and_mem_values():
     y = torch.full((1, 1, 3, 3), 0.25, dtype=torch.float64)
     assert float(MEMPrior(ref).log_prob(y)) == pytest.approx(-9 * 0.25 * math.log(0.5), rel=1e-12)
     assert float(MEMPrior(ref).log_prob(ref[None])) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_image_regulariser_is_the_flux_normalised_sum_and_scale_free():
+    g = torch.Generator().manual_seed(2)
+    ref = torch.rand(1, 6, 6, dtype=torch.float64, generator=g) + 0.1
+    x = torch.rand(3, 1, 6, 6, dtype=torch.float64, generator=g) + 0.05
+    flux = float(ref.sum())
+    both = image_regulariser("tv+mem", ref, weight=7.0)
+    tv = image_regulariser("tv", ref, weight=7.0)
+    mem = image_regulariser("mem", ref, weight=7.0)
+    torch.testing.assert_close(both.log_prob(x), tv.log_prob(x) + mem.log_prob(x))
+    delta = 1e-6 * flux / 36
+    torch.testing.assert_close(tv.log_prob(x), TVPrior((1, 6, 6), weight=7.0 / flux, delta=delta).log_prob(x))
+    torch.testing.assert_close(mem.log_prob(x), MEMPrior(ref, weight=7.0 / flux).log_prob(x))
+    assert float(mem.log_prob(ref[None])) == pytest.approx(0.0, abs=1e-12)  # MEM is maximal at the reference
+    # dimensionless: rescaling the images and the reference (e.g. Jy -> mJy) leaves log p unchanged
+    torch.testing.assert_close(image_regulariser("tv+mem", 1000 * ref, weight=7.0).log_prob(1000 * x),
+                               both.log_prob(x), rtol=1e-6, atol=1e-6)
+    assert both.name == "tv+mem" and both.normalised == "unnormalised"
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda r: image_regulariser("l1", r), "unknown regulariser 'l1'"),
+    (lambda r: image_regulariser("tv", r, weight=0.0), "weight must be > 0"),
+    (lambda r: image_regulariser("tv", torch.zeros_like(r)), "positive total flux"),
+    (lambda r: SumPrior([TVPrior((1, 2, 2)), TVPrior((1, 3, 3))]), "share one image shape"),
+    (lambda r: SumPrior([]), "at least one prior"),
+])
+def test_regulariser_bad_input(call, message):
+    with pytest.raises(InterferoError, match=message):
+        call(torch.ones(1, 4, 4))
 
 
 @pytest.mark.parametrize("npix", [32, 64])
