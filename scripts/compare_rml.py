@@ -65,7 +65,10 @@ def main() -> None:
     ap.add_argument("--truth")
     ap.add_argument("--stations", help="comma-separated sites to keep")
     ap.add_argument("--dpi", help="existing reconstruct output folder")
-    ap.add_argument("--prior", default=ReconstructSettings().prior, help="score prior of the DPI run (name or path)")
+    ap.add_argument("--prior", default=ReconstructSettings().prior,
+                    help="prior of the DPI run: score prior name or path, or tv, mem, tv+mem")
+    ap.add_argument("--reg-weight", type=float, default=ReconstructSettings().reg_weight,
+                    help="weight of a tv / mem / tv+mem prior (nats)")
     ap.add_argument("--steps", type=int, default=ReconstructSettings().steps)
     ap.add_argument("--flux", type=float)
     ap.add_argument("--out", default="outputs/compare_rml")
@@ -91,7 +94,7 @@ def main() -> None:
         dpi_metrics = json.loads((dpi_dir / "metrics.json").read_text())
     else:
         dpi_dir = out / "dpi"
-        s = ReconstructSettings(steps=args.steps, flux=args.flux, prior=args.prior)
+        s = ReconstructSettings(steps=args.steps, flux=args.flux, prior=args.prior, reg_weight=args.reg_weight)
         dpi_metrics = reconstruct(obs_path, dpi_dir, s, truth=args.truth, progress=True)
     dpi_img, _ = read_fits_image(dpi_dir / "mean.fits")
     op = InterferometryOperator(obs, geom, products=("cphase", "logcamp"))
