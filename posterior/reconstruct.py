@@ -59,7 +59,7 @@ class ReconstructSettings:
 
     prior: str = "default"
     prior_method: str = "elbo"
-    reg_weight: float = 10.0
+    reg_weight: float = 1000.0
     elbo_draws: int = 2
     products: tuple[str, ...] = ("cphase", "logcamp")
     npix: int = 32

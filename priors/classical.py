@@ -182,7 +182,7 @@ class SumPrior(Prior):
 REGULARISERS = ("tv", "mem", "tv+mem")
 
 
-def image_regulariser(kind: str, reference: torch.Tensor, weight: float = 10.0) -> SumPrior:
+def image_regulariser(kind: str, reference: torch.Tensor, weight: float = 1000.0) -> SumPrior:
     """Total variation and/or maximum entropy normalised by the total flux, the classical RML regularisers as a prior.
 
     ``log p(x) = -weight * TV(x) / F`` (``"tv"``), ``weight * S(x; reference) / F`` (``"mem"``) or their sum
