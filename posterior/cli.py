@@ -80,6 +80,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", type=_positive_int, default=d.flow_blocks, help="coupling blocks of the flow")
     p.add_argument("--flow-output", default=d.flow_output, choices=("softplus", "exp", "none"),
                    help="output transform of the flow (softplus/exp: non-negative images)")
+    p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("auto", "exp", "sigmoid"),
+                   help="scale map of the flow's couplings: exp (unbounded), sigmoid (bounded); auto: sigmoid for"
+                        " tv/mem priors, exp for score priors")
     p.add_argument("--anneal", type=int, default=0, help="steps of linear data-weight annealing (0 = off)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
@@ -98,7 +101,7 @@ def _reconstruct(args) -> None:
         products=products,
         npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
-        flow_blocks=args.blocks, flow_output=args.flow_output,
+        flow_blocks=args.blocks, flow_output=args.flow_output, flow_coupling=args.coupling_scale,
         anneal_steps=args.anneal, seed=args.seed, allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
     )
     m = rec.reconstruct(args.obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)

@@ -43,6 +43,7 @@ from interfero.errors import InterferoError
 KINDS = ("realnvp", "glow")
 LAYOUTS = ("auto", "conv", "dense")
 OUTPUTS = ("softplus", "exp", "none")
+COUPLING_SCALES = ("exp", "sigmoid")
 
 
 class SpaceToDepth(nf.flows.Flow):
@@ -156,6 +157,7 @@ def build_flow(
     init: torch.Tensor | None = None,
     init_spread: float = 0.1,
     seed: int = 0,
+    coupling_scale: str = "exp",
 ) -> Flow:
     """A RealNVP or Glow flow over images ``(C, H, W)`` (H, W even) or vectors ``(D,)``.
 
@@ -174,6 +176,10 @@ def build_flow(
         init: image the initial ``q`` is centred on (in output units); default: ``h(0)``.
         init_spread: initial standard deviation of the base, in latent units.
         seed: seeds the permutations (the rest of the initialisation is deterministic).
+        coupling_scale: scale map of the conv couplings: ``"exp"`` (RealNVP, ``exp(s)``, unbounded) or
+            ``"sigmoid"`` (``sigmoid(s + 2)`` in (0, 1) towards the image, normflows' ``"sigmoid_inv"``:
+            a coupling can only contract, so no sample can overflow; the ActNorms still scale freely).
+            The dense layout's log-scales are tanh-bounded either way.
     """
     shape = tuple(int(s) for s in shape)
     if kind not in KINDS:
@@ -182,8 +188,11 @@ def build_flow(
         raise InterferoError("a flow needs at least one block and one hidden unit")
     if not init_spread > 0:
         raise InterferoError("initial spread of the flow must be > 0")
+    if coupling_scale not in COUPLING_SCALES:
+        raise InterferoError(f"unknown coupling scale {coupling_scale!r} (choose from {', '.join(COUPLING_SCALES)})")
     config = {"shape": list(shape), "kind": kind, "blocks": blocks, "hidden": hidden, "output": output,
-              "scale": float(scale), "init_spread": float(init_spread), "seed": seed}
+              "scale": float(scale), "init_spread": float(init_spread), "seed": seed,
+              "coupling_scale": coupling_scale}
     with torch.random.fork_rng(), warnings.catch_warnings():  # every random choice comes from ``seed``
         warnings.filterwarnings("ignore", message=".*torch.lu is deprecated.*")
         torch.manual_seed(seed)
@@ -210,7 +219,8 @@ def _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread
         half = ch // 2
         for _ in range(blocks):
             net = nf.nets.ConvNet2d([half, hidden, hidden, 2 * (ch - half)], [3, 1, 3], init_zeros=True)
-            layers.append(nf.flows.AffineCouplingBlock(net, scale=True, scale_map="exp", split_mode="channel"))
+            scale_map = "exp" if config["coupling_scale"] == "exp" else "sigmoid_inv"
+            layers.append(nf.flows.AffineCouplingBlock(net, scale=True, scale_map=scale_map, split_mode="channel"))
             layers.append(_identity_actnorm((ch, 1, 1)))
             if kind == "glow":
                 layers.append(nf.flows.Invertible1x1Conv(ch, use_lu=True))

@@ -74,6 +74,7 @@ class ReconstructSettings:
     flow_kind: str = "realnvp"
     flow_blocks: int = 8
     flow_output: str = "softplus"
+    flow_coupling: str = "auto"
     flow_hidden: int = 32
     init_fwhm_uas: float = 50.0
     anneal_steps: int = 0
@@ -137,6 +138,17 @@ def _residuals(op: InterferometryOperator, x: torch.Tensor) -> dict[str, np.ndar
         r = r / op.sigmas[k].to(r.real.dtype)
         out[k] = (r.abs() if r.is_complex() else r).numpy()
     return out
+
+
+def coupling_scale(s: ReconstructSettings) -> str:
+    """The flow's coupling scale map: ``flow_coupling``, where ``"auto"`` is ``"sigmoid"`` (bounded) for the
+    classical priors, whose weak pull let ``exp`` couplings overflow on high-SNR data, and ``"exp"`` for score
+    priors (every figure in docs/posterior.md for them was measured with it)."""
+    from priors.classical import REGULARISERS
+
+    if s.flow_coupling != "auto":
+        return s.flow_coupling
+    return "sigmoid" if s.prior in REGULARISERS else "exp"
 
 
 def prior_method_name(s: ReconstructSettings) -> str:
@@ -204,7 +216,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                     anneal_steps=s.anneal_steps, ckpt_every=max(10, min(100, s.steps // 5)))
     init = gaussian_blob(geom, flux, s.init_fwhm_uas)
     flow = build_flow((1, s.npix, s.npix), kind=s.flow_kind, blocks=s.flow_blocks, hidden=s.flow_hidden,
-                      output=s.flow_output, scale=flux / s.npix**2, init=init, init_spread=0.5, seed=s.seed)
+                      output=s.flow_output, coupling_scale=coupling_scale(s), scale=flux / s.npix**2, init=init,
+                      init_spread=0.5, seed=s.seed)
     torch.manual_seed(s.seed)
     run = DPI(flow, DPITarget(op, op.data, prior), cfg, out=out, resume=resume, progress=progress).fit()
     post = run.posterior()

@@ -20,10 +20,12 @@ def _perturb(flow, scale=0.05, seed=0):
 
 
 @pytest.mark.parametrize("kind", ["realnvp", "glow"])
-@pytest.mark.parametrize("shape,layout,output", [((1, 8, 8), "conv", "softplus"), ((1, 6, 6), "dense", "exp"),
-                                                 ((1, 1, 2), "dense", "none"), ((3,), "dense", "softplus")])
-def test_sample_log_q_equals_log_prob(kind, shape, layout, output):
-    flow = _perturb(build_flow(shape, kind=kind, layout=layout, blocks=3, hidden=8, output=output, scale=0.3))
+@pytest.mark.parametrize("shape,layout,output,coupling", [
+    ((1, 8, 8), "conv", "softplus", "exp"), ((1, 8, 8), "conv", "softplus", "sigmoid"),
+    ((1, 6, 6), "dense", "exp", "exp"), ((1, 1, 2), "dense", "none", "exp"), ((3,), "dense", "softplus", "exp")])
+def test_sample_log_q_equals_log_prob(kind, shape, layout, output, coupling):
+    flow = _perturb(build_flow(shape, kind=kind, layout=layout, blocks=3, hidden=8, output=output, scale=0.3,
+                               coupling_scale=coupling))
     flow = flow.double()
     torch.manual_seed(1)
     x, log_q = flow.sample(6)
@@ -33,11 +35,14 @@ def test_sample_log_q_equals_log_prob(kind, shape, layout, output):
         assert (x > 0).all()
 
 
-@pytest.mark.parametrize("kind,layout,shape", [("realnvp", "dense", (4,)), ("glow", "dense", (1, 2, 2)),
-                                               ("glow", "conv", (1, 4, 4))])
-def test_log_q_matches_autograd_jacobian(kind, layout, shape):
+@pytest.mark.parametrize("kind,layout,shape,coupling", [("realnvp", "dense", (4,), "exp"),
+                                                        ("glow", "dense", (1, 2, 2), "exp"),
+                                                        ("glow", "conv", (1, 4, 4), "exp"),
+                                                        ("realnvp", "conv", (1, 4, 4), "sigmoid")])
+def test_log_q_matches_autograd_jacobian(kind, layout, shape, coupling):
     """log q(x) = log N(z) - log|det dx/dz| with the Jacobian from autograd (float64)."""
-    flow = _perturb(build_flow(shape, kind=kind, layout=layout, blocks=2, hidden=6, output="softplus", scale=0.7))
+    flow = _perturb(build_flow(shape, kind=kind, layout=layout, blocks=2, hidden=6, output="softplus", scale=0.7,
+                               coupling_scale=coupling))
     flow = flow.double()
     d = math.prod(shape)
     z0 = torch.randn(1, *flow.q0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -55,10 +60,11 @@ def test_log_q_matches_autograd_jacobian(kind, layout, shape):
     assert torch.allclose(flow.log_prob(x), expected, atol=1e-8)
 
 
-def test_init_centres_q_on_the_given_image():
+@pytest.mark.parametrize("coupling", ["exp", "sigmoid"])
+def test_init_centres_q_on_the_given_image(coupling):
     init = torch.rand(1, 8, 8) * 0.02 + 0.001
     flow = build_flow((1, 8, 8), kind="realnvp", blocks=4, hidden=8, output="softplus", scale=0.01, init=init,
-                      init_spread=1e-4)
+                      init_spread=1e-4, coupling_scale=coupling)
     x, _ = flow.sample(4)
     assert torch.allclose(x, init.expand(4, -1, -1, -1), rtol=1e-3, atol=1e-6)
 
@@ -91,5 +97,7 @@ def test_bad_flow_settings():
         build_flow((1, 7, 7), layout="conv")
     with pytest.raises(InterferoError, match="output transform"):
         build_flow((1, 8, 8), output="sigmoid")
+    with pytest.raises(InterferoError, match="unknown coupling scale"):
+        build_flow((1, 8, 8), coupling_scale="tanh")
     with pytest.raises(InterferoError, match="non-positive"):
         OutputTransform("softplus").inverse(torch.zeros(1, 3))
