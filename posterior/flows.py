@@ -217,9 +217,9 @@ def _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread
         latent = (4 * c, h // 2, w // 2)
         ch = latent[0]
         half = ch // 2
+        scale_map = "exp" if config["coupling_scale"] == "exp" else "sigmoid_inv"  # normflows' names
         for _ in range(blocks):
             net = nf.nets.ConvNet2d([half, hidden, hidden, 2 * (ch - half)], [3, 1, 3], init_zeros=True)
-            scale_map = "exp" if config["coupling_scale"] == "exp" else "sigmoid_inv"
             layers.append(nf.flows.AffineCouplingBlock(net, scale=True, scale_map=scale_map, split_mode="channel"))
             layers.append(_identity_actnorm((ch, 1, 1)))
             if kind == "glow":

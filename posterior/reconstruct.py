@@ -108,7 +108,7 @@ def truth_prior_percentile(prior, truth: np.ndarray, seed: int = 0, n_reference:
     truth) and the ELBOs; empty if the prior does not record its training set."""
     from priors.ood import compare_to_training
 
-    if not (getattr(prior, "training_data", None) and "kind" in prior.training_data):
+    if not (prior.training_data and "kind" in prior.training_data):
         return {}
     elbo_prior = prior.with_estimator(method="elbo", elbo={"draws": 16})  # same network, not reloaded
     cmp = compare_to_training(elbo_prior, truth[None, None], n_reference=n_reference, seed=seed)
@@ -140,27 +140,30 @@ def _residuals(op: InterferometryOperator, x: torch.Tensor) -> dict[str, np.ndar
     return out
 
 
+def _classical(s: ReconstructSettings) -> bool:
+    """Is the prior a classical regulariser (``tv``, ``mem``, ``tv+mem``) rather than a score prior?"""
+    from priors.classical import REGULARISERS
+
+    return s.prior in REGULARISERS
+
+
 def coupling_scale(s: ReconstructSettings) -> str:
     """The flow's coupling scale map: ``flow_coupling``, where ``"auto"`` is ``"sigmoid"`` (bounded) for the
     classical priors, whose weak pull let ``exp`` couplings overflow on high-SNR data, and ``"exp"`` for score
     priors (every figure in docs/posterior.md for them was measured with it)."""
-    from priors.classical import REGULARISERS
-
     if s.flow_coupling != "auto":
         return s.flow_coupling
-    return "sigmoid" if s.prior in REGULARISERS else "exp"
+    return "sigmoid" if _classical(s) else "exp"
 
 
 def prior_method_name(s: ReconstructSettings) -> str:
     """How the prior's log p is computed: the score prior's estimator, or the classical regulariser's weight."""
-    from priors.classical import REGULARISERS
-
-    return f"closed form, weight {s.reg_weight:g}" if s.prior in REGULARISERS else s.prior_method
+    return f"closed form, weight {s.reg_weight:g}" if _classical(s) else s.prior_method
 
 
 def build_problem(obs_path, s: ReconstructSettings):
     """Observation, geometry, operator, prior and total flux after all input checks."""
-    from priors.classical import REGULARISERS, image_regulariser
+    from priors.classical import image_regulariser
     from priors.pretrained import load_prior
 
     if s.steps < 1:
@@ -181,9 +184,8 @@ def build_problem(obs_path, s: ReconstructSettings):
     flux = s.flux if s.flux is not None else zero_baseline_flux(obs)
     if not (math.isfinite(flux) and flux > 0):
         raise InterferoError(f"total flux must be > 0 Jy, got {flux}")
-    if s.prior in REGULARISERS:  # classical: flux-normalised TV / MEM against the starting blob
+    if _classical(s):  # classical: flux-normalised TV / MEM against the starting blob
         prior = image_regulariser(s.prior, gaussian_blob(geom, flux, s.init_fwhm_uas), s.reg_weight)
-        prior.fov_uas = None
     else:
         prior = load_prior(s.prior, method=s.prior_method, expect_image_size=s.npix,
                            elbo={"draws": s.elbo_draws, "importance": True})

@@ -23,6 +23,9 @@ class Prior(nn.Module, ABC):
     """An image prior over ``image_shape = (C, H, W)``."""
 
     normalised: str = "unnormalised"
+    name: str = "prior"
+    fov_uas: float | None = None  # field of view (uas) the prior was trained for; None: any
+    training_data: dict | None = None  # record of the training set, if the prior was learnt from one
 
     def __init__(self, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
