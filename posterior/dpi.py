@@ -27,13 +27,19 @@ mode's weight); the weights can. It needs ``q`` to cover every mode already
 which holds in low dimensions only: the history records it (``ess``).
 
 Steps with a non-finite loss or gradient are skipped (counted in
-``skipped``) and never written to a checkpoint. Checkpoints (flow, optimizer,
+``skipped``) and never written to a checkpoint. Once the flow itself overflows,
+every later step would be skipped, so after ``max_skips_in_a_row`` skipped steps in
+a row the flow and optimizer go back to the last good state (kept in memory every
+``snapshot_every`` good steps) and the step size is halved (``rollbacks``); after
+``max_rollbacks`` of them the fit stops with an error instead of writing a
+meaningless image. Checkpoints (flow, optimizer,
 step, RNG state, loss history) are written atomically every ``ckpt_every``
 steps when ``out`` is given, and ``resume=True`` continues from the last one.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -65,7 +71,8 @@ class DPIConfig:
     ramp of the data weight (0 = off); refine_steps: final steps of
     importance-weighted forward KL (0 = off); n_samples: posterior samples drawn at
     the end; seed; ckpt_every: checkpoint period (steps, with ``out``);
-    log_every: loss-history period.
+    log_every: loss-history period; max_skips_in_a_row / max_rollbacks /
+    snapshot_every: divergence recovery (see the module docstring).
     """
 
     steps: int = 2000
@@ -82,6 +89,9 @@ class DPIConfig:
     ckpt_every: int = 200
     log_every: int = 10
     lr_decay: bool = True
+    max_skips_in_a_row: int = 10
+    max_rollbacks: int = 3
+    snapshot_every: int = 10
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -95,6 +105,9 @@ class DPIConfig:
             raise InterferoError(f"refine_steps must be >= 0 and <= steps, got {self.refine_steps}")
         if self.anneal_steps < 0 or not 0 < self.anneal_start <= 1:
             raise InterferoError("annealing needs anneal_steps >= 0 and 0 < anneal_start <= 1")
+        if self.max_skips_in_a_row < 1 or self.max_rollbacks < 0 or self.snapshot_every < 1:
+            raise InterferoError("divergence recovery needs max_skips_in_a_row >= 1, max_rollbacks >= 0,"
+                                 " snapshot_every >= 1")
 
 
 class DPITarget:
@@ -138,6 +151,8 @@ class DPI:
         self.progress, self.callback = progress, callback
         torch.manual_seed(config.seed)
         self.opt = torch.optim.Adam(self.flow.parameters(), lr=config.lr)
+        self.rollbacks = 0
+        self.lr_scale = 1.0  # halved at each rollback
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.step = 0
         self.history: list[dict] = []
@@ -145,12 +160,33 @@ class DPI:
         self.seconds = 0.0
         if resume:
             self._resume()
+        self._snapshot()
 
     def _lr_factor(self, step: int) -> float:
-        """Cosine decay to 10% over the run (``lr_decay``), else constant."""
+        """Cosine decay to 10% over the run (``lr_decay``), else constant; times ``lr_scale``."""
         if not self.cfg.lr_decay:
-            return 1.0
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, self.cfg.steps) / self.cfg.steps))
+            return self.lr_scale
+        return self.lr_scale * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, self.cfg.steps) / self.cfg.steps)))
+
+    # -- divergence recovery ---------------------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        """Keeps the current flow and optimizer state in memory (the state a rollback returns to)."""
+        self._good = ({k: v.detach().clone() for k, v in self.flow.state_dict().items()},
+                      copy.deepcopy(self.opt.state_dict()))
+
+    def _rollback(self) -> None:
+        """Returns to the last good state with half the step size, or stops after ``max_rollbacks``."""
+        if self.rollbacks >= self.cfg.max_rollbacks:
+            raise InterferoError(
+                f"DPI diverged: {self.cfg.max_skips_in_a_row} non-finite steps in a row at step {self.step} after"
+                f" {self.rollbacks} rollbacks with smaller step sizes; try a smaller --lr or --coupling-scale sigmoid")
+        flow_state, opt_state = self._good
+        self.flow.load_state_dict(flow_state)
+        self.opt.load_state_dict(copy.deepcopy(opt_state))
+        self.rollbacks += 1
+        self.lr_scale *= 0.5
+        for group in self.opt.param_groups:  # takes effect now, not at the next scheduler step
+            group["lr"] = self.cfg.lr * self._lr_factor(self.step)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _paths(self) -> tuple[Path, Path]:
@@ -166,7 +202,8 @@ class DPI:
         tensors["rng"] = torch.get_rng_state()
         save_tensors(tensors, tpath)
         record = {"step": self.step, "config": asdict(self.cfg), "flow": self.flow.config, "optimizer": opt_meta,
-                  "history": self.history, "skipped": self.skipped, "seconds": self.seconds}
+                  "history": self.history, "skipped": self.skipped, "seconds": self.seconds,
+                  "rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
         atomic_write_text(jpath, json.dumps(record))
 
     def _resume(self) -> None:
@@ -189,6 +226,8 @@ class DPI:
         self.history = record.get("history", [])
         self.skipped = int(record.get("skipped", 0))
         self.seconds = float(record.get("seconds", 0.0))
+        self.rollbacks = int(record.get("rollbacks", 0))
+        self.lr_scale = float(record.get("lr_scale", 1.0))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor, last_epoch=self.step - 1)
 
     # -- optimisation ----------------------------------------------------------------------------------------
@@ -219,6 +258,7 @@ class DPI:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="dpi", disable=not self.progress, dynamic_ncols=True)
         t0 = time.perf_counter()
         seconds0 = self.seconds
+        in_a_row = 0  # skipped steps since the last good one
         while self.step < cfg.steps:
             w = _data_weight(cfg, self.step)
             refining = self.step >= cfg.steps - cfg.refine_steps
@@ -234,12 +274,19 @@ class DPI:
                 norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.grad_clip)
                 ok = bool(torch.isfinite(norm))
             if ok:
+                if self.step % cfg.snapshot_every == 0:
+                    self._snapshot()  # these parameters just gave finite samples, loss and gradient
                 self.opt.step()
+                in_a_row = 0
             else:
                 self.skipped += 1
+                in_a_row += 1
                 self.opt.zero_grad(set_to_none=True)
             self.sched.step()
             self.step += 1
+            if in_a_row >= cfg.max_skips_in_a_row:
+                self._rollback()
+                in_a_row = 0
             self.seconds = seconds0 + time.perf_counter() - t0
             if ok and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 rec = {"step": self.step, "loss": loss.item(), "log_lik": terms["log_lik"].mean().item(),

@@ -140,6 +140,16 @@ def _residuals(op: InterferometryOperator, x: torch.Tensor) -> dict[str, np.ndar
     return out
 
 
+def check_total_flux(total: float, flux: float, flux_sigma: float, out: Path) -> None:
+    """Refuses a posterior whose mean total flux (Jy) is off the flux term's ``flux +- flux_sigma`` Jy by more
+    than ``max(flux / 2, 10 flux_sigma)``: a fit that ran away with finite but meaningless images (a flow that
+    nearly overflowed), never a posterior. Priors may pull the flux by some per cent (MEM does), not by 50%."""
+    if not (math.isfinite(total) and abs(total - flux) <= max(0.5 * flux, 10 * flux_sigma)):
+        raise InterferoError(
+            f"DPI fit diverged: posterior mean total flux {total:.4g} Jy, the flux term asks {flux:.4g} +-"
+            f" {flux_sigma:.2g} Jy; try a smaller --lr or --coupling-scale sigmoid (checkpoint kept in {out})")
+
+
 def _classical(s: ReconstructSettings) -> bool:
     """Is the prior a classical regulariser (``tv``, ``mem``, ``tv+mem``) rather than a score prior?"""
     from priors.classical import REGULARISERS
@@ -223,6 +233,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     torch.manual_seed(s.seed)
     run = DPI(flow, DPITarget(op, op.data, prior), cfg, out=out, resume=resume, progress=progress).fit()
     post = run.posterior()
+    check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out)
     mean = torch.tensor(post.mean[None], dtype=torch.float32)
     prior_method = prior_method_name(s)
     metrics = {"method": "dpi", "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
@@ -230,7 +241,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
                "flux_constraint_jy": flux, "sys_noise": s.sys_noise,
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
-               "steps": run.step, "skipped_steps": run.skipped, "n_samples": post.n_samples,
+               "steps": run.step, "skipped_steps": run.skipped, "rollbacks": run.rollbacks, "n_samples": post.n_samples,
                "fit_seconds": run.seconds}
     metrics |= reduced_chi2(op, mean)
     if truth_img is not None:

@@ -208,6 +208,51 @@ def test_non_finite_flow_samples_are_skipped_not_passed_to_the_prior(tmp_path, r
     assert all(torch.isfinite(p).all() for p in run.flow.parameters())
 
 
+@pytest.mark.parametrize("recover", [True, False])
+def test_an_overflowing_flow_rolls_back_to_its_last_good_state(recover):
+    """Poisoned parameters (what an overflowing flow ends up with) make every later step non-finite: skipping
+    alone never recovers (recover=False), the rollback returns to the last good state with half the step size."""
+    poisoned = {}
+
+    def poison(dpi, _terms):
+        if dpi.step == 15 and not poisoned:
+            poisoned["state"] = {k: v.clone() for k, v in dpi.flow.state_dict().items()}
+            for p in dpi.flow.parameters():
+                p.data.fill_(float("nan"))
+
+    run = _small_dpi(None, 40, callback=poison)
+    run.cfg.max_skips_in_a_row = 10 if recover else 1000
+    run.fit()
+    if not recover:
+        assert run.skipped == 25 and run.rollbacks == 0
+        with pytest.raises(InterferoError, match="not finite"):
+            run.sample(16)
+        return
+    assert run.skipped == 10 and run.rollbacks == 1 and run.lr_scale == 0.5
+    assert all(torch.isfinite(p).all() for p in run.flow.parameters())
+    assert torch.isfinite(run.sample(64)[0]).all()
+    lr = run.opt.param_groups[0]["lr"]
+    assert lr == pytest.approx(0.5 * run.cfg.lr * 0.1)  # halved, on the cosine schedule's end value
+    assert run.history[-1]["step"] == 40
+
+
+def test_persistent_divergence_stops_with_an_error():
+    run = _small_dpi(None, 60)
+    calls = {"n": 0}
+    real = run.target.log_likelihood
+
+    def breaks(x):
+        calls["n"] += 1
+        out = real(x)
+        return out * float("nan") if calls["n"] > 12 else out
+
+    run.target.log_likelihood = breaks
+    run.cfg.max_skips_in_a_row, run.cfg.max_rollbacks = 4, 2
+    with pytest.raises(InterferoError, match="diverged: 4 non-finite steps in a row .* after 2 rollbacks"):
+        run.fit()
+    assert run.rollbacks == 2 and run.skipped == 12
+
+
 def test_all_non_finite_is_an_error(tmp_path):
     run = _small_dpi(None, 3)
     run.target.log_likelihood = lambda x: torch.full((x.shape[0],), float("nan"))
@@ -220,6 +265,8 @@ def test_bad_dpi_settings():
         DPIConfig(steps=0).validate()
     with pytest.raises(InterferoError, match="refine_steps"):
         DPIConfig(steps=10, refine_steps=11).validate()
+    with pytest.raises(InterferoError, match="divergence recovery"):
+        DPIConfig(max_skips_in_a_row=0).validate()
     pb = gaussian_dft_problem(npix=8, prior=GaussianPrior(torch.zeros(1, 8, 8), torch.eye(64)))
     with pytest.raises(InterferoError, match="shape"):
         DPITarget(pb.operator, pb.y, GaussianPrior(torch.zeros(1, 4, 4), torch.eye(16)))

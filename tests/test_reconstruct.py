@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from interfero.errors import InterferoError
 from interfero.io import read_fits_image, read_uvfits, write_uvfits
 from posterior.cli import main
-from posterior.reconstruct import gaussian_blob, zero_baseline_flux
+from posterior.reconstruct import check_total_flux, gaussian_blob, zero_baseline_flux
 
 from .conftest import shared_path
 
@@ -169,3 +170,33 @@ def test_bad_files_are_one_line_errors(grmhd, tmp_path, capsys):
     assert code == 2 and "output" in cap.err
     code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", blocker)
     assert code == 2 and "not a folder" in cap.err
+
+
+def test_total_flux_check_bounds(tmp_path):
+    check_total_flux(1.60, 2.0, 0.02, tmp_path)  # MEM's measured pull on the demo (20% low) is a posterior
+    check_total_flux(1.01, 2.0, 0.02, tmp_path)
+    for bad in (0.99, 3.01, 1e17, float("nan"), float("inf")):
+        with pytest.raises(InterferoError, match="diverged"):
+            check_total_flux(bad, 2.0, 0.02, tmp_path)
+    check_total_flux(7.0, 2.0, 0.5, tmp_path)  # a wide flux term (--flux-sigma 0.25) allows 10 sigma
+
+
+def test_a_runaway_fit_is_refused_not_written(grmhd, tmp_path, capsys, monkeypatch):
+    """Finite but absurd images (the 1e17 Jy a nearly overflowing flow once gave) exit 2 with nothing written
+    but the checkpoint."""
+    from posterior.dpi import DPI
+
+    real = DPI.posterior
+
+    def runaway(self, n=None):
+        post = real(self, n)
+        post.samples *= 1e17
+        post.mean *= 1e17
+        return post
+
+    monkeypatch.setattr(DPI, "posterior", runaway)
+    out = tmp_path / "rec"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", out)
+    assert code == 2 and "DPI fit diverged: posterior mean total flux" in cap.err
+    assert len(cap.err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["dpi-checkpoint.json", "dpi-checkpoint.safetensors"]
