@@ -37,24 +37,17 @@ import torch  # noqa: E402
 from interfero.io import atomic_write_text, read_fits_image  # noqa: E402
 from interfero.regrid import regrid  # noqa: E402
 from posterior.dpi import DPI, DPIConfig, DPITarget  # noqa: E402
-from posterior.flows import build_flow  # noqa: E402
 from posterior.metrics import blur_circular, nxcorr  # noqa: E402
-from posterior.reconstruct import ReconstructSettings, build_problem, gaussian_blob  # noqa: E402
+from posterior.reconstruct import ReconstructSettings, build_problem, reconstruction_flow  # noqa: E402
 
 SHARED = str(Path(__file__).resolve().parents[2] / "shared/data/observations/grmhd_sgra_2017")
-
-
-def _flow(s: ReconstructSettings, flux: float, geom):
-    return build_flow((1, s.npix, s.npix), kind=s.flow_kind, blocks=s.flow_blocks, hidden=s.flow_hidden,
-                      output="softplus", scale=flux / s.npix**2, init=gaussian_blob(geom, flux, s.init_fwhm_uas),
-                      init_spread=0.5, seed=s.seed)
 
 
 def step_rate(s: ReconstructSettings, batch: int, repeats: int, obs_path: str) -> tuple[float, float]:
     """Median seconds per DPI step and steps per second."""
     _, geom, op, prior, flux = build_problem(obs_path, s)
     cfg = DPIConfig(steps=10**6, batch=batch, lr=s.lr, n_samples=2, seed=s.seed)
-    dpi = DPI(_flow(s, flux, geom), DPITarget(op, op.data, prior), cfg, progress=False)
+    dpi = DPI(reconstruction_flow(s, geom, flux), DPITarget(op, op.data, prior), cfg, progress=False)
     times = []
     for i in range(repeats + 1):
         dpi.cfg = replace(cfg, steps=dpi.step + 1)
@@ -87,7 +80,7 @@ def time_to_quality(s: ReconstructSettings, obs_path: str, truth_path: str, max_
         if val >= target and state["reached"] is None:
             state["reached"] = (dpi.step, fit_s)  # the fit goes on to --max-steps: the curve shows what follows
 
-    dpi = DPI(_flow(s, flux, geom), DPITarget(op, op.data, prior), cfg, progress=False, callback=callback)
+    dpi = DPI(reconstruction_flow(s, geom, flux), DPITarget(op, op.data, prior), cfg, progress=False, callback=callback)
     dpi.fit()
     return state
 

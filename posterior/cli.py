@@ -80,9 +80,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", type=_positive_int, default=d.flow_blocks, help="coupling blocks of the flow")
     p.add_argument("--flow-output", default=d.flow_output, choices=("softplus", "exp", "none"),
                    help="output transform of the flow (softplus/exp: non-negative images)")
-    p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("auto", "exp", "sigmoid"),
-                   help="scale map of the flow's couplings: exp (unbounded), sigmoid (bounded); auto: sigmoid for"
-                        " tv/mem priors, exp for score priors")
+    p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("sigmoid", "exp"),
+                   help="scale map of the flow's couplings: sigmoid (bounded, contracting) or exp (RealNVP's,"
+                        " unbounded)")
     p.add_argument("--anneal", type=int, default=0, help="steps of linear data-weight annealing (0 = off)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")

@@ -179,7 +179,8 @@ class DPI:
         if self.rollbacks >= self.cfg.max_rollbacks:
             raise InterferoError(
                 f"DPI diverged: {self.cfg.max_skips_in_a_row} non-finite steps in a row at step {self.step} after"
-                f" {self.rollbacks} rollbacks with smaller step sizes; try a smaller --lr or --coupling-scale sigmoid")
+                f" {self.rollbacks} rollbacks with smaller step sizes; try a smaller --lr (and the bounded"
+                " --coupling-scale sigmoid, the default)")
         flow_state, opt_state = self._good
         self.flow.load_state_dict(flow_state)
         self.opt.load_state_dict(copy.deepcopy(opt_state))

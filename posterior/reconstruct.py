@@ -74,7 +74,7 @@ class ReconstructSettings:
     flow_kind: str = "realnvp"
     flow_blocks: int = 8
     flow_output: str = "softplus"
-    flow_coupling: str = "auto"
+    flow_coupling: str = "sigmoid"
     flow_hidden: int = 32
     init_fwhm_uas: float = 50.0
     anneal_steps: int = 0
@@ -147,7 +147,8 @@ def check_total_flux(total: float, flux: float, flux_sigma: float, out: Path) ->
     if not (math.isfinite(total) and abs(total - flux) <= max(0.5 * flux, 10 * flux_sigma)):
         raise InterferoError(
             f"DPI fit diverged: posterior mean total flux {total:.4g} Jy, the flux term asks {flux:.4g} +-"
-            f" {flux_sigma:.2g} Jy; try a smaller --lr or --coupling-scale sigmoid (checkpoint kept in {out})")
+            f" {flux_sigma:.2g} Jy; try a smaller --lr (and the bounded --coupling-scale sigmoid, the default);"
+            f" checkpoint kept in {out}")
 
 
 def _classical(s: ReconstructSettings) -> bool:
@@ -157,13 +158,14 @@ def _classical(s: ReconstructSettings) -> bool:
     return s.prior in REGULARISERS
 
 
-def coupling_scale(s: ReconstructSettings) -> str:
-    """The flow's coupling scale map: ``flow_coupling``, where ``"auto"`` is ``"sigmoid"`` (bounded) for the
-    classical priors, whose weak pull let ``exp`` couplings overflow on high-SNR data, and ``"exp"`` for score
-    priors (every figure in docs/posterior.md for them was measured with it)."""
-    if s.flow_coupling != "auto":
-        return s.flow_coupling
-    return "sigmoid" if _classical(s) else "exp"
+def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float):
+    """The flow of a reconstruction: ``flow_kind`` with ``flow_blocks`` couplings (scale map ``flow_coupling``;
+    the default ``"sigmoid"`` is bounded, see docs/posterior.md), non-negative output, started as a
+    ``init_fwhm_uas`` Gaussian blob of ``flux`` Jy."""
+    init = gaussian_blob(geom, flux, s.init_fwhm_uas)
+    return build_flow((1, s.npix, s.npix), kind=s.flow_kind, blocks=s.flow_blocks, hidden=s.flow_hidden,
+                      output=s.flow_output, coupling_scale=s.flow_coupling, scale=flux / s.npix**2, init=init,
+                      init_spread=0.5, seed=s.seed)
 
 
 def prior_method_name(s: ReconstructSettings) -> str:
@@ -226,10 +228,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     _check_out(out)
     cfg = DPIConfig(steps=s.steps, batch=s.batch, lr=s.lr, n_samples=s.samples, seed=s.seed,
                     anneal_steps=s.anneal_steps, ckpt_every=max(10, min(100, s.steps // 5)))
-    init = gaussian_blob(geom, flux, s.init_fwhm_uas)
-    flow = build_flow((1, s.npix, s.npix), kind=s.flow_kind, blocks=s.flow_blocks, hidden=s.flow_hidden,
-                      output=s.flow_output, coupling_scale=coupling_scale(s), scale=flux / s.npix**2, init=init,
-                      init_spread=0.5, seed=s.seed)
+    flow = reconstruction_flow(s, geom, flux)
     torch.manual_seed(s.seed)
     run = DPI(flow, DPITarget(op, op.data, prior), cfg, out=out, resume=resume, progress=progress).fit()
     post = run.posterior()
@@ -248,7 +247,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
         metrics |= image_metrics(post.mean.reshape(s.npix, s.npix), truth_img, geom)
         metrics["truth"] = str(truth)
         # what the featureless starting blob already scores: nxcorr is only meaningful above it
-        base = image_metrics(init[0].numpy().astype(np.float64), truth_img, geom)
+        blob = gaussian_blob(geom, flux, s.init_fwhm_uas)[0].numpy().astype(np.float64)
+        base = image_metrics(blob, truth_img, geom)
         metrics |= {f"init_blob_{k}": base[k] for k in ("nxcorr", "nxcorr_blur10", "nxcorr_blur20")}
         metrics |= truth_prior_percentile(prior, truth_img, s.seed)
     meta = {"observation": str(obs_path), "source": obs.source, "units": "Jy/pixel",

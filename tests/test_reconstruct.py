@@ -83,7 +83,7 @@ def test_classical_regulariser_prior(grmhd, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert m["prior"] == "tv+mem" and m["prior_method"] == "closed form, weight 3" and m["npix"] == 24
     assert "truth_prior_percentile" not in m and np.isfinite(m["nxcorr"])
-    # the weak classical prior gets bounded couplings (--coupling-scale auto); score priors keep exp
+    # bounded couplings by default (the weak classical prior made exp couplings overflow)
     assert json.loads((out / "dpi-checkpoint.json").read_text())["flow"]["coupling_scale"] == "sigmoid"
     mean, _ = read_fits_image(out / "mean.fits")
     assert mean.shape == (24, 24) and np.isfinite(mean).all()
@@ -98,13 +98,18 @@ def test_resume_continues_from_the_checkpoint(grmhd, tmp_path, capsys):
     out = tmp_path / "rec"
     assert run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", out)[0] == 0
     first = json.loads((out / "dpi-checkpoint.json").read_text())
-    assert first["step"] == 2 and first["flow"]["coupling_scale"] == "exp"
+    assert first["step"] == 2 and first["flow"]["coupling_scale"] == "sigmoid"
     args = [a if a != "2" or i != 1 else "4" for i, a in enumerate(TINY)]
     code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *args, "--resume", "--out", out)
     assert code == 0, cap.err
     second = json.loads((out / "dpi-checkpoint.json").read_text())
     assert second["step"] == 4
     assert second["history"][: len(first["history"])] == first["history"]
+    # another flow (the unbounded couplings) cannot continue this checkpoint: one line, exit 2
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *args, "--coupling-scale", "exp", "--resume",
+                    "--out", out)
+    assert code == 2 and "checkpoint was made with another flow" in cap.err
+    assert len(cap.err.strip().splitlines()) == 1
 
 
 def test_zero_baseline_flux_and_blob(grmhd):
