@@ -160,8 +160,8 @@ def _classical(s: ReconstructSettings) -> bool:
 
 def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float):
     """The flow of a reconstruction: ``flow_kind`` with ``flow_blocks`` couplings (scale map ``flow_coupling``;
-    the default ``"sigmoid"`` is bounded, see docs/posterior.md), non-negative output, started as a
-    ``init_fwhm_uas`` Gaussian blob of ``flux`` Jy."""
+    the default ``"sigmoid"`` is bounded, see docs/posterior.md), output transform ``flow_output``, started
+    near a ``init_fwhm_uas`` Gaussian blob of ``flux`` Jy (pixel scale ``flux / npix^2`` Jy)."""
     init = gaussian_blob(geom, flux, s.init_fwhm_uas)
     return build_flow((1, s.npix, s.npix), kind=s.flow_kind, blocks=s.flow_blocks, hidden=s.flow_hidden,
                       output=s.flow_output, coupling_scale=s.flow_coupling, scale=flux / s.npix**2, init=init,
