@@ -13,7 +13,8 @@ posterior, and writes, each file atomically and the JSON metrics last:
 - ``report.png``: mean, std, std/mean, samples, residuals, loss curve;
   ``uv_coverage.png``;
 - ``metrics.json``: reduced chi^2 per product of the mean image, total flux,
-  timings, and with a truth image nxcorr (unblurred and blurred) / PSNR / SSIM.
+  timings, and with a truth image nxcorr (unblurred and blurred) / PSNR / SSIM
+  and the truth's coverage by the 68% / 95% intervals.
 
 A DPI checkpoint (``dpi-checkpoint.*``) is written to the folder while running and kept after it, so an
 interrupted run continues with ``resume=True`` (CLI: ``--resume``), and a finished one can be extended
@@ -47,7 +48,7 @@ from interfero.regrid import regrid
 
 from .dpi import DPI, DPIConfig, DPITarget
 from .flows import build_flow
-from .metrics import image_metrics, reduced_chi2
+from .metrics import image_metrics, interval_coverage, reduced_chi2
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 
 SHORT_BASELINE = 1e8  # wavelengths: shorter baselines measure the total flux of a compact source
@@ -245,6 +246,10 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     metrics |= reduced_chi2(op, mean)
     if truth_img is not None:
         metrics |= image_metrics(post.mean.reshape(s.npix, s.npix), truth_img, geom)
+        n2 = (s.npix, s.npix)
+        metrics |= interval_coverage({"68": (post.lo68.reshape(n2), post.hi68.reshape(n2)),
+                                      "95": (post.lo95.reshape(n2), post.hi95.reshape(n2))},
+                                     truth_img, metrics["nxcorr_shift_px"])
         metrics["truth"] = str(truth)
         # what the featureless starting blob already scores: nxcorr is only meaningful above it
         blob = gaussian_blob(geom, flux, s.init_fwhm_uas)[0].numpy().astype(np.float64)

@@ -40,6 +40,7 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
                 "runtime_s", "steps", "n_samples"):
         assert key in m and np.isfinite(m[key]), key
     assert m["steps"] == 2 and m["n_samples"] == 4
+    assert 0 <= m["truth_coverage_68"] <= m["truth_coverage_95"] <= 1 and m["coverage_pixels"] > 0
     # a 50 uas Gaussian of the right flux already scores 0.91 after 10 uas blurring on this truth
     assert m["init_blob_nxcorr_blur10"] == pytest.approx(0.914, abs=0.01)
     assert m["flux_from"] == "zero-baseline amplitude"
