@@ -167,17 +167,22 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
 
 
-def test_non_finite_steps_are_skipped(tmp_path):
-    run = _small_dpi(tmp_path, 6)
+def _nan_likelihood_when(run, broken):
+    """Makes the run's log-likelihood NaN on the calls ``n`` (1, 2, ...) where ``broken(n)`` holds."""
     calls = {"n": 0}
     real = run.target.log_likelihood
 
-    def flaky(x):
+    def patched(x):
         calls["n"] += 1
         out = real(x)
-        return out * float("nan") if calls["n"] % 2 == 0 else out
+        return out * float("nan") if broken(calls["n"]) else out
 
-    run.target.log_likelihood = flaky
+    run.target.log_likelihood = patched
+
+
+def test_non_finite_steps_are_skipped(tmp_path):
+    run = _small_dpi(tmp_path, 6)
+    _nan_likelihood_when(run, lambda n: n % 2 == 0)
     run.fit()
     assert run.skipped == 3
     assert all(torch.isfinite(p).all() for p in run.flow.parameters())
@@ -238,15 +243,7 @@ def test_an_overflowing_flow_rolls_back_to_its_last_good_state(recover):
 
 def test_persistent_divergence_stops_with_an_error():
     run = _small_dpi(None, 60)
-    calls = {"n": 0}
-    real = run.target.log_likelihood
-
-    def breaks(x):
-        calls["n"] += 1
-        out = real(x)
-        return out * float("nan") if calls["n"] > 12 else out
-
-    run.target.log_likelihood = breaks
+    _nan_likelihood_when(run, lambda n: n > 12)
     run.cfg.max_skips_in_a_row, run.cfg.max_rollbacks = 4, 2
     with pytest.raises(InterferoError, match="diverged: 4 non-finite steps in a row .* after 2 rollbacks"):
         run.fit()
