@@ -78,12 +78,18 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=d.samples, help="posterior samples written out")
     p.add_argument("--flow", default=d.flow_kind, choices=("realnvp", "glow"), help="flow architecture")
     p.add_argument("--blocks", type=_positive_int, default=d.flow_blocks, help="coupling blocks of the flow")
-    p.add_argument("--flow-output", default=d.flow_output, choices=("softplus", "exp", "none"),
-                   help="output transform of the flow (softplus/exp: non-negative images)")
+    p.add_argument("--flow-output", default=None, choices=("softplus", "exp", "none"),
+                   help="output transform of the flow: none (default for score priors; pixels may dip below"
+                        " zero, as the prior's own noise level allows), softplus (default for tv/mem/tv+mem) or exp"
+                        " (non-negative images)")
+    p.add_argument("--warm-start", type=int, default=d.warm_start_steps, metavar="STEPS",
+                   help="steps of a non-negative (softplus) fit whose posterior mean starts the final flow"
+                        " (default: min(200, --steps) with --flow-output none, else 0 = start from the blob)")
     p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("sigmoid", "exp"),
                    help="scale map of the flow's couplings: sigmoid (bounded, contracting) or exp (RealNVP's,"
                         " unbounded)")
-    p.add_argument("--anneal", type=int, default=0, help="steps of linear data-weight annealing (0 = off)")
+    p.add_argument("--anneal", type=int, default=0,
+                   help="steps of linear data-weight annealing of the first fit (0 = off)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument("--allow-fov-mismatch", action="store_true", help="use a prior trained on another field of view")
@@ -102,7 +108,8 @@ def _reconstruct(args) -> None:
         npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_output=args.flow_output, flow_coupling=args.coupling_scale,
-        anneal_steps=args.anneal, seed=args.seed, allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
+        anneal_steps=args.anneal, warm_start_steps=args.warm_start, seed=args.seed,
+        allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
     )
     m = rec.reconstruct(args.obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)
     keys = ("total_flux", "chi2_cphase", "chi2_logcamp", "nxcorr", "nxcorr_blur10", "runtime_s")

@@ -328,6 +328,17 @@ class DPI:
         return summarize(x.double().cpu().numpy(), log_q=lq.double().cpu().numpy(), diagnostics=diag)
 
 
+def checkpoint_step(folder: str | Path) -> int | None:
+    """The step of the DPI checkpoint in ``folder``, or None when there is none."""
+    path = Path(folder) / f"{CHECKPOINT}.json"
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text())["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InterferoError(f"{path}: corrupted DPI checkpoint record ({err})") from None
+
+
 def fit_dpi(operator, y, prior: Prior, flow: Flow, config: DPIConfig | None = None, out=None, resume: bool = False,
             progress: bool = True) -> Posterior:
     """Fits ``flow`` to ``p(x | y)`` and returns its posterior summary (see :class:`DPI`)."""

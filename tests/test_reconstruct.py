@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -15,6 +16,8 @@ from posterior.cli import main
 from posterior.reconstruct import check_total_flux, gaussian_blob, zero_baseline_flux
 
 from .conftest import shared_path
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 TINY = ["--steps", "2", "--batch", "2", "--samples", "4", "--elbo-draws", "1", "--blocks", "2", "--quiet",
         "--threads", "2"]
@@ -40,6 +43,11 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
                 "runtime_s", "steps", "n_samples"):
         assert key in m and np.isfinite(m[key]), key
     assert m["steps"] == 2 and m["n_samples"] == 4
+    # default identity output, warm-started by a softplus fit as long as the final one (at most 200 steps)
+    assert m["warm_start_steps"] == 2
+    warm = json.loads((out / "warm-start" / "dpi-checkpoint.json").read_text())
+    assert warm["step"] == 2 and warm["flow"]["output"] == "softplus"
+    assert json.loads((out / "dpi-checkpoint.json").read_text())["flow"]["output"] == "none"
     assert 0 <= m["truth_coverage_68"] <= m["truth_coverage_95"] <= 1 and m["coverage_pixels"] > 0
     # a 50 uas Gaussian of the right flux already scores 0.91 after 10 uas blurring on this truth
     assert m["init_blob_nxcorr_blur10"] == pytest.approx(0.914, abs=0.01)
@@ -52,9 +60,14 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
     mean, geom = read_fits_image(out / "mean.fits")
     std, _ = read_fits_image(out / "std.fits")
     assert mean.shape == (32, 32) and geom.fov_uas == pytest.approx(160.0)
-    assert (mean > 0).all() and (std > 0).all()
+    assert np.isfinite(mean).all() and (std > 0).all()
     with h5py.File(out / "samples.h5") as f:
         assert f["samples"].shape == (4, 1, 32, 32)
+        # the loss history of both fits, the final one's steps counted after the warm start's
+        cols = json.loads(f["history"].attrs["columns"])
+        hist = f["history"][...]
+        np.testing.assert_array_equal(hist[:, cols.index("step")], [1, 2, 3, 4])
+        np.testing.assert_array_equal(hist[:, cols.index("stage")], [0, 0, 1, 1])
         np.testing.assert_allclose(f["mean"][...], mean.reshape(1, 32, 32), rtol=1e-6)
         meta = json.loads(f.attrs["metadata"])
         assert meta["operator"]["products"] == ["cphase", "logcamp"] and meta["prior"]["name"] == "bh32lnflux"
@@ -62,17 +75,46 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
         assert (out / png).stat().st_size > 10_000
 
 
-def test_flow_output_none_allows_negative_pixels(grmhd, tmp_path, capsys):
-    """Default softplus output: every sample pixel > 0; ``--flow-output none``: the p_eps jitter of the score
-    prior may go below zero (no positivity floor), and the choice is recorded in the archive."""
-    out = tmp_path / "lin"
-    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--flow-output", "none", "--out", out)
-    assert code == 0, cap.err
-    with h5py.File(out / "samples.h5") as f:
-        samples = f["samples"][...]
-        meta = json.loads(f.attrs["metadata"])
-    assert meta["settings"]["flow_output"] == "none"
-    assert (samples < 0).any() and np.isfinite(samples).all()
+def test_flow_output_softplus_is_positive_and_none_is_not(grmhd, tmp_path, capsys):
+    """``--flow-output softplus``: every sample pixel > 0, no warm start; the default identity output: the
+    p_eps jitter of the score prior may go below zero (no positivity floor); the choice is in the archive."""
+    for output, negative in (("softplus", False), ("none", True)):
+        out = tmp_path / output
+        code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--flow-output", output, "--out", out)
+        assert code == 0, cap.err
+        with h5py.File(out / "samples.h5") as f:
+            samples = f["samples"][...]
+            meta = json.loads(f.attrs["metadata"])
+        assert meta["settings"]["flow_output"] == output and np.isfinite(samples).all()
+        assert bool((samples < 0).any()) == negative
+        assert (out / "warm-start").exists() == negative
+
+
+def test_the_pedestal_that_the_warm_start_avoids():
+    """Why the identity output is warm-started (``warm_start_steps``), on the demo's closure data: from the
+    featureless blob, lowering a uniform pedestal under the whole image until 90% of the flux is gone raises
+    the log-likelihood by millions of nats (the short intra-site baselines pull harder than the 1% flux term,
+    which is included); at an image that explains the data (here the truth) a pedestal either way costs."""
+    from interfero.regrid import regrid
+    from posterior.reconstruct import ReconstructSettings, build_problem
+
+    s = ReconstructSettings(sys_noise=0.01)
+    _, geom, op, _, flux = build_problem(DEMO / "eht2017_crescent_grf.uvfits", s)
+    truth, tgeom = read_fits_image(DEMO / "crescent_grf_64.fits")
+    truth = torch.tensor(regrid(truth, tgeom, geom), dtype=torch.float32)[None]
+    blob = gaussian_blob(geom, flux, s.init_fwhm_uas)
+    pedestal = flux / geom.npix**2  # Jy/pixel: all of the flux, spread evenly
+
+    def log_lik(x):
+        with torch.no_grad():
+            return float(op.log_likelihood(x[None]))
+
+    # measured: -1.15e7 -> -5.8e6 (half the flux gone) -> -3.1e6 (90% gone)
+    assert log_lik(blob - 0.5 * pedestal) > log_lik(blob) + 5e6
+    assert log_lik(blob - 0.9 * pedestal) > log_lik(blob - 0.5 * pedestal) + 2e6
+    # measured: 1.06e3 at the truth, -1.5e4 with 25% more flux, -1.1e5 with half of it gone
+    assert log_lik(truth + 0.25 * pedestal) < log_lik(truth) - 1e4
+    assert log_lik(truth - 0.5 * pedestal) < log_lik(truth) - 1e5
 
 
 def test_classical_regulariser_prior(grmhd, tmp_path, capsys):
@@ -85,7 +127,10 @@ def test_classical_regulariser_prior(grmhd, tmp_path, capsys):
     assert m["prior"] == "tv+mem" and m["prior_method"] == "closed form, weight 3" and m["npix"] == 24
     assert "truth_prior_percentile" not in m and np.isfinite(m["nxcorr"])
     # bounded couplings by default (the weak classical prior made exp couplings overflow)
-    assert json.loads((out / "dpi-checkpoint.json").read_text())["flow"]["coupling_scale"] == "sigmoid"
+    flow = json.loads((out / "dpi-checkpoint.json").read_text())["flow"]
+    assert flow["coupling_scale"] == "sigmoid"
+    # non-negative output by default (MEM needs positive pixels), so no warm start
+    assert flow["output"] == "softplus" and m["warm_start_steps"] == 0 and not (out / "warm-start").exists()
     mean, _ = read_fits_image(out / "mean.fits")
     assert mean.shape == (24, 24) and np.isfinite(mean).all()
     with pytest.raises(SystemExit) as exit_:
@@ -105,6 +150,8 @@ def test_resume_continues_from_the_checkpoint(grmhd, tmp_path, capsys):
     assert code == 0, cap.err
     second = json.loads((out / "dpi-checkpoint.json").read_text())
     assert second["step"] == 4
+    # the final fit started from the 2-step warm start: a longer --steps does not extend that
+    assert json.loads((out / "warm-start" / "dpi-checkpoint.json").read_text())["step"] == 2
     assert second["history"][: len(first["history"])] == first["history"]
     # another flow (the unbounded couplings) cannot continue this checkpoint: one line, exit 2
     code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *args, "--coupling-scale", "exp", "--resume",
@@ -205,4 +252,5 @@ def test_a_runaway_fit_is_refused_not_written(grmhd, tmp_path, capsys, monkeypat
     code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", out)
     assert code == 2 and "DPI fit diverged: posterior mean total flux" in cap.err
     assert len(cap.err.strip().splitlines()) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["dpi-checkpoint.json", "dpi-checkpoint.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["dpi-checkpoint.json", "dpi-checkpoint.safetensors",
+                                                     "warm-start"]
