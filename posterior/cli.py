@@ -84,7 +84,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                         " (non-negative images)")
     p.add_argument("--warm-start", type=int, default=d.warm_start_steps, metavar="STEPS",
                    help="steps of a non-negative (softplus) fit whose posterior mean starts the final flow"
-                        " (default: min(200, --steps) with --flow-output none, else 0 = start from the blob)")
+                        " (default: min(50, --steps) with --flow-output none, else 0 = start from the blob)")
     p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("sigmoid", "exp"),
                    help="scale map of the flow's couplings: sigmoid (bounded, contracting) or exp (RealNVP's,"
                         " unbounded)")

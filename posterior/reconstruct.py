@@ -55,7 +55,7 @@ from .metrics import image_metrics, interval_coverage, reduced_chi2
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 
 SHORT_BASELINE = 1e8  # wavelengths: shorter baselines measure the total flux of a compact source
-WARM_START_STEPS = 200  # default length of the non-negative fit that starts a flow_output="none" fit
+WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
 WARM_START_DIR = "warm-start"  # its checkpoint folder inside the output folder
 
 
@@ -183,7 +183,7 @@ def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float
 
 def warm_start_steps(s: ReconstructSettings) -> int:
     """Steps of the non-negative (softplus) fit whose posterior mean starts the final flow: ``warm_start_steps``
-    if set, else ``min(200, steps)`` for ``flow_output="none"`` and 0 (no warm start) otherwise.
+    if set, else ``min(50, steps)`` for ``flow_output="none"`` and 0 (no warm start) otherwise.
 
     Why: an output that lets pixels go negative also lets the fit lower a uniform pedestal under the
     image, which changes only the shortest baselines. From a featureless blob the closure amplitudes of the

@@ -43,7 +43,7 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
                 "runtime_s", "steps", "n_samples"):
         assert key in m and np.isfinite(m[key]), key
     assert m["steps"] == 2 and m["n_samples"] == 4
-    # default identity output, warm-started by a softplus fit as long as the final one (at most 200 steps)
+    # default identity output, warm-started by a softplus fit as long as the final one (at most 50 steps)
     assert m["warm_start_steps"] == 2
     warm = json.loads((out / "warm-start" / "dpi-checkpoint.json").read_text())
     assert warm["step"] == 2 and warm["flow"]["output"] == "softplus"
