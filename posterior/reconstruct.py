@@ -188,7 +188,7 @@ def warm_start_steps(s: ReconstructSettings) -> int:
     Why: an output that lets pixels go negative also lets the fit lower a uniform pedestal under the
     image, which changes only the shortest baselines. From a featureless blob the closure amplitudes of the
     intra-site baselines (ALMA-APEX, SMA-JCMT) pull that way far harder than the 1% flux term pulls back, and
-    the fit ran to a negative-flux image it never left (log-likelihood -1.5e5 on the demo, refused by
+    the fit ran to a negative-flux image it never left (log-likelihood -1.5e6 on the demo, refused by
     :func:`check_total_flux`). Started from a non-negative fit that already explains the data, the pedestal
     no longer pays, and the final fit keeps the flux (docs/posterior.md, "Warm start")."""
     if s.warm_start_steps is not None:

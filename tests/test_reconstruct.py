@@ -195,6 +195,7 @@ def test_systematic_noise_inflates_the_closure_sigmas(grmhd):
         (["--samples", "1"], "--samples must be >= 2"),
         (["--sys-noise", "-0.1"], "--sys-noise must be a fraction"),
         (["--sys-noise", "nan"], "--sys-noise must be a fraction"),
+        (["--warm-start", "-1"], "--warm-start must be >= 0 steps"),
     ],
 )
 def test_bad_settings_are_one_line_errors(grmhd, tmp_path, capsys, extra, message):
