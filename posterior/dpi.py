@@ -211,12 +211,9 @@ class DPI:
         if self.out is None:
             raise InterferoError("resume needs an output directory")
         tpath, jpath = self._paths()
-        if not jpath.is_file():
+        record = read_checkpoint_record(self.out)
+        if record is None:
             return  # nothing to resume: a fresh start
-        try:
-            record = json.loads(jpath.read_text())
-        except json.JSONDecodeError as err:
-            raise InterferoError(f"{jpath}: corrupted DPI checkpoint record ({err})") from None
         if record.get("flow") != self.flow.config:
             raise InterferoError(f"{jpath}: checkpoint was made with another flow ({record.get('flow')})")
         tensors = load_tensors(tpath)
@@ -328,15 +325,17 @@ class DPI:
         return summarize(x.double().cpu().numpy(), log_q=lq.double().cpu().numpy(), diagnostics=diag)
 
 
-def checkpoint_step(folder: str | Path) -> int | None:
-    """The step of the DPI checkpoint in ``folder``, or None when there is none."""
+def read_checkpoint_record(folder: str | Path) -> dict | None:
+    """The JSON record (step, settings, history, ...) of the DPI checkpoint in ``folder``; None if there is none."""
     path = Path(folder) / f"{CHECKPOINT}.json"
     if not path.is_file():
         return None
     try:
-        return int(json.loads(path.read_text())["step"])
+        record = json.loads(path.read_text())
+        int(record["step"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise InterferoError(f"{path}: corrupted DPI checkpoint record ({err})") from None
+    return record
 
 
 def fit_dpi(operator, y, prior: Prior, flow: Flow, config: DPIConfig | None = None, out=None, resume: bool = False,

@@ -49,7 +49,7 @@ from interfero.operators import InterferometryOperator
 from interfero.plotting import plot_uv_coverage
 from interfero.regrid import regrid
 
-from .dpi import DPI, DPIConfig, DPITarget, checkpoint_step
+from .dpi import DPI, DPIConfig, DPITarget, read_checkpoint_record
 from .flows import build_flow
 from .metrics import image_metrics, interval_coverage, reduced_chi2
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
@@ -210,9 +210,12 @@ class PosteriorFit:
     @property
     def history(self) -> list[dict]:
         """Loss history of both fits, steps counted from the first; ``stage`` 0 = warm start, 1 = final."""
-        offset = self.warm.step if self.warm is not None else 0
         hist = [h | {"stage": 0.0} for h in (self.warm.history if self.warm is not None else [])]
-        return hist + [h | {"stage": 1.0, "step": h["step"] + offset} for h in self.final.history]
+        return hist + [h | {"stage": 1.0, "step": h["step"] + self.warm_steps} for h in self.final.history]
+
+    @property
+    def warm_steps(self) -> int:
+        return self.warm.step if self.warm is not None else 0
 
     @property
     def seconds(self) -> float:
@@ -237,9 +240,9 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
     the first fit. ``callback(dpi, terms, first_step)`` is called after every step of either fit
     (``first_step``: the global step the fit started at)."""
     k = warm_start_steps(s)
-    if resume and out is not None and k > 0 and checkpoint_step(out) is not None:
-        done = checkpoint_step(out / WARM_START_DIR)
-        k = k if done is None else done  # the final fit already started from this warm start: keep it
+    if resume and out is not None and k > 0 and read_checkpoint_record(out) is not None:
+        done = read_checkpoint_record(out / WARM_START_DIR)
+        k = k if done is None else int(done["step"])  # the final fit already started from this warm start
     target = DPITarget(op, op.data, prior)
 
     def config(steps: int, anneal: int) -> DPIConfig:
@@ -327,7 +330,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     fit = fit_posterior(s, geom, flux, op, prior, out=out, resume=resume, progress=progress)
     post = fit.final.posterior()
     post.diagnostics |= {"history": fit.history, "seconds": fit.seconds, "skipped_steps": fit.skipped,
-                         "warm_start_steps": fit.warm.step if fit.warm is not None else 0}
+                         "warm_start_steps": fit.warm_steps}
     check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out)
     mean = torch.tensor(post.mean[None], dtype=torch.float32)
     prior_method = prior_method_name(s)
@@ -336,7 +339,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
                "flux_constraint_jy": flux, "sys_noise": s.sys_noise,
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
-               "steps": fit.final.step, "warm_start_steps": fit.warm.step if fit.warm is not None else 0,
+               "steps": fit.final.step, "warm_start_steps": fit.warm_steps,
                "skipped_steps": fit.skipped, "rollbacks": fit.rollbacks, "n_samples": post.n_samples,
                "fit_seconds": fit.seconds}
     metrics |= reduced_chi2(op, mean)
