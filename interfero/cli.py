@@ -19,6 +19,7 @@ from .errors import InterferoError
 from .io import ImageGeometry, atomic_write_text, read_fits_image, read_uvfits, write_fits_image, write_uvfits
 from .models import MODELS, render
 from .observation import Observation
+from .preparation import prepare_observation
 from .operators.visibility import VisibilityOperator
 from .simulate import simulate
 from .uvcoverage import ObservingSetup
@@ -86,6 +87,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("uvfits")
     q.add_argument("--json", help="write the summary as JSON to this file")
     q.add_argument("--out", help="folder for uv_coverage.png and dirty_image.png")
+    q.add_argument("--avg", default="auto", metavar="auto|scan|none|SECONDS",
+                   help="coherent time averaging, as reconstruct does it (default auto: per scan when the file has"
+                        " several integrations per baseline and scan)")
+    q.add_argument("--sys-noise", type=float, default=0.0, help="fractional systematic error budget, as in reconstruct")
     q.add_argument("--npix", type=int, default=64, help="dirty image size in pixels")
     q.add_argument("--fov", type=_positive(float), default=200.0, help="dirty image field of view in uas")
     q.set_defaults(func=run_inspect)
@@ -128,9 +133,12 @@ def run_simulate(args: argparse.Namespace) -> dict:
 
 
 def run_inspect(args: argparse.Namespace) -> dict:
-    obs = read_uvfits(args.uvfits)
+    raw = read_uvfits(args.uvfits)
     geom = ImageGeometry(args.npix, args.fov)
-    summary = obs.summary()
+    obs, prep = prepare_observation(raw, args.avg, args.sys_noise)
+    summary = obs.summary() | {"as_read": {k: v for k, v in raw.summary().items()
+                                           if k in ("n_vis", "n_times", "n_cphase", "n_logcamp", "median_snr")},
+                               "preparation": prep.as_dict()}
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
     if args.out:
@@ -141,6 +149,7 @@ def run_inspect(args: argparse.Namespace) -> dict:
         plot_image(dirty_image(obs, geom), geom, out / "dirty_image.png", title="dirty image (natural weights)",
                    unit="Jy/beam (beam peak 1)")
     print(_human(summary))
+    print("\n".join(prep.lines()))
     return summary
 
 

@@ -84,7 +84,7 @@ def read_uvfits(path: str | Path) -> Observation:
         head = f.read(80)
     if not head.startswith(b"SIMPLE"):
         raise InterferoError(f"{path}: not a FITS/uvfits file")
-    _check_uvfits_weights(path)
+    flagged = _check_uvfits_weights(path)
     eh = import_ehtim()
     try:
         with quiet():
@@ -92,14 +92,32 @@ def read_uvfits(path: str | Path) -> Observation:
     except Exception as err:  # ehtim raises many kinds on malformed files
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InterferoError(f"{path}: not a readable uvfits file ({msg})") from None
-    return observation_from_ehtim(o, source_file=str(path))
+    return observation_from_ehtim(o, source_file=str(path), flagged_points=flagged)
 
 
-def _check_uvfits_weights(path: Path) -> None:
-    """Refuse NaN/infinite visibilities or weights (weight = 1/sigma^2: NaN or zero sigma).
+STOKES_I_HANDS = {1: "I", -1: "RR", -2: "LL", -5: "XX", -6: "YY"}  # uvfits STOKES codes that form Stokes I
 
-    Zero or negative weights mean "flagged" in uvfits and those points are dropped;
-    a file whose every point is flagged is refused.
+
+def stokes_codes(header) -> tuple[int, np.ndarray]:
+    """The ``DATA`` axis of a uvfits random-groups header's STOKES axis and its codes
+    (1..4 = I, Q, U, V; -1..-4 = RR, LL, RL, LR; -5..-8 = XX, YY, XY, YX)."""
+    naxis = int(header.get("NAXIS", 0))
+    for n in range(2, naxis + 1):
+        if str(header.get(f"CTYPE{n}", "")).strip().upper() == "STOKES":
+            k = np.arange(int(header[f"NAXIS{n}"]))
+            codes = header.get(f"CRVAL{n}", 1.0) + (k + 1 - header.get(f"CRPIX{n}", 1.0)) * header.get(f"CDELT{n}", 1.0)
+            return 1 + naxis - n, np.rint(codes).astype(int)  # DATA is (groups, NAXISn..NAXIS2)
+    raise InterferoError("uvfits header has no STOKES axis")
+
+
+def _check_uvfits_weights(path: Path) -> int:
+    """Refuse NaN/infinite Stokes I visibilities or weights (weight = 1/sigma^2: NaN or zero sigma).
+
+    Only the correlations that form Stokes I are checked (I, or the parallel hands RR/LL or XX/YY):
+    the cross hands (RL/LR) are ignored, as the reader ignores them (the public EHT release zeroes
+    them and their sigmas, so their weights are infinite). Zero or negative weights mean "flagged"
+    in uvfits and those points are dropped; a file whose every Stokes I point is flagged is refused.
+    Returns the number of points (rows and channels) whose every Stokes I correlation is flagged.
     """
     from astropy.io import fits
 
@@ -109,23 +127,32 @@ def _check_uvfits_weights(path: Path) -> None:
             if not isinstance(hdu, fits.GroupsHDU) or hdu.data is None:
                 raise InterferoError(f"{path}: not a uvfits file (no random-groups visibility table)")
             data = np.asarray(hdu.data["DATA"], dtype=float)
-    except InterferoError:
-        raise
+            axis, codes = stokes_codes(hdu.header)
+    except InterferoError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise InterferoError(f"{path}: {err}") from None
     except Exception as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InterferoError(f"{path}: not a readable uvfits file ({msg})") from None
-    if data.shape[-1] != 3 or data.size == 0:
+    if data.shape[-1] != 3 or data.size == 0 or axis >= data.ndim or data.shape[axis] != len(codes):
         raise InterferoError(f"{path}: uvfits visibility table is empty or malformed")
+    hands = [i for i, c in enumerate(codes) if c in STOKES_I_HANDS]
+    if not hands:
+        raise InterferoError(f"{path}: no Stokes I correlations (I, RR/LL or XX/YY) on its STOKES axis {list(codes)}")
+    data = np.take(data, hands, axis=axis)
     vis = data[..., :2]
     wt = data[..., 2]
-    used = wt > 0
+    names = "/".join(STOKES_I_HANDS[int(codes[i])] for i in hands)
     if np.any(np.isnan(wt)) or np.any(np.isinf(wt)):
         n = int(np.sum(~np.isfinite(wt)))
-        raise InterferoError(f"{path}: {n} visibility weights are NaN or infinite (NaN or zero sigma)")
+        raise InterferoError(f"{path}: {n} Stokes I ({names}) visibility weights are NaN or infinite (NaN or zero sigma)")
+    used = wt > 0
     if not np.any(used):
-        raise InterferoError(f"{path}: every visibility is flagged (no positive weight)")
+        raise InterferoError(f"{path}: every Stokes I ({names}) visibility is flagged (no positive weight)")
     if not np.all(np.isfinite(vis[used])):
-        raise InterferoError(f"{path}: unflagged visibilities contain NaN or infinite values")
+        raise InterferoError(f"{path}: unflagged Stokes I ({names}) visibilities contain NaN or infinite values")
+    return int(np.sum(~used.any(axis=-1)))
 
 
 def observation_from_ehtim(o, **meta) -> Observation:

@@ -72,6 +72,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="width of the total-flux term as a fraction of the flux")
     p.add_argument("--sys-noise", type=float, default=d.sys_noise,
                    help="fractional systematic noise added in quadrature to visibility sigmas (e.g. 0.01)")
+    p.add_argument("--avg", default=d.avg, metavar="auto|scan|none|SECONDS",
+                   help="coherent time averaging before imaging: auto (default: per scan when the file has several"
+                        " integrations per baseline and scan, as real correlator output does), scan, none, or an"
+                        " interval in seconds")
     p.add_argument("--steps", type=int, default=d.steps, help="DPI optimisation steps")
     p.add_argument("--batch", type=_positive_int, default=d.batch, help="flow samples per step")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam step size")
@@ -106,6 +110,7 @@ def _reconstruct(args) -> None:
         prior=args.prior, prior_method=args.prior_method, reg_weight=args.reg_weight, elbo_draws=args.elbo_draws,
         products=products,
         npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
+        avg=args.avg,
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_output=args.flow_output, flow_coupling=args.coupling_scale,
         anneal_steps=args.anneal, warm_start_steps=args.warm_start, seed=args.seed,

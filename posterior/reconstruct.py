@@ -41,12 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interfero.corruptions import add_systematic_noise
 from interfero.errors import InterferoError
 from interfero.io import ImageGeometry, read_fits_image, read_uvfits
 from interfero.observation import Observation
 from interfero.operators import InterferometryOperator
 from interfero.plotting import plot_uv_coverage
+from interfero.preparation import prepare_observation
 from interfero.regrid import regrid
 
 from .dpi import DPI, DPIConfig, DPITarget, read_checkpoint_record
@@ -73,6 +73,7 @@ class ReconstructSettings:
     flux: float | None = None
     flux_sigma_frac: float = 0.01
     sys_noise: float = 0.0
+    avg: str = "auto"  # coherent averaging: auto, scan, none or seconds (interfero.preparation)
     steps: int = 600
     batch: int = 16
     lr: float = 2e-3
@@ -284,11 +285,8 @@ def build_problem(obs_path, s: ReconstructSettings):
     if s.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {s.samples}")
     geom = ImageGeometry(s.npix, s.fov_uas)
-    obs = read_uvfits(obs_path)
-    if not (math.isfinite(s.sys_noise) and 0 <= s.sys_noise < 1):
-        raise InterferoError(f"--sys-noise must be a fraction in [0, 1), got {s.sys_noise}")
-    if s.sys_noise > 0:  # error budget for what the model cannot fit (pixelisation, non-closing errors)
-        obs = add_systematic_noise(obs, s.sys_noise)
+    obs, prep = prepare_observation(read_uvfits(obs_path), s.avg, s.sys_noise)
+    obs = replace(obs, meta=obs.meta | {"preparation": prep})
     closures = obs.closures
     if "cphase" in s.products and closures.n_cphase == 0:
         raise InterferoError(f"{obs_path}: no closure phases (needs 3 stations observing at the same time)")
@@ -324,6 +322,9 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     if truth is not None:
         truth_img, truth_geom = read_fits_image(truth)
     obs, geom, op, prior, flux = build_problem(obs_path, s)
+    prep = obs.meta["preparation"]
+    if progress:
+        print("\n".join(prep.lines()))
     if truth_img is not None:
         truth_img = regrid(truth_img, truth_geom, geom)
     _check_out(out)
@@ -337,7 +338,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     metrics = {"method": "dpi", "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
                "npix": s.npix, "fov_uas": s.fov_uas, "total_flux": float(post.mean.sum()),
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
-               "flux_constraint_jy": flux, "sys_noise": s.sys_noise,
+               "flux_constraint_jy": flux, "sys_noise": s.sys_noise, "preparation": prep.as_dict(),
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
                "steps": fit.final.step, "warm_start_steps": fit.warm_steps,
                "skipped_steps": fit.skipped, "rollbacks": fit.rollbacks, "n_samples": post.n_samples,
