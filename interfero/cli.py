@@ -19,8 +19,8 @@ from .errors import InterferoError
 from .io import ImageGeometry, atomic_write_text, read_fits_image, read_uvfits, write_fits_image, write_uvfits
 from .models import MODELS, render
 from .observation import Observation
-from .preparation import prepare_observation
 from .operators.visibility import VisibilityOperator
+from .preparation import prepare_observation
 from .simulate import simulate
 from .uvcoverage import ObservingSetup
 

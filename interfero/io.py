@@ -146,7 +146,8 @@ def _check_uvfits_weights(path: Path) -> int:
     names = "/".join(STOKES_I_HANDS[int(codes[i])] for i in hands)
     if np.any(np.isnan(wt)) or np.any(np.isinf(wt)):
         n = int(np.sum(~np.isfinite(wt)))
-        raise InterferoError(f"{path}: {n} Stokes I ({names}) visibility weights are NaN or infinite (NaN or zero sigma)")
+        raise InterferoError(
+            f"{path}: {n} Stokes I ({names}) visibility weights are NaN or infinite (NaN or zero sigma)")
     used = wt > 0
     if not np.any(used):
         raise InterferoError(f"{path}: every Stokes I ({names}) visibility is flagged (no positive weight)")

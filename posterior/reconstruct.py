@@ -53,6 +53,7 @@ from .dpi import DPI, DPIConfig, DPITarget, read_checkpoint_record
 from .flows import build_flow
 from .metrics import image_metrics, interval_coverage, reduced_chi2
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
+from .ring import ring_samples, summarize_ring
 
 SHORT_BASELINE = 1e8  # wavelengths: shorter baselines measure the total flux of a compact source
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
@@ -344,6 +345,11 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                "skipped_steps": fit.skipped, "rollbacks": fit.rollbacks, "n_samples": post.n_samples,
                "fit_seconds": fit.seconds}
     metrics |= reduced_chi2(op, mean)
+    ring = ring_samples(post.samples.reshape(post.n_samples, s.npix, s.npix), s.fov_uas)
+    try:
+        metrics["ring"] = summarize_ring(ring)
+    except InterferoError as err:  # no ring in the samples (a point source, a bar): say so, do not fail the run
+        metrics["ring"] = {"error": str(err)}
     if truth_img is not None:
         metrics |= image_metrics(post.mean.reshape(s.npix, s.npix), truth_img, geom)
         n2 = (s.npix, s.npix)
@@ -365,7 +371,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     write_fits_summaries(post, geom, out)
     plot_uv_coverage(obs, out / "uv_coverage.png")
     plot_report(post, geom, out / "report.png", residuals=_residuals(op, mean), truth=truth_img,
-                title=f"{obs.source}: DPI with prior {prior.name} ({', '.join(s.products)})")
+                title=f"{obs.source}: DPI with prior {prior.name} ({', '.join(s.products)})", ring=ring)
     metrics["runtime_s"] = time.perf_counter() - t0
     write_json(metrics, out / "metrics.json")
     return metrics

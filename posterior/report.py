@@ -77,8 +77,10 @@ REL_STD_FLOOR = 0.05  # the std/mean panel masks pixels fainter than this fracti
 
 
 def plot_report(post: Posterior, geom: ImageGeometry, path, residuals: dict[str, np.ndarray] | None = None,
-                truth: np.ndarray | None = None, title: str = "") -> None:
-    """Mean, std, std/mean, (truth), 8 samples, normalised data residuals per product, loss curve."""
+                truth: np.ndarray | None = None, title: str = "", ring: dict[str, np.ndarray] | None = None) -> None:
+    """Mean, std, std/mean, (truth), 8 samples, normalised data residuals per product, loss curve, and
+    with ``ring`` (per-sample features, :func:`posterior.ring.ring_samples`) histograms of the ring's
+    diameter, width, position angle and asymmetry."""
     n = geom.npix
     mean, std = post.mean.reshape(n, n), post.std.reshape(n, n)
     residuals = residuals or {}
@@ -108,6 +110,18 @@ def plot_report(post: Posterior, geom: ImageGeometry, path, residuals: dict[str,
         ax.set_title(f"{name}: residual / sigma", fontsize=9)
         ax.tick_params(labelsize=6)
         col += 1
+    if ring is not None and k == 8:  # row 2 holds samples 6-7; its other four cells take the ring features
+        for j, (key, label) in enumerate((("diameter_uas", "ring diameter (uas)"), ("width_uas", "ring width (uas)"),
+                                          ("pa_deg", "position angle (deg E of N)"), ("asymmetry", "asymmetry"))):
+            v = np.asarray(ring[key])
+            v = v[np.isfinite(v)]
+            ax = fig.add_subplot(gs[2, 2 + j])
+            if len(v):
+                ax.hist(v, bins=30, color="C1")
+                for x, ls in zip(np.quantile(v, [0.16, 0.5, 0.84]), (":", "-", ":")):
+                    ax.axvline(x, color="k", ls=ls, lw=0.8)
+            ax.set_title(f"posterior {label}", fontsize=9)
+            ax.tick_params(labelsize=6)
     hist = post.diagnostics.get("history", [])
     if hist:
         ax = fig.add_subplot(gs[3, 4:])

@@ -1,0 +1,166 @@
+"""Real EHT data: the public 2017 M87 release is read (Stokes I from the parallel hands, cross hands
+ignored, as ehtim reads it), averaged coherently (ehtim's avg_coherent as the oracle) and prepared."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from interfero.averaging import average_coherent, scan_index
+from interfero.errors import InterferoError
+from interfero.io import observation_to_ehtim, quiet, read_uvfits
+from interfero.preparation import parse_avg, prepare_observation
+from posterior.cli import main
+
+from .conftest import shared_path
+
+M87 = ("observations", "m87_2017_eht_sr1")
+M87_FILES = [f"SR1_M87_2017_{day}_{band}_hops_netcal_StokesI.uvfits" for day in ("095", "096", "100")
+             for band in ("lo", "hi")]
+
+
+def m87(name: str = M87_FILES[0]):
+    return shared_path(*M87, name)
+
+
+@pytest.mark.parametrize("name", M87_FILES)
+def test_m87_release_reads_as_ehtim_reads_its_stokes_i(eh, name):
+    path = m87(name)
+    with fits.open(path) as h:  # the release: RR, LL carry Stokes I; RL, LR are zero with zero sigma
+        wt = np.asarray(h[0].data["DATA"], dtype=float)[..., 2]
+        assert np.isinf(wt[..., 2:]).any() and np.all(np.isfinite(wt[..., :2]))
+    obs = read_uvfits(path)
+    with quiet():
+        o = eh.obsdata.load_uvfits(str(path), polrep="stokes")
+    assert obs.n_vis == len(o.data) > 2000
+    np.testing.assert_allclose(obs.vis, o.data["vis"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(obs.sigma, o.data["sigma"], rtol=1e-12)
+    assert obs.source == "M87" and 227e9 < obs.rf < 230e9
+    assert {"AA", "AP", "AZ", "JC", "LM", "PV", "SM"} <= {obs.stations[i] for i in np.union1d(obs.t1, obs.t2)}
+
+
+def _with_weights(tmp_path, name, hand, value):
+    src = m87()
+    with fits.open(src) as h:
+        h[0].data["DATA"][:5, ..., hand, 2] = value
+        h.writeto(tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("hand,value,match", [(0, np.nan, "Stokes I (RR/LL) visibility weights are NaN"),
+                                              (1, np.inf, "NaN or zero sigma")])
+def test_nan_or_zero_stokes_i_sigma_still_refused(tmp_path, hand, value, match):
+    with pytest.raises(InterferoError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        read_uvfits(_with_weights(tmp_path, "bad.uvfits", hand, value))
+
+
+def test_cross_hand_weights_are_ignored(tmp_path):
+    obs = read_uvfits(_with_weights(tmp_path, "x.uvfits", 2, np.nan))  # NaN RL weight: not Stokes I
+    assert obs.n_vis == read_uvfits(m87()).n_vis
+
+
+def test_flagged_parallel_hands_are_counted_and_dropped(tmp_path):
+    src = m87()
+    with fits.open(src) as h:
+        h[0].data["DATA"][:7, ..., :2, 2] = 0.0
+        h.writeto(tmp_path / "f.uvfits")
+    obs = read_uvfits(tmp_path / "f.uvfits")
+    assert obs.meta["flagged_points"] == 7 and obs.n_vis == read_uvfits(src).n_vis - 7
+    _, rep = prepare_observation(obs)
+    assert "dropped 7 flagged points" in rep.lines()[0]
+
+
+# ------------------------------------------------------------------ averaging
+@pytest.fixture(scope="module")
+def m87_obs():
+    return read_uvfits(m87())
+
+
+def _match(ours, o, stations, key):
+    mine = {key(t, stations[a], stations[b]): (v, s, u, vv, ti) for t, a, b, v, s, u, vv, ti in
+            zip(ours.time, ours.t1, ours.t2, ours.vis, ours.sigma, ours.u, ours.v, ours.tint)}
+    assert len(mine) == ours.n_vis == len(o.data)
+    got = np.array([mine[key(r["time"], r["t1"], r["t2"])] for r in o.data])
+    ref = np.stack([o.data[k] for k in ("vis", "sigma", "u", "v", "tint")], 1)
+    return got, ref
+
+
+def test_fixed_interval_average_matches_ehtim(eh, m87_obs):
+    avg, summary = average_coherent(m87_obs, 60.0, weighting="uniform")
+    with quiet():
+        o = observation_to_ehtim(m87_obs).avg_coherent(60.0)
+    got, ref = _match(avg, o, m87_obs.stations, lambda t, a, b: (int(np.floor(t * 60.0 + 1e-9)), a, b))
+    np.testing.assert_allclose(got[:, 0], ref[:, 0], rtol=0, atol=1e-12)  # complex visibilities, Jy
+    np.testing.assert_allclose(got[:, 1:].real, ref[:, 1:].real, rtol=1e-12)  # sigma, u, v, tint
+    assert summary.n_in == m87_obs.n_vis and summary.n_out == avg.n_vis
+
+
+def test_scan_average_matches_ehtim(eh, m87_obs):
+    avg, summary = average_coherent(m87_obs, "scan", weighting="uniform")
+    with quiet():
+        o = observation_to_ehtim(m87_obs)
+        o.add_scans(dt=60.0 / 3600.0)
+        o = o.avg_coherent(0.0, scan_avg=True)
+    edges = o.scans[:, 0]
+    got, ref = _match(avg, o, m87_obs.stations, lambda t, a, b: (int(np.searchsorted(edges, t)), a, b))
+    np.testing.assert_allclose(got[:, 0], ref[:, 0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got[:, 1:].real, ref[:, 1:].real, rtol=1e-12)
+    assert summary.n_scans == len(edges) and summary.median_snr_out > 5 * summary.median_snr_in
+    # every baseline of a scan shares its time, so closures form across the whole scan
+    assert len(np.unique(avg.time)) == summary.n_scans
+    assert avg.closures.n_cphase > 0
+
+
+def test_inverse_variance_average_closed_form():
+    from interfero.observation import Observation
+
+    t = np.array([0.0, 10.0, 20.0, 1000.0]) / 3600.0
+    obs = Observation(time=t, t1=[0, 0, 1, 0], t2=[1, 1, 0, 1], u=[1e9, 1.1e9, -1.2e9, 2e9], v=[0.0, 0, 0, 0],
+                      vis=[1 + 1j, 2 + 0j, 3 - 1j, 5j], sigma=[1.0, 2.0, 1.0, 0.5], stations=("A", "B"),
+                      tint=[10.0, 10.0, 10.0, 10.0])
+    avg, s = average_coherent(obs, "scan")
+    assert s.n_scans == 2 and avg.n_vis == 2
+    w = np.array([1.0, 0.25, 1.0])
+    vis = np.array([1 + 1j, 2 + 0j, 3 + 1j])  # the reversed row conjugated
+    assert avg.vis[0] == pytest.approx((w * vis).sum() / w.sum(), abs=1e-15)
+    assert avg.sigma[0] == pytest.approx(1 / np.sqrt(w.sum()), abs=1e-15)
+    assert avg.u[0] == pytest.approx(1.1e9) and avg.tint[0] == 30.0
+    assert avg.time[0] == pytest.approx(10.0 / 3600.0) and avg.vis[1] == 5j
+
+
+def test_scan_index_splits_at_gaps():
+    t = np.array([0, 10, 20, 200, 210, 5000]) / 3600.0
+    assert scan_index(t, 60.0).tolist() == [0, 0, 0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("avg,match", [("0", None), ("-5", "must be > 0"), ("nan", "must be > 0"),
+                                       ("1e9", "longer than the track"), ("foo", "auto, scan, none")])
+def test_bad_averaging_intervals(m87_obs, avg, match):
+    if match is None:
+        assert parse_avg(avg) is None
+        return
+    with pytest.raises(InterferoError, match=match):
+        prepare_observation(m87_obs, avg)
+
+
+def test_auto_averages_real_files_and_leaves_simulations(m87_obs, small_obs):
+    obs, rep = prepare_observation(m87_obs, "auto")
+    assert rep.averaging["interval"] == "scan" and obs.n_vis < m87_obs.n_vis / 20
+    assert "auto: 9.19 s integrations" in rep.lines()[-1] and "SR" in rep.dropped_stations
+    same, rep2 = prepare_observation(small_obs, "auto", sys_noise=0.01)
+    assert rep2.averaging is None and same.n_vis == small_obs.n_vis
+    assert np.all(same.sigma > small_obs.sigma)
+
+
+def test_inspect_says_what_it_averaged_and_dropped(tmp_path, capsys):
+    code = main(["inspect", str(m87()), "--json", str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "averaged coherently per scan" in out and "dropped stations without data: SR" in out
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["as_read"]["n_vis"] == 6453 and s["n_vis"] == s["preparation"]["averaging"]["n_out"] < 400
+    code = main(["inspect", str(m87()), "--avg", "-1"])
+    assert code == 2 and "must be > 0" in capsys.readouterr().err
