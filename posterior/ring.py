@@ -9,8 +9,8 @@ median and equal-tailed 68% / 95% intervals:
   the image centre), ``asymmetry`` (``|m1| / m0`` along the ring);
 - ``pa_deg`` (position angle of the brightest side, degrees east of north) is
   circular: its samples are unwrapped around their circular mean before the
-  quantiles, so an interval across north (e.g. 350-10 deg) stays narrow; its
-  bounds may fall outside [0, 360).
+  quantiles, so an interval across north stays narrow (e.g. 340-370 deg, not
+  10-350); the samples' circular mean is in [0, 360), the bounds may not be.
 
 Samples whose extraction fails (no positive flux, no finite width) are left out
 and counted (``n_failed``).
@@ -30,7 +30,7 @@ FEATURES = {"diameter_uas": "diameter", "width_uas": "width", "pa_deg": "pa", "a
 
 def _unwrap_degrees(a: np.ndarray) -> np.ndarray:
     """Angles (deg) moved by multiples of 360 into the half-turn around their circular mean."""
-    mean = np.degrees(np.angle(np.mean(np.exp(1j * np.radians(a)))))
+    mean = np.degrees(np.angle(np.mean(np.exp(1j * np.radians(a))))) % 360.0
     return mean + (a - mean + 180.0) % 360.0 - 180.0
 
 

@@ -1,0 +1,58 @@
+"""Ring-feature posteriors on synthetic crescents with known parameters (interfero.models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from interfero.errors import InterferoError
+from interfero.io import ImageGeometry
+from interfero.models import render
+from posterior.ring import ring_coverage, ring_posterior
+
+GEOM = ImageGeometry(32, 160.0)
+
+
+@pytest.fixture(scope="module")
+def crescents():
+    """120 crescents whose diameter ~ N(42, 2) uas and position angle ~ N(350, 15) deg (across north)."""
+    rng = np.random.default_rng(3)
+    d = rng.normal(42.0, 2.0, 120)
+    pa = rng.normal(350.0, 15.0, 120)
+    imgs = np.stack([render("crescent", GEOM, flux=0.6, diameter=a, width=10.0, asymmetry=0.5, pa=p)
+                     for a, p in zip(d, pa)])
+    return imgs, d, pa
+
+
+def test_diameter_intervals_follow_the_drawn_diameters(crescents):
+    imgs, d, _ = crescents
+    post = ring_posterior(imgs, GEOM.fov_uas)
+    assert post["n_samples"] == 120 and post["n_failed"] == 0
+    q = np.quantile(d, [0.025, 0.16, 0.5, 0.84, 0.975])
+    got = [post["diameter_uas"][k] for k in ("lo95", "lo68", "median", "hi68", "hi95")]
+    np.testing.assert_allclose(got, q, atol=0.6)  # the extractor's bias on a 5 uas grid is ~0.1-0.5 uas
+    assert post["width_uas"]["median"] == pytest.approx(10.0, abs=1.5)
+    assert post["asymmetry"]["median"] == pytest.approx(0.25, abs=0.03)  # |m1|/m0 of 1 + 0.5 cos = 0.25
+    assert abs(post["x0_uas"]["median"]) < 0.5 and abs(post["y0_uas"]["median"]) < 0.5
+
+
+def test_position_angle_interval_does_not_break_across_north(crescents):
+    imgs, _, pa = crescents
+    post = ring_posterior(imgs, GEOM.fov_uas)["pa_deg"]
+    unwrapped = np.quantile(pa, [0.16, 0.5, 0.84])
+    got = [post[k] for k in ("lo68", "median", "hi68")]
+    np.testing.assert_allclose(got, unwrapped, atol=2.0)  # 335-365 deg, not 0-360
+    assert post["hi95"] - post["lo95"] < 90
+
+
+def test_coverage_of_known_features(crescents):
+    imgs, _, _ = crescents
+    cov = ring_coverage(imgs, GEOM.fov_uas, {"diameter_uas": 42.0, "pa_deg": -10.0, "width_uas": 30.0})
+    assert cov["diameter_uas"] == {"in68": True, "in95": True}
+    assert cov["pa_deg"]["in68"]  # -10 deg is 350 deg
+    assert cov["width_uas"] == {"in68": False, "in95": False}
+
+
+def test_no_ring_is_an_error_not_a_number():
+    with pytest.raises(InterferoError, match="ring extraction failed"):
+        ring_posterior(np.zeros((4, 32, 32)), 160.0)
