@@ -90,7 +90,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--avg", default="auto", metavar="auto|scan|none|SECONDS",
                    help="coherent time averaging, as reconstruct does it (default auto: per scan when the file has"
                         " several integrations per baseline and scan)")
-    q.add_argument("--sys-noise", type=float, default=0.0, help="fractional systematic error budget, as in reconstruct")
+    q.add_argument("--sys-noise", default="auto", metavar="auto|FRACTION",
+                   help="fractional systematic error budget, as in reconstruct (auto: 0.02 for real correlator output)")
     q.add_argument("--npix", type=int, default=64, help="dirty image size in pixels")
     q.add_argument("--fov", type=_positive(float), default=200.0, help="dirty image field of view in uas")
     q.set_defaults(func=run_inspect)

@@ -67,11 +67,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=",".join(d.products), help="data products: cphase,logcamp[,amp,vis]")
     p.add_argument("--npix", type=_positive_int, default=d.npix, help="image size in pixels")
     p.add_argument("--fov", type=_positive_float, default=d.fov_uas, help="field of view in microarcseconds")
-    p.add_argument("--flux", type=_positive_float, help="total flux in Jy (default: the zero-baseline amplitude)")
+    p.add_argument("--flux", type=_positive_float,
+                   help="compact total flux in Jy (default: the zero-baseline amplitude); the intra-site baselines"
+                        " are rescaled to it, as the EHT does for M87's extended jet")
     p.add_argument("--flux-sigma", type=_positive_float, default=d.flux_sigma_frac,
                    help="width of the total-flux term as a fraction of the flux")
-    p.add_argument("--sys-noise", type=float, default=d.sys_noise,
-                   help="fractional systematic noise added in quadrature to visibility sigmas (e.g. 0.01)")
+    p.add_argument("--sys-noise", default=d.sys_noise, metavar="auto|FRACTION",
+                   help="fractional systematic noise added in quadrature to visibility sigmas (e.g. 0.01); auto"
+                        " (default): 0.02 for real correlator output (several integrations per scan), else 0")
     p.add_argument("--avg", default=d.avg, metavar="auto|scan|none|SECONDS",
                    help="coherent time averaging before imaging: auto (default: per scan when the file has several"
                         " integrations per baseline and scan, as real correlator output does), scan, none, or an"

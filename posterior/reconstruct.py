@@ -43,10 +43,9 @@ import torch
 
 from interfero.errors import InterferoError
 from interfero.io import ImageGeometry, read_fits_image, read_uvfits
-from interfero.observation import Observation
 from interfero.operators import InterferometryOperator
 from interfero.plotting import plot_uv_coverage
-from interfero.preparation import prepare_observation
+from interfero.preparation import SHORT_BASELINE, prepare_observation, zero_baseline_flux  # noqa: F401
 from interfero.regrid import regrid
 
 from .dpi import DPI, DPIConfig, DPITarget, read_checkpoint_record
@@ -55,7 +54,6 @@ from .metrics import image_metrics, interval_coverage, reduced_chi2
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
 
-SHORT_BASELINE = 1e8  # wavelengths: shorter baselines measure the total flux of a compact source
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
 WARM_START_DIR = "warm-start"  # its checkpoint folder inside the output folder
 
@@ -73,7 +71,7 @@ class ReconstructSettings:
     fov_uas: float = 160.0
     flux: float | None = None
     flux_sigma_frac: float = 0.01
-    sys_noise: float = 0.0
+    sys_noise: float | str = "auto"  # fraction of |V|, or auto (interfero.preparation)
     avg: str = "auto"  # coherent averaging: auto, scan, none or seconds (interfero.preparation)
     steps: int = 600
     batch: int = 16
@@ -94,17 +92,6 @@ class ReconstructSettings:
     def __post_init__(self) -> None:
         if self.flow_output is None:  # MEM needs positive pixels; a score prior's p_eps jitter needs both signs
             self.flow_output = "softplus" if _classical(self) else "none"
-
-
-def zero_baseline_flux(obs: Observation, short: float = SHORT_BASELINE) -> float:
-    """Median visibility amplitude (Jy) on baselines shorter than ``short`` wavelengths."""
-    m = obs.uvdist < short
-    if not m.any():
-        raise InterferoError(
-            f"cannot measure the total flux: no baseline shorter than {short / 1e6:g} M-lambda in the observation;"
-            " give it with --flux JY"
-        )
-    return float(np.median(np.abs(obs.vis[m])))
 
 
 def gaussian_blob(geom: ImageGeometry, flux: float, fwhm_uas: float) -> torch.Tensor:
@@ -286,7 +273,7 @@ def build_problem(obs_path, s: ReconstructSettings):
     if s.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {s.samples}")
     geom = ImageGeometry(s.npix, s.fov_uas)
-    obs, prep = prepare_observation(read_uvfits(obs_path), s.avg, s.sys_noise)
+    obs, prep = prepare_observation(read_uvfits(obs_path), s.avg, s.sys_noise, compact_flux=s.flux)
     obs = replace(obs, meta=obs.meta | {"preparation": prep})
     closures = obs.closures
     if "cphase" in s.products and closures.n_cphase == 0:
@@ -339,7 +326,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     metrics = {"method": "dpi", "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
                "npix": s.npix, "fov_uas": s.fov_uas, "total_flux": float(post.mean.sum()),
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
-               "flux_constraint_jy": flux, "sys_noise": s.sys_noise, "preparation": prep.as_dict(),
+               "flux_constraint_jy": flux, "sys_noise": prep.sys_noise, "preparation": prep.as_dict(),
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
                "steps": fit.final.step, "warm_start_steps": fit.warm_steps,
                "skipped_steps": fit.skipped, "rollbacks": fit.rollbacks, "n_samples": post.n_samples,

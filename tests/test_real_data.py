@@ -149,7 +149,7 @@ def test_bad_averaging_intervals(m87_obs, avg, match):
 def test_auto_averages_real_files_and_leaves_simulations(m87_obs, small_obs):
     obs, rep = prepare_observation(m87_obs, "auto")
     assert rep.averaging["interval"] == "scan" and obs.n_vis < m87_obs.n_vis / 20
-    assert "auto: 9.19 s integrations" in rep.lines()[-1] and "SR" in rep.dropped_stations
+    assert any("auto: 9.19 s integrations" in line for line in rep.lines()) and "SR" in rep.dropped_stations
     same, rep2 = prepare_observation(small_obs, "auto", sys_noise=0.01)
     assert rep2.averaging is None and same.n_vis == small_obs.n_vis
     assert np.all(same.sigma > small_obs.sigma)
@@ -164,3 +164,33 @@ def test_inspect_says_what_it_averaged_and_dropped(tmp_path, capsys):
     assert s["as_read"]["n_vis"] == 6453 and s["n_vis"] == s["preparation"]["averaging"]["n_out"] < 400
     code = main(["inspect", str(m87()), "--avg", "-1"])
     assert code == 2 and "must be > 0" in capsys.readouterr().err
+
+
+def test_compact_flux_rescales_only_the_intra_site_baselines(m87_obs):
+    obs, rep = prepare_observation(m87_obs, "scan", 0.0, compact_flux=0.6)
+    ref, rep0 = prepare_observation(m87_obs, "scan", 0.0)
+    short = ref.uvdist < 1e8
+    assert {ref.baseline_names()[i] for i in np.flatnonzero(short)} == {"AA-AP", "JC-SM"}
+    assert rep0.zero_baseline_flux_jy == pytest.approx(np.median(np.abs(ref.vis[short])))
+    assert 1.0 < rep0.zero_baseline_flux_jy < 1.3  # M87's compact ring plus its arcsecond jet
+    f = 0.6 / rep0.zero_baseline_flux_jy
+    assert rep.short_baselines_scaled_by == pytest.approx(f)
+    np.testing.assert_allclose(obs.vis[short], ref.vis[short] * f, rtol=1e-14)
+    np.testing.assert_allclose(obs.sigma[short], ref.sigma[short] * f, rtol=1e-14)
+    np.testing.assert_array_equal(obs.vis[~short], ref.vis[~short])
+    # closure phases do not change (a real factor), closure amplitudes with an intra-site baseline do
+    assert "scaled by" in "\n".join(rep.lines())
+
+
+def test_sys_noise_auto_is_two_percent_for_real_files_only(m87_obs, small_obs):
+    obs, rep = prepare_observation(m87_obs, "scan", "auto")
+    ref, _ = prepare_observation(m87_obs, "scan", 0.0)
+    assert rep.sys_noise == 0.02 and "real correlator output" in rep.lines()[-1]
+    np.testing.assert_allclose(obs.sigma, np.hypot(ref.sigma, 0.02 * np.abs(ref.vis)), rtol=1e-14)
+    _, rep2 = prepare_observation(m87_obs, "none", "auto")  # the detection is of the file, not of --avg
+    assert rep2.sys_noise == 0.02
+    _, rep3 = prepare_observation(small_obs, "auto", "auto")
+    assert rep3.sys_noise == 0.0
+    for bad in ("-0.1", "1", "nan", "lots"):
+        with pytest.raises(InterferoError, match="--sys-noise"):
+            prepare_observation(small_obs, "auto", bad)
