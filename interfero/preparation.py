@@ -184,3 +184,59 @@ def prepare_observation(obs: Observation, avg="auto", sys_noise=0.0,
         obs = add_systematic_noise(obs, sys_frac)
         rep.sys_noise = float(sys_frac)
     return obs, rep
+
+
+SAME_FREQUENCY_RTOL = 1e-3  # files whose frequencies differ by more are different bands
+SAME_POSITION_DEG = 1.0 / 3600.0
+COMBINED_TIME_SEPARATION_H = 1e-7  # 0.36 ms: keeps time stamps of different files apart
+
+
+def combine_observations(observations: list[Observation], allow_frequencies: bool = False) -> Observation:
+    """One observation from several prepared ones (days, bands) of the same source, for one posterior.
+
+    Times become hours since 0h UTC of the earliest file's day; time stamps that two files share (the two
+    bands of one night) are kept apart by ``COMBINED_TIME_SEPARATION_H`` per file, so closures are formed
+    within a file, never across bands. Stations are matched by name. Files of different sources (name or
+    position) are refused; files more than 0.1% apart in frequency are refused unless
+    ``allow_frequencies`` (``--combine-frequencies``): the image is then assumed the same at every
+    frequency. ``rf`` becomes the mean frequency.
+    """
+    if len(observations) == 1:
+        return observations[0]
+    first = observations[0]
+    for o in observations[1:]:
+        far = (abs(o.dec - first.dec) > SAME_POSITION_DEG
+               or abs(o.ra - first.ra) * 15.0 * math.cos(math.radians(first.dec)) > SAME_POSITION_DEG)
+        if o.source != first.source or far:
+            raise InterferoError(f"cannot combine observations of different sources ({first.source} at"
+                                 f" {first.ra:.4f} h {first.dec:+.4f} deg and {o.source} at {o.ra:.4f} h"
+                                 f" {o.dec:+.4f} deg)")
+        if abs(o.rf - first.rf) > SAME_FREQUENCY_RTOL * first.rf and not allow_frequencies:
+            raise InterferoError(f"observations are at different frequencies ({first.rf / 1e9:.3f} and"
+                                 f" {o.rf / 1e9:.3f} GHz); pass --combine-frequencies to image them as one source")
+    mjd0 = min(o.mjd for o in observations)
+    names: list[str] = []
+    xyz, sefd = [], []
+    for o in observations:
+        for i, s in enumerate(o.stations):
+            if s not in names:
+                names.append(s)
+                xyz.append(None if o.station_xyz is None else o.station_xyz[i])
+                sefd.append(None if o.station_sefd is None else o.station_sefd[i])
+    idx = {s: i for i, s in enumerate(names)}
+    cols: dict[str, list] = {k: [] for k in ("time", "t1", "t2", "u", "v", "vis", "sigma", "tint")}
+    for k, o in enumerate(observations):
+        remap = np.array([idx[s] for s in o.stations])
+        cols["time"].append(o.time + 24.0 * (o.mjd - mjd0) + k * COMBINED_TIME_SEPARATION_H)
+        cols["t1"].append(remap[o.t1])
+        cols["t2"].append(remap[o.t2])
+        for c in ("u", "v", "vis", "sigma", "tint"):
+            cols[c].append(getattr(o, c))
+    known = all(x is not None for x in xyz)
+    return Observation(
+        **{k: np.concatenate(v) for k, v in cols.items()}, stations=tuple(names),
+        station_xyz=np.array(xyz) if known else None,
+        station_sefd=np.array(sefd) if all(x is not None for x in sefd) else None,
+        ra=first.ra, dec=first.dec, rf=float(np.mean([o.rf for o in observations])),
+        bw=float(sum(o.bw for o in observations)), mjd=mjd0, source=first.source,
+        meta={"combined": [o.meta.get("source_file", "") for o in observations]})

@@ -55,7 +55,10 @@ def _positive_float(text: str) -> float:
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     d = rec.ReconstructSettings()
     p = sub.add_parser("reconstruct", help="posterior image with uncertainty from a uvfits file (DPI)")
-    p.add_argument("obs", help="observation (uvfits)")
+    p.add_argument("obs", nargs="+", help="observation (uvfits); several files (days, bands) of one source give one"
+                                          " posterior")
+    p.add_argument("--combine-frequencies", action="store_true",
+                   help="allow combining files at different frequencies (e.g. the EHT's 227 and 229 GHz bands)")
     p.add_argument("--prior", default=d.prior,
                    help="shipped prior (default = bh32lnflux; bh32disk, bh32), a prior file stem, or a classical"
                         " regulariser: tv, mem, tv+mem (flux-normalised; MEM against the starting blob)")
@@ -113,13 +116,14 @@ def _reconstruct(args) -> None:
         prior=args.prior, prior_method=args.prior_method, reg_weight=args.reg_weight, elbo_draws=args.elbo_draws,
         products=products,
         npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
-        avg=args.avg,
+        avg=args.avg, combine_frequencies=args.combine_frequencies,
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_output=args.flow_output, flow_coupling=args.coupling_scale,
         anneal_steps=args.anneal, warm_start_steps=args.warm_start, seed=args.seed,
         allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
     )
-    m = rec.reconstruct(args.obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)
+    obs = args.obs[0] if len(args.obs) == 1 else args.obs
+    m = rec.reconstruct(obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)
     keys = ("total_flux", "chi2_cphase", "chi2_logcamp", "nxcorr", "nxcorr_blur10", "runtime_s")
     print(" ".join(f"{k}={m[k]:.4g}" for k in keys if k in m))
     print(f"wrote {args.out}/metrics.json, samples.h5, mean.fits, std.fits, report.png")

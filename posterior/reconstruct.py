@@ -45,7 +45,12 @@ from interfero.errors import InterferoError
 from interfero.io import ImageGeometry, read_fits_image, read_uvfits
 from interfero.operators import InterferometryOperator
 from interfero.plotting import plot_uv_coverage
-from interfero.preparation import SHORT_BASELINE, prepare_observation, zero_baseline_flux  # noqa: F401
+from interfero.preparation import (  # noqa: F401 (SHORT_BASELINE, zero_baseline_flux: re-exported)
+    SHORT_BASELINE,
+    combine_observations,
+    prepare_observation,
+    zero_baseline_flux,
+)
 from interfero.regrid import regrid
 
 from .dpi import DPI, DPIConfig, DPITarget, read_checkpoint_record
@@ -72,6 +77,7 @@ class ReconstructSettings:
     flux: float | None = None
     flux_sigma_frac: float = 0.01
     sys_noise: float | str = "auto"  # fraction of |V|, or auto (interfero.preparation)
+    combine_frequencies: bool = False  # several files at different frequencies (bands) may form one posterior
     avg: str = "auto"  # coherent averaging: auto, scan, none or seconds (interfero.preparation)
     steps: int = 600
     batch: int = 16
@@ -273,8 +279,10 @@ def build_problem(obs_path, s: ReconstructSettings):
     if s.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {s.samples}")
     geom = ImageGeometry(s.npix, s.fov_uas)
-    obs, prep = prepare_observation(read_uvfits(obs_path), s.avg, s.sys_noise, compact_flux=s.flux)
-    obs = replace(obs, meta=obs.meta | {"preparation": prep})
+    paths = [obs_path] if isinstance(obs_path, (str, Path)) else list(obs_path)
+    prepared = [prepare_observation(read_uvfits(p), s.avg, s.sys_noise, compact_flux=s.flux) for p in paths]
+    obs = combine_observations([o for o, _ in prepared], allow_frequencies=s.combine_frequencies)
+    obs = replace(obs, meta=obs.meta | {"preparation": {str(p): r for p, (_, r) in zip(paths, prepared)}})
     closures = obs.closures
     if "cphase" in s.products and closures.n_cphase == 0:
         raise InterferoError(f"{obs_path}: no closure phases (needs 3 stations observing at the same time)")
@@ -310,9 +318,10 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     if truth is not None:
         truth_img, truth_geom = read_fits_image(truth)
     obs, geom, op, prior, flux = build_problem(obs_path, s)
-    prep = obs.meta["preparation"]
+    prep = obs.meta["preparation"]  # {file: Preparation}
     if progress:
-        print("\n".join(prep.lines()))
+        for path, r in prep.items():
+            print("\n".join((f"{Path(path).name}: " if len(prep) > 1 else "") + line for line in r.lines()))
     if truth_img is not None:
         truth_img = regrid(truth_img, truth_geom, geom)
     _check_out(out)
@@ -326,7 +335,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     metrics = {"method": "dpi", "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
                "npix": s.npix, "fov_uas": s.fov_uas, "total_flux": float(post.mean.sum()),
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
-               "flux_constraint_jy": flux, "sys_noise": prep.sys_noise, "preparation": prep.as_dict(),
+               "flux_constraint_jy": flux, "sys_noise": [r.sys_noise for r in prep.values()][0],
+               "preparation": {p: r.as_dict() for p, r in prep.items()},
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
                "steps": fit.final.step, "warm_start_steps": fit.warm_steps,
                "skipped_steps": fit.skipped, "rollbacks": fit.rollbacks, "n_samples": post.n_samples,
@@ -349,7 +359,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
         base = image_metrics(blob, truth_img, geom)
         metrics |= {f"init_blob_{k}": base[k] for k in ("nxcorr", "nxcorr_blur10", "nxcorr_blur20")}
         metrics |= truth_prior_percentile(prior, truth_img, s.seed)
-    meta = {"observation": str(obs_path), "source": obs.source, "units": "Jy/pixel",
+    meta = {"observation": ", ".join(prep), "source": obs.source, "units": "Jy/pixel",
             "geometry": {"npix": s.npix, "fov_uas": s.fov_uas}, "settings": asdict(s),
             "operator": {"products": list(op.products), "total_flux": flux, "flux_sigma": op.flux_sigma,
                          "n_vis": obs.n_vis, **{f"n_{k}": int(op.data[k].shape[-1]) for k in op.products}},

@@ -194,3 +194,37 @@ def test_sys_noise_auto_is_two_percent_for_real_files_only(m87_obs, small_obs):
     for bad in ("-0.1", "1", "nan", "lots"):
         with pytest.raises(InterferoError, match="--sys-noise"):
             prepare_observation(small_obs, "auto", bad)
+
+
+def test_combining_days_and_bands():
+    from interfero.preparation import combine_observations
+
+    lo, _ = prepare_observation(read_uvfits(m87(M87_FILES[0])), "scan")
+    hi, _ = prepare_observation(read_uvfits(m87(M87_FILES[1])), "scan")
+    day2, _ = prepare_observation(read_uvfits(m87(M87_FILES[2])), "scan")
+    with pytest.raises(InterferoError, match="different frequencies.*--combine-frequencies"):
+        combine_observations([lo, hi])
+    both = combine_observations([lo, hi], allow_frequencies=True)
+    # closures stay within a band: the combined sets are the two files' sets side by side
+    assert both.n_vis == lo.n_vis + hi.n_vis
+    assert both.closures.n_cphase == lo.closures.n_cphase + hi.closures.n_cphase
+    assert both.closures.n_logcamp == lo.closures.n_logcamp + hi.closures.n_logcamp
+    assert both.rf == pytest.approx(0.5 * (lo.rf + hi.rf))
+    days = combine_observations([lo, day2])
+    assert days.mjd == 57848 and days.time.max() > 24.0  # day 096 follows day 095
+    assert days.closures.n_cphase == lo.closures.n_cphase + day2.closures.n_cphase
+
+
+def test_combining_different_sources_is_refused(grmhd_path):
+    from interfero.preparation import combine_observations
+
+    with pytest.raises(InterferoError, match="different sources"):
+        combine_observations([read_uvfits(m87()), read_uvfits(grmhd_path / "obs.uvfits")])
+
+
+def test_reconstruct_refuses_two_bands_without_the_flag(tmp_path, capsys):
+    out = tmp_path / "rec"
+    code = main(["reconstruct", str(m87(M87_FILES[0])), str(m87(M87_FILES[1])), "--out", str(out), "--steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--combine-frequencies" in err[0]
+    assert not out.exists()
