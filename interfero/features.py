@@ -9,7 +9,18 @@ written anew here; ehtim's own REx does not run on SciPy >= 1.14). Then:
 - ``width`` = median over rays of the full width at half maximum of the
   profile around its peak, above the profile's minimum inside the peak (uas);
 - ``pa`` and ``asymmetry`` from the first azimuthal Fourier mode of the
-  brightness along the ring (degrees east of north; ``|m1| / m0``).
+  brightness along the ring (degrees east of north; ``|m1| / m0``);
+- ``null_diameter``: the diameter of the thin ring whose first visibility null
+  falls where that of the image's azimuthally averaged profile (about the
+  centre) does, ``d = j_01 / (pi rho_0)`` (``j_01`` = 2.405, the first zero of
+  ``J0``; ``rho_0`` from the profile's Hankel transform). Convolving a ring with
+  any circular kernel multiplies its visibilities by the kernel's transform and
+  leaves the null in place, so this diameter does not shrink with resolution,
+  and it is the size that interferometric data (closure amplitudes across the
+  null) constrain; for a ring of Gaussian radial profile of FWHM ``w`` it is
+  ``d (1 + ~0.37 (w / d)^2)``. The peak ``diameter`` is the image-domain (REx)
+  one: at an array's resolution it sits inside the emission. NaN when the
+  profile's transform has no null below ``rho_max`` (a blob, not a ring).
 
 Images are ``(H, W)`` arrays with row 0 north and column 0 east (ehtim order).
 """
@@ -19,9 +30,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, special
 
 from .errors import InterferoError
+from .units import RAD_PER_UAS
+
+J01 = 2.404825557695773  # first zero of the Bessel function J0
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,7 @@ class RingFeatures:
     pa: float  # deg east of north, brightest side
     asymmetry: float  # |m1| / m0 of the brightness along the ring
     flux: float  # Jy
+    null_diameter: float = float("nan")  # uas: thin ring with the same first visibility null
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +62,7 @@ class RingExtractor:
         r_max: largest radius searched (uas, default 45% of the FOV).
         n_angles, n_radii: rays and samples per ray.
         search_uas: half-size of the centre search box around the centroid (uas).
+        rho_max: longest baseline searched for the profile's first visibility null (wavelengths).
     """
 
     def __init__(
@@ -57,13 +73,18 @@ class RingExtractor:
         n_angles: int = 36,
         n_radii: int = 120,
         search_uas: float = 15.0,
+        rho_max: float = 20e9,
     ) -> None:
         self.npix, self.fov = int(npix), float(fov_uas)
         self.psize = self.fov / self.npix
         self.r = np.linspace(0.0, r_max or 0.45 * self.fov, n_radii)
         self.theta = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)  # east of north
         self.search = float(search_uas)
-        self.r_min = 2.5 * self.psize  # peaks nearer the centre than this are not a ring
+        self.r_min = max(2.5 * self.psize, 8.0)  # uas: peaks nearer the centre are not a ring (fine grids: 8 uas)
+        # Hankel transform of a radial profile sampled at self.r: V(rho) = 2 pi int I(r) J0(2 pi rho r) r dr
+        self.rho = np.linspace(0.0, rho_max, 800)
+        w = np.gradient(self.r) * self.r  # trapezoid-like weights r dr
+        self.hankel = special.j0(2 * np.pi * self.rho[:, None] * self.r[None, :] * RAD_PER_UAS) * w[None, :]
 
 
     def _pixel(self, x_uas, y_uas):
@@ -90,8 +111,13 @@ class RingExtractor:
 
     def _spread(self, img, p, centre):
         off = np.hypot(p[0] - centre[0], p[1] - centre[1])
-        radii, _ = self._peak_radii(self._profiles(img, p[0], p[1]))
-        return np.std(radii) + max(0.0, off - self.search) * 10  # stay in the search box
+        prof = self._profiles(img, p[0], p[1])
+        radii, k = self._peak_radii(prof)
+        # a ray still falling where the search starts has no peak: from inside a blob every ray falls from r_min,
+        # equal "radii" with no spread; such centres are penalised, not taken for the ring's centre
+        k0 = max(int(np.searchsorted(self.r, self.r_min)), 1)
+        edge = np.mean((k <= k0) & (prof[:, k0 - 1] >= prof[:, k0]))
+        return np.std(radii) + edge * self.fov + max(0.0, off - self.search) * 10  # stay in the search box
 
     def centroid(self, img):
         c = (self.npix - 1) / 2
@@ -119,14 +145,31 @@ class RingExtractor:
         widths = [self._fwhm(p, kk) for p, kk in zip(prof, k)]
         widths = [w for w in widths if np.isfinite(w)]
         ring = prof[np.arange(len(k)), k]
+        null_d = self._null_diameter(prof.mean(0))
         m1 = np.sum(ring * np.exp(1j * self.theta))
         m0 = ring.sum()
         return RingFeatures(
             x0=float(x0), y0=float(y0), diameter=float(2 * radii.mean()),
             width=float(np.median(widths)) if widths else float("nan"),
             pa=float(np.degrees(np.angle(m1)) % 360), asymmetry=float(abs(m1) / m0) if m0 > 0 else float("nan"),
-            flux=float(img.sum()),
+            flux=float(img.sum()), null_diameter=null_d,
         )
+
+    def _null_diameter(self, profile: np.ndarray, depth: float = 1e-3) -> float:
+        """``j_01 / (pi rho_0)`` in uas, ``rho_0`` the first sign change (+ to -) of the profile's Hankel
+        transform (linear interpolation) into a negative lobe deeper than ``depth`` of the zero-spacing
+        value (shallower crossings are quadrature noise in the far tail of a blob's transform); NaN without one."""
+        vis = self.hankel @ profile
+        if not vis[0] > 0:
+            return float("nan")
+        down = np.flatnonzero((vis[:-1] > 0) & (vis[1:] <= 0))
+        up = np.flatnonzero((vis[:-1] <= 0) & (vis[1:] > 0))
+        for k in down:
+            end = up[up > k][0] + 1 if np.any(up > k) else len(vis)
+            if vis[k + 1:end].min() < -depth * vis[0]:
+                rho0 = self.rho[k] + (self.rho[k + 1] - self.rho[k]) * vis[k] / (vis[k] - vis[k + 1])
+                return float(J01 / (np.pi * rho0) / RAD_PER_UAS)
+        return float("nan")
 
     def _fwhm(self, p, k):
         peak = p[k]

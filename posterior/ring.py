@@ -5,15 +5,25 @@ the ring's diameter, width, orientation and brightness asymmetry. Measuring
 them on each posterior sample gives their posterior, summarised here as the
 median and equal-tailed 68% / 95% intervals:
 
-- ``diameter_uas``, ``width_uas`` (FWHM), ``x0_uas`` / ``y0_uas`` (centre, east / north of
+- ``diameter_uas``: the ring diameter interferometric data measure, the diameter of
+  the thin ring with the same first visibility null as the sample's azimuthally
+  averaged profile (``RingFeatures.null_diameter``). It does not depend on the
+  resolution, and it is the quantity geometric model fits (such as EHT 2019
+  Paper VI's 42 +- 3 uas for M87) report;
+- ``peak_diameter_uas``: the image-domain (REx) diameter, twice the mean radius of
+  the brightness peak; at an array's resolution the peak sits inside the
+  emission ring, and the shape of the prior's radial profiles moves it
+  (docs/results.md: a 42 uas crescent observed like M87 gives 38-39 uas);
+- ``width_uas`` (FWHM), ``x0_uas`` / ``y0_uas`` (centre, east / north of
   the image centre), ``asymmetry`` (``|m1| / m0`` along the ring);
 - ``pa_deg`` (position angle of the brightest side, degrees east of north) is
   circular: its samples are unwrapped around their circular mean before the
   quantiles, so an interval across north stays narrow (e.g. 340-370 deg, not
   10-350); the samples' circular mean is in [0, 360), the bounds may not be.
 
-Samples whose extraction fails (no positive flux, no finite width) are left out
-and counted (``n_failed``).
+Samples whose extraction fails (no positive flux) are counted in ``n_failed``;
+a feature that is undefined on a sample (no visibility null, no finite width) leaves
+that sample out of that feature's summary, whose ``n`` says how many it used.
 """
 
 from __future__ import annotations
@@ -24,8 +34,8 @@ from interfero.errors import InterferoError
 from interfero.features import RingExtractor
 
 QUANTILES = {"lo95": 0.025, "lo68": 0.16, "median": 0.5, "hi68": 0.84, "hi95": 0.975}
-FEATURES = {"diameter_uas": "diameter", "width_uas": "width", "pa_deg": "pa", "asymmetry": "asymmetry",
-            "x0_uas": "x0", "y0_uas": "y0"}
+FEATURES = {"diameter_uas": "null_diameter", "peak_diameter_uas": "diameter", "width_uas": "width",
+            "pa_deg": "pa", "asymmetry": "asymmetry", "x0_uas": "x0", "y0_uas": "y0"}
 
 
 def _unwrap_degrees(a: np.ndarray) -> np.ndarray:
@@ -35,9 +45,9 @@ def _unwrap_degrees(a: np.ndarray) -> np.ndarray:
 
 
 def interval_summary(values: np.ndarray) -> dict[str, float]:
-    """Median and equal-tailed 68% / 95% bounds of a sample."""
+    """Median and equal-tailed 68% / 95% bounds of a sample, and its size ``n``."""
     q = np.quantile(values, list(QUANTILES.values()))
-    return {k: float(v) for k, v in zip(QUANTILES, q)}
+    return {k: float(v) for k, v in zip(QUANTILES, q)} | {"n": int(len(values))}
 
 
 def ring_samples(images: np.ndarray, fov_uas: float) -> dict[str, np.ndarray]:
@@ -68,15 +78,16 @@ def ring_posterior(images: np.ndarray, fov_uas: float) -> dict:
 
 def summarize_ring(feats: dict[str, np.ndarray]) -> dict:
     """:func:`ring_posterior` of features already measured (:func:`ring_samples`)."""
-    ok = np.all([np.isfinite(v) for v in feats.values()], axis=0)
-    if ok.sum() < 2:
-        raise InterferoError(f"ring extraction failed on {int((~ok).sum())} of {len(ok)} samples")
+    extracted = np.isfinite(feats["x0_uas"])
+    n = len(extracted)
     out: dict = {}
     for k, v in feats.items():
-        v = v[ok]
+        v = v[np.isfinite(v)]
+        if len(v) < 2:
+            raise InterferoError(f"ring extraction failed: {k} is undefined on {n - len(v)} of {n} samples")
         out[k] = interval_summary(_unwrap_degrees(v) if k == "pa_deg" else v)
-    out["n_samples"] = int(ok.sum())
-    out["n_failed"] = int((~ok).sum())
+    out["n_samples"] = int(extracted.sum())
+    out["n_failed"] = int((~extracted).sum())
     return out
 
 
