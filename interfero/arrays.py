@@ -9,7 +9,11 @@ Jy, and elevation limits in degrees. Arrays come from
 - ehtim-format tables (whitespace separated ``NAME X Y Z SEFDR SEFDL ...`` or
   ``NAME X Y Z SEFD``);
 - user CSV files (the project format) or YAML files (a list of stations, or a
-  mapping with key ``stations``).
+  mapping with key ``stations``);
+- any of these edited by name: ``EHT2017-JCMT-SPT`` drops stations,
+  ``EHT2017+KP+PDB`` adds stations of the built-in tables (the first table that
+  has the name, in the order of ``BUILTIN_ARRAYS``); the result must keep at
+  least 3 sites (stations within ``SITE_RADIUS_M`` of each other are one site).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ CSV_COLUMNS = ("name", "x_m", "y_m", "z_m", "sefd_r_jy", "sefd_l_jy", "elev_min_
 _REQUIRED = ("name", "x_m", "y_m", "z_m")
 DEFAULT_ELEV_MIN_DEG = 10.0
 DEFAULT_ELEV_MAX_DEG = 85.0
+SITE_RADIUS_M = 5000.0  # stations closer than this are one site (ALMA/APEX, SMA/JCMT)
 
 
 @dataclass(frozen=True)
@@ -232,8 +237,59 @@ def _read_text(path: Path) -> str:
         raise InterferoError(f"array table {path}: not a text file") from None
 
 
+def n_sites(array: Array) -> int:
+    """Distinct sites: stations within ``SITE_RADIUS_M`` of each other count once."""
+    xyz = array.xyz
+    site = list(range(len(xyz)))
+    for i in range(len(xyz)):
+        for j in range(i):
+            if np.linalg.norm(xyz[i] - xyz[j]) < SITE_RADIUS_M:
+                site[i] = site[j]
+                break
+    return len(set(site))
+
+
+def _edited_array(spec: str) -> Array | None:
+    """``BASE(+NAME|-NAME)...`` (module docstring), or None when ``spec`` has no edits."""
+    import re
+
+    parts = re.split(r"(?=[+-])", spec)
+    base, edits = parts[0], [p for p in parts[1:] if p]
+    if not edits or not base:
+        return None
+    if any(len(e) < 2 for e in edits):
+        raise InterferoError(f"array {spec!r}: an edit is +STATION or -STATION")
+    array = load_array(base)
+    catalogue: dict[str, Station] = {}
+    for b in BUILTIN_ARRAYS:
+        for st in load_array(b).stations:
+            catalogue.setdefault(st.name, st)
+    stations = list(array.stations)
+    for e in edits:
+        name = e[1:]
+        have = [st.name for st in stations]
+        if e[0] == "-":
+            if name not in have:
+                raise InterferoError(f"array {spec!r}: cannot remove unknown station {name!r}"
+                                     f" (stations: {', '.join(have)})")
+            stations = [st for st in stations if st.name != name]
+        else:
+            if name not in catalogue:
+                raise InterferoError(
+                    f"array {spec!r}: unknown station {name!r} (known: {', '.join(sorted(catalogue))})")
+            if name not in have:
+                stations.append(catalogue[name])
+    if not stations:
+        raise InterferoError(f"array {spec!r} has no stations left")
+    out = Array(tuple(stations), name=spec)
+    if n_sites(out) < 3:
+        raise InterferoError(f"array {spec!r} has {n_sites(out)} sites; closure phases need at least 3")
+    return out
+
+
 def load_array(spec: str | Path | Array) -> Array:
-    """An array by built-in name (``EHT2017``, ``EHT2018``, ``ngEHT``) or file path.
+    """An array by built-in name (``EHT2017``, ``EHT2018``, ``ngEHT``) or file path, optionally edited
+    (``EHT2017-JCMT+KP``: module docstring).
 
     Files ending in ``.csv`` are read in the project's format, ``.yaml``/``.yml``
     as YAML, anything else as an ehtim table.
@@ -246,6 +302,9 @@ def load_array(spec: str | Path | Array) -> Array:
             return read_csv(data_path("arrays", f"{b}.csv"), name=b)
     p = Path(s)
     if not p.exists():
+        edited = _edited_array(s)
+        if edited is not None:
+            return edited
         raise InterferoError(f"unknown array {s!r}: not a built-in ({', '.join(BUILTIN_ARRAYS)}) and no such file")
     suffix = p.suffix.lower()
     if suffix == ".csv":

@@ -86,3 +86,27 @@ def test_unknown_station_and_array():
 
 def test_sorted_by_sefd_puts_alma_first():
     assert load_array("EHT2017").sorted_by_sefd().names[0] == "ALMA"
+
+
+def test_array_edits_add_and_remove_stations():
+    from interfero.arrays import load_array, n_sites
+
+    base = load_array("EHT2017")
+    less = load_array("EHT2017-JCMT-SMT-APEX")
+    assert less.names == tuple(n for n in base.names if n not in ("JCMT", "SMT", "APEX"))
+    more = load_array("EHT2017+KP+PDB")
+    assert more.names == base.names + ("KP", "PDB")
+    assert more.stations[-1] == load_array("ngEHT").stations[load_array("ngEHT").index("PDB")]
+    assert n_sites(base) == 6 and n_sites(less) == 5  # ALMA/APEX and SMA/JCMT are one site each
+
+
+@pytest.mark.parametrize("spec,match", [("EHT2017-XYZ", "cannot remove unknown station 'XYZ'"),
+                                        ("EHT2017+XYZ", "unknown station 'XYZ'"),
+                                        ("EHT2017-LMT-PV-SMT-SPT", "2 sites"),
+                                        ("EHT2017-", "an edit is"),
+                                        ("EHT1999-ALMA", "unknown array")])
+def test_bad_array_edits(spec, match):
+    from interfero.arrays import load_array
+
+    with pytest.raises(InterferoError, match=match):
+        load_array(spec)
