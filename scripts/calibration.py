@@ -1,0 +1,252 @@
+"""Calibration of the default reconstruction's uncertainty: coverage of known truths by its intervals.
+
+    python scripts/calibration.py --n N --json OUT.json [--out DIR] [--arrays EHT2017,EHT2017-JCMT-PV-SPT]
+        [--sets in_distribution,grmhd_like] [--steps 600] [--samples 256] [--jobs 2] [--png OUT.png]
+
+Two test sets of ``--n`` truths each (32x32 over 160 uas, Jy/pixel):
+
+- ``in_distribution``: draws of the default prior's own training law
+  (``disk-lnflux``) with seed ``--seed`` (default 20261130; the shipped prior
+  saw seed 0). On this set a correct posterior is calibrated by construction
+  (simulation-based calibration): its 68% intervals hold the truth 68% of the
+  time.
+- ``grmhd_like``: the shared GRMHD truth (``../shared/data/observations/
+  grmhd_sgra_2017/truth.fits``) rotated by a random angle, mirrored with
+  probability 1/2, scaled in size by U(0.8, 1.2) and in flux log-normally
+  (median 1.4 Jy, sigma of ln 0.35): images the prior was not trained on.
+
+Each truth is observed with each array of ``--arrays`` (names edited as in
+``interfero simulate --array``; default all EHT 2017 sites and 5 stations,
+ALMA APEX LMT SMA SMT), 24 h of Sgr A*, 60 s every 10 min, thermal noise,
+seeded by the case, then reconstructed with the defaults (``--steps``,
+``--samples``). Cases run ``--jobs`` at a time with one torch thread each;
+each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
+rerun skips finished cases (resumable).
+
+Per set and array: pixel coverage of the 68% / 95% intervals (source pixels,
+truth aligned by the nxcorr shift, pooled over cases), coverage of the ring
+diameter's 68% / 95% intervals (truth: the same extractor on the regridded
+truth), the rank of the truth among the samples per source pixel (a
+histogram, flat when calibrated), empirical coverage at nominal levels 10-95%
+(reliability diagram, ``--png``), and per-case run times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from interfero.errors import InterferoError, run_script
+from interfero.io import ImageGeometry, atomic_write_text, read_fits_image, write_fits_image, write_uvfits
+
+ROOT = Path(__file__).resolve().parents[1]
+GRMHD = ROOT.parent / "shared" / "data" / "observations" / "grmhd_sgra_2017" / "truth.fits"
+GEOM = ImageGeometry(32, 160.0)
+LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.8, 0.9, 0.95)
+RANK_BINS = 20
+SETS = ("in_distribution", "grmhd_like")
+
+
+def truths(kind: str, n: int, seed: int) -> np.ndarray:
+    """``(n, 32, 32)`` truths of a test set (module docstring)."""
+    from scipy import ndimage
+
+    if kind == "in_distribution":
+        from priors.datasets.blackholes import make_black_holes
+
+        return make_black_holes(n, GEOM.npix, GEOM.fov_uas, seed=seed, law="disk-lnflux")[0][:, 0].astype(float)
+    if kind != "grmhd_like":
+        raise InterferoError(f"unknown test set {kind!r} (choose {', '.join(SETS)})")
+    if not GRMHD.is_file():
+        raise InterferoError(f"the grmhd_like set needs {GRMHD}")
+    from interfero.regrid import regrid
+
+    img, geom = read_fits_image(GRMHD)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        im = ndimage.rotate(img, rng.uniform(0, 360), reshape=False, order=1)
+        if rng.uniform() < 0.5:
+            im = im[:, ::-1]
+        scaled = ImageGeometry(geom.npix, geom.fov_uas * rng.uniform(0.8, 1.2))  # same pixels, other size
+        im = np.clip(regrid(im, scaled, GEOM), 0, None)
+        out.append(im / im.sum() * 1.4 * np.exp(0.35 * rng.standard_normal()))
+    return np.stack(out)
+
+
+def run_case(job: dict) -> dict:
+    """Simulate, reconstruct and score one case (in a worker process, one torch thread)."""
+    import h5py
+    import torch
+
+    from interfero.features import RingExtractor
+    from interfero.simulate import simulate
+    from posterior.reconstruct import ReconstructSettings, reconstruct
+
+    torch.set_num_threads(1)
+    folder = Path(job["folder"])
+    done = folder / "case.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = np.asarray(job["truth"])
+    t0 = time.perf_counter()
+    obs = simulate(truth, GEOM, job["array"], seed=job["seed"])
+    write_uvfits(obs, folder / "obs.uvfits")
+    write_fits_image(truth, GEOM, folder / "truth.fits")
+    s = ReconstructSettings(steps=job["steps"], samples=job["samples"], seed=job["seed"], threads=1)
+    try:
+        m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False)
+    except InterferoError as err:  # a refused fit (diverged) is a result too: counted, not scored
+        res = {"case": job["case"], "array": job["array"], "set": job["set"], "error": str(err),
+               "seconds": time.perf_counter() - t0}
+        atomic_write_text(done, json.dumps(res, indent=1))
+        return res
+    with h5py.File(folder / "rec" / "samples.h5", "r") as f:
+        samples = f["samples"][:, 0].astype(float)
+    from scipy import ndimage
+
+    shift = m["nxcorr_shift_px"]
+    aligned = ndimage.shift(truth, (-float(shift[0]), -float(shift[1])), order=1, mode="constant")
+    region = aligned >= 0.1 * aligned.max()
+    ranks = (samples[:, region] < aligned[region][None]).mean(0)  # in [0, 1]
+    qlo = {lv: np.quantile(samples, 0.5 - lv / 2, axis=0)[region] for lv in LEVELS}
+    qhi = {lv: np.quantile(samples, 0.5 + lv / 2, axis=0)[region] for lv in LEVELS}
+    inside = {str(lv): float(((aligned[region] >= qlo[lv]) & (aligned[region] <= qhi[lv])).mean()) for lv in LEVELS}
+    true_ring = RingExtractor(GEOM.npix, GEOM.fov_uas)(truth)
+    ring = m.get("ring", {})
+    d = ring.get("diameter_uas")
+    res = {"case": job["case"], "array": job["array"], "set": job["set"], "seconds": time.perf_counter() - t0,
+           "coverage_68": m["truth_coverage_68"], "coverage_95": m["truth_coverage_95"],
+           "coverage_pixels": m["coverage_pixels"], "levels": inside,
+           "rank_hist": np.histogram(ranks, bins=RANK_BINS, range=(0, 1))[0].tolist(),
+           "nxcorr_blur10": m["nxcorr_blur10"], "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
+           "true_diameter_uas": true_ring.null_diameter}
+    if d is not None and np.isfinite(true_ring.null_diameter):
+        res["ring_diameter_in68"] = bool(d["lo68"] <= true_ring.null_diameter <= d["hi68"])
+        res["ring_diameter_in95"] = bool(d["lo95"] <= true_ring.null_diameter <= d["hi95"])
+        res["diameter_median_uas"] = d["median"]
+    atomic_write_text(done, json.dumps(res, indent=1))
+    return res
+
+
+def aggregate(cases: list[dict]) -> dict:
+    """Pooled coverage of one set and array (refused fits counted in ``n_refused``, not scored)."""
+    refused = [c for c in cases if "error" in c]
+    cases = [c for c in cases if "error" not in c]
+    if not cases:
+        return {"n_cases": 0, "n_refused": len(refused)}
+    w = np.array([c["coverage_pixels"] for c in cases], dtype=float)
+    ring = [c for c in cases if "ring_diameter_in68" in c]
+    out = {"n_cases": len(cases), "n_refused": len(refused),
+           "coverage_68": float(np.average([c["coverage_68"] for c in cases], weights=w)),
+           "coverage_95": float(np.average([c["coverage_95"] for c in cases], weights=w)),
+           "ring_diameter_coverage_68": float(np.mean([c["ring_diameter_in68"] for c in ring])) if ring else None,
+           "ring_diameter_coverage_95": float(np.mean([c["ring_diameter_in95"] for c in ring])) if ring else None,
+           "ring_cases": len(ring),
+           "reliability": {lv: float(np.average([c["levels"][lv] for c in cases], weights=w))
+                           for lv in cases[0]["levels"]},
+           "rank_hist": np.sum([c["rank_hist"] for c in cases], axis=0).tolist(),
+           "median_nxcorr_blur10": float(np.median([c["nxcorr_blur10"] for c in cases])),
+           "seconds_per_case": {"median": float(np.median([c["seconds"] for c in cases])),
+                                "max": float(np.max([c["seconds"] for c in cases]))}}
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from interfero.plotting import save_figure
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    a.plot([0, 1], [0, 1], "k:", lw=0.8)
+    for s in SETS:
+        for arr, r in result.get(s, {}).items():
+            if not r.get("n_cases"):
+                continue
+            lv = sorted(r["reliability"], key=float)
+            a.plot([float(x) for x in lv], [r["reliability"][x] for x in lv],
+                   "o-", ms=3, label=f"{s}, {arr} (n={r['n_cases']})")
+            h = np.asarray(r["rank_hist"], dtype=float)
+            b.step(np.linspace(0, 1, len(h) + 1)[:-1], h / h.sum() * len(h), where="post", label=f"{s}, {arr}")
+    a.set_xlabel("nominal interval level")
+    a.set_ylabel("fraction of source pixels inside")
+    a.set_title("reliability of the per-pixel intervals")
+    a.legend(fontsize=7)
+    b.axhline(1.0, color="k", ls=":", lw=0.8)
+    b.set_xlabel("rank of the truth among the samples")
+    b.set_ylabel("density (flat = calibrated)")
+    b.set_title("rank histogram (source pixels)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, required=True, help="truths per test set")
+    p.add_argument("--json", required=True)
+    p.add_argument("--png", help="reliability diagram and rank histograms")
+    p.add_argument("--out", default="outputs/calibration")
+    p.add_argument("--arrays", default="EHT2017,EHT2017-JCMT-PV-SPT")
+    p.add_argument("--sets", default=",".join(SETS))
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=20261130)
+    args = p.parse_args()
+    for name in ("n", "steps", "jobs"):
+        if getattr(args, name) < 1:
+            raise InterferoError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.samples < 2:
+        raise InterferoError(f"--samples must be >= 2, got {args.samples}")
+    from interfero.arrays import load_array
+
+    arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
+    for a in arrays:
+        load_array(a)  # one-line error before any work
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    jobs = []
+    for s in sets:
+        imgs = truths(s, args.n, args.seed)
+        for arr in arrays:
+            for i, t in enumerate(imgs):
+                jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
+                             "steps": args.steps, "samples": args.samples,
+                             "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
+    results: list[dict] = []
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        for r in pool.map(run_case, jobs):
+            results.append(r)
+            head = f"{r['set']} {r['array']} case {r['case']}:"
+            if "error" in r:
+                print(f"{head} refused ({r['error']})", file=sys.stderr, flush=True)
+                continue
+            print(f"{head} coverage 68/95 {r['coverage_68']:.2f}/{r['coverage_95']:.2f}, diameter in 68%"
+                  f" {r.get('ring_diameter_in68')}, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+    out: dict = {"settings": {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "samples", "seed")}}
+    for s in sets:
+        out[s] = {a: aggregate([r for r in results if r["set"] == s and r["array"] == a]) for a in arrays}
+    atomic_write_text(args.json, json.dumps(out, indent=2))
+    if args.png:
+        plot(out, Path(args.png))
+    for s in sets:
+        for a, r in out[s].items():
+            if not r.get("n_cases"):
+                print(f"{s:16s} {a:22s} no case finished ({r['n_refused']} refused)")
+                continue
+            print(f"{s:16s} {a:22s} n={r['n_cases']:3d} pixels 68/95: {r['coverage_68']:.2f}/{r['coverage_95']:.2f}"
+                  f"  ring diameter 68/95: {r['ring_diameter_coverage_68']}/{r['ring_diameter_coverage_95']}")
+
+
+if __name__ == "__main__":
+    run_script(main, "calibration")
