@@ -7,6 +7,7 @@ line on stderr and exit with status 2; nothing else is written.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from interfero import cli as interfero_cli
@@ -108,6 +109,38 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_reconstruct)
+
+    a = sub.add_parser("array-study", help="simulate and reconstruct one truth with several arrays; compare them")
+    a.add_argument("--truth", required=True, help="truth image (FITS, Jy/pixel), or 'prior' for a draw of --prior")
+    a.add_argument("--arrays", required=True,
+                   help="comma-separated arrays: EHT2017, EHT2018, ngEHT, edited with +STATION / -STATION"
+                        " (EHT2017-JCMT-SMT-APEX), or station-table files")
+    a.add_argument("--prior", default=d.prior, help="prior of the reconstructions (and of --truth prior)")
+    a.add_argument("--steps", type=_positive_int, default=d.steps, help="DPI steps per reconstruction")
+    a.add_argument("--samples", type=int, default=d.samples, help="posterior samples per reconstruction")
+    a.add_argument("--seed", type=int, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
+    a.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    a.add_argument("--json", help="also write the comparison JSON here")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--out", required=True, help="output folder")
+    a.set_defaults(func=_array_study)
+
+
+def _array_study(args) -> None:
+    from .array_study import array_study
+
+    arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
+    s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, seed=args.seed,
+                                threads=args.threads)
+    res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet)
+    if args.json:
+        from interfero.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(res, indent=2))
+    from .array_study import markdown
+
+    print(markdown(res["arrays"]), end="")
+    print(f"wrote {args.out}/arrays.png, arrays.json, arrays.md and one reconstruction folder per array")
 
 
 def _reconstruct(args) -> None:

@@ -43,6 +43,10 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
                 "runtime_s", "steps", "n_samples"):
         assert key in m and np.isfinite(m[key]), key
     assert m["steps"] == 2 and m["n_samples"] == 4
+    # ring features of the samples (or why there are none), and what was done to the data before imaging
+    assert "diameter_uas" in m["ring"] or "ring extraction failed" in m["ring"]["error"]
+    prep = m["preparation"][str(grmhd / "obs.uvfits")]
+    assert prep["averaging"] is None and prep["sys_noise"] == 0.0 and m["sys_noise"] == 0.0
     # default identity output, warm-started by a softplus fit as long as the final one (at most 50 steps)
     assert m["warm_start_steps"] == 2
     warm = json.loads((out / "warm-start" / "dpi-checkpoint.json").read_text())

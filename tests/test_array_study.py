@@ -1,0 +1,46 @@
+"""interfero array-study: one truth, several arrays, compared (outputs and bad input; tiny fits)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from posterior.array_study import array_study
+from posterior.cli import main
+from posterior.reconstruct import ReconstructSettings
+
+DEMO_TRUTH = Path(__file__).resolve().parents[1] / "data" / "demo" / "crescent_grf_64.fits"
+TINY = ReconstructSettings(steps=2, batch=2, samples=4, elbo_draws=1, flow_blocks=2, threads=2)
+
+
+def test_array_study_writes_a_ranked_comparison(tmp_path):
+    arrays = ["EHT2017-JCMT-SMT-APEX", "EHT2017"]
+    res = array_study(str(DEMO_TRUTH), arrays, tmp_path / "study", TINY, progress=False)
+    rows = res["arrays"]
+    assert list(rows) == arrays
+    assert sorted(r["rank"] for r in rows.values()) == [1, 2]
+    for r in rows.values():
+        assert r["mean_std_jy"] > 0 and np.isfinite(r["nxcorr_blur10"])
+        assert set(r) >= {"mean_std_jy", "nxcorr_blur10", "ring_diameter_interval_uas", "rank", "n_sites"}
+    assert rows["EHT2017"]["n_sites"] == 6 and rows["EHT2017-JCMT-SMT-APEX"]["n_sites"] == 5
+    assert "SMT" not in rows["EHT2017-JCMT-SMT-APEX"]["stations"]
+    out = tmp_path / "study"
+    assert json.loads((out / "arrays.json").read_text())["arrays"].keys() == rows.keys()
+    assert (out / "arrays.png").stat().st_size > 0 and "| 1 |" in (out / "arrays.md").read_text()
+    for a in arrays:
+        assert (out / a / "obs.uvfits").is_file() and (out / a / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("arrays,match", [("EHT2017,EHT2017+XYZ", "unknown station 'XYZ'"),
+                                          ("EHT2017-LMT-PV-SMT-SPT", "2 sites"),
+                                          ("EHT2017,EHT2017", "names an array twice"),
+                                          ("EHT1999", "unknown array")])
+def test_array_study_bad_input(tmp_path, capsys, arrays, match):
+    out = tmp_path / "o"
+    code = main(["array-study", "--truth", str(DEMO_TRUTH), "--arrays", arrays, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and match in err[0], err
+    assert not out.exists()
