@@ -45,12 +45,7 @@ from interfero.errors import InterferoError
 from interfero.io import ImageGeometry, read_fits_image, read_uvfits
 from interfero.operators import InterferometryOperator
 from interfero.plotting import plot_uv_coverage
-from interfero.preparation import (  # noqa: F401 (SHORT_BASELINE, zero_baseline_flux: re-exported)
-    SHORT_BASELINE,
-    combine_observations,
-    prepare_observation,
-    zero_baseline_flux,
-)
+from interfero.preparation import combine_observations, prepare_observation, zero_baseline_flux
 from interfero.regrid import regrid
 
 from .dpi import DPI, DPIConfig, DPITarget, read_checkpoint_record

@@ -32,9 +32,10 @@ import torch
 
 from interfero.io import ImageGeometry, import_ehtim, quiet, read_fits_image, read_uvfits, write_uvfits
 from interfero.operators import InterferometryOperator
+from interfero.preparation import zero_baseline_flux
 from interfero.regrid import regrid
 from posterior.metrics import image_metrics, reduced_chi2
-from posterior.reconstruct import ReconstructSettings, reconstruct, zero_baseline_flux
+from posterior.reconstruct import ReconstructSettings, reconstruct
 from posterior.report import write_json
 
 

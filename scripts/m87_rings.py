@@ -38,10 +38,9 @@ def run_one(path: Path, out: Path, extra: list[str]) -> dict:
             return {"file": path.name, "error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
     m = json.loads((out / "metrics.json").read_text())
     ring = m.get("ring", {})
+    averaging = next(iter(m["preparation"].values()))["averaging"] or {}
     row = {"file": path.name, "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
-           "total_flux": m["total_flux"], "runtime_s": m["runtime_s"],
-           "n_vis": m["preparation"][next(iter(m["preparation"]))]["averaging"]["n_out"]
-           if m["preparation"][next(iter(m["preparation"]))]["averaging"] else None}
+           "total_flux": m["total_flux"], "runtime_s": m["runtime_s"], "n_vis": averaging.get("n_out")}
     for k in ("diameter_uas", "peak_diameter_uas", "width_uas", "pa_deg", "asymmetry"):
         if k in ring:
             row[k] = {q: ring[k][q] for q in ("median", "lo68", "hi68", "lo95", "hi95")}

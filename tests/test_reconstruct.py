@@ -12,8 +12,9 @@ import torch
 
 from interfero.errors import InterferoError
 from interfero.io import read_fits_image, read_uvfits, write_uvfits
+from interfero.preparation import zero_baseline_flux
 from posterior.cli import main
-from posterior.reconstruct import check_total_flux, gaussian_blob, zero_baseline_flux
+from posterior.reconstruct import check_total_flux, gaussian_blob
 
 from .conftest import shared_path
 
