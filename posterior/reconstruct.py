@@ -13,8 +13,14 @@ posterior, and writes, each file atomically and the JSON metrics last:
 - ``report.png``: mean, std, std/mean, samples, residuals, loss curve;
   ``uv_coverage.png``;
 - ``metrics.json``: reduced chi^2 per product of the mean image, total flux,
-  timings, and with a truth image nxcorr (unblurred and blurred) / PSNR / SSIM
-  and the truth's coverage by the 68% / 95% intervals.
+  timings, what was done to the data (``preparation``: averaging, systematic
+  budget, zero-baseline flux, dropped stations; :mod:`interfero.preparation`),
+  the ring features of the samples (``ring``: :mod:`posterior.ring`), and with a
+  truth image nxcorr (unblurred and blurred) / PSNR / SSIM and the truth's
+  coverage by the 68% / 95% intervals.
+
+Several observation files (days, bands) of one source make one posterior
+(:func:`interfero.preparation.combine_observations`).
 
 The default flow output is the identity (pixels may dip below zero, as the score prior's own ``p_eps``
 allows), warm-started from a short non-negative (softplus) fit: see :func:`warm_start_steps`.
@@ -26,8 +32,9 @@ to the folder while running and kept after it, so an interrupted run continues w
 Total flux: closure phases and log closure amplitudes do not constrain it, so
 a Gaussian total-flux term is added, centred on ``flux`` Jy if given, else on
 the zero-baseline flux measured by the data (the median amplitude of the
-baselines shorter than ``short_baseline`` wavelengths, e.g. ALMA-APEX and
-SMA-JCMT); if the observation has no such baseline the user must give it.
+baselines shorter than ``SHORT_BASELINE`` wavelengths, e.g. ALMA-APEX and
+SMA-JCMT); if the observation has no such baseline the user must give it. A given
+``flux`` is the compact flux: the intra-site baselines are rescaled to it.
 """
 
 from __future__ import annotations
