@@ -44,3 +44,13 @@ def test_array_study_bad_input(tmp_path, capsys, arrays, match):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and match in err[0], err
     assert not out.exists()
+
+
+def test_array_study_of_a_prior_draw(tmp_path):
+    res = array_study("prior", ["EHT2017"], tmp_path / "p", TINY, progress=False)
+    row = res["arrays"]["EHT2017"]
+    assert row["rank"] == 1 and row["mean_std_jy"] > 0
+    from interfero.io import read_fits_image
+
+    truth, geom = read_fits_image(tmp_path / "p" / "truth.fits")  # the draw is written as the study's truth
+    assert truth.shape == (32, 32) and geom.fov_uas == 160.0 and truth.sum() > 0
