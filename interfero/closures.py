@@ -57,7 +57,19 @@ class ClosureIndex:
 
 
 def build_closure_index(obs) -> ClosureIndex:
-    """The ehtim-convention minimal closure sets of ``obs`` (done once per observation)."""
+    """The ehtim-convention minimal closure sets of ``obs`` (done once per observation).
+
+    Two rows of one baseline at one time (in either orientation) are refused: which of them a closure
+    used would be arbitrary (average them first, :func:`interfero.averaging.average_coherent`)."""
+    ns = len(obs.stations)
+    key = np.stack([obs.time, np.minimum(obs.t1, obs.t2) * ns + np.maximum(obs.t1, obs.t2)], 1)
+    _, first, counts = np.unique(key, axis=0, return_index=True, return_counts=True)
+    if np.any(counts > 1):
+        row = first[np.argmax(counts > 1)]
+        raise InterferoError(
+            f"observation has {int((counts - 1).sum())} duplicate visibility rows (same time and baseline), e.g."
+            f" {obs.stations[obs.t1[row]]}-{obs.stations[obs.t2[row]]} at {obs.time[row]:.4f} h; average or"
+            " remove them")
     tri_rows, tri_sign, tri_st, tri_t = [], [], [], []
     quad_rows, quad_st, quad_t = [], [], []
     order = np.argsort(obs.time, kind="stable")

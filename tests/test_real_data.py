@@ -228,3 +228,17 @@ def test_reconstruct_refuses_two_bands_without_the_flag(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--combine-frequencies" in err[0]
     assert not out.exists()
+
+
+def test_duplicate_rows_are_refused_not_silently_dropped(small_obs):
+    from interfero.observation import Observation
+
+    o = small_obs
+    rows = np.r_[np.arange(o.n_vis), [3]]  # row 3 twice, the copy reversed (same baseline, other orientation)
+    flip = np.zeros(len(rows), bool)
+    flip[-1] = True
+    dup = Observation(time=o.time[rows], t1=np.where(flip, o.t2[rows], o.t1[rows]),
+                      t2=np.where(flip, o.t1[rows], o.t2[rows]), u=o.u[rows], v=o.v[rows], vis=o.vis[rows],
+                      sigma=o.sigma[rows], stations=o.stations)
+    with pytest.raises(InterferoError, match="1 duplicate visibility rows"):
+        _ = dup.closures
