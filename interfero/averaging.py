@@ -62,21 +62,13 @@ class AveragingSummary:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
-    def describe(self) -> str:
-        what = "per scan" if self.interval == "scan" else f"in {self.interval} s bins"
-        return (f"coherent average {what} ({self.weighting}): {self.n_in} -> {self.n_out} visibilities in"
-                f" {self.n_scans} scans, median {self.median_points_per_average:g} points each, median S/N"
-                f" {self.median_snr_in:.1f} -> {self.median_snr_out:.1f}")
-
 
 def _canonical_orientation(obs: Observation) -> Observation:
     """Each station pair in the orientation of its first row."""
     ns = len(obs.stations)
-    lo, hi = np.minimum(obs.t1, obs.t2), np.maximum(obs.t1, obs.t2)
-    pair = lo * ns + hi
-    _, first = np.unique(pair, return_index=True)
-    first_t1 = dict(zip(pair[first], obs.t1[first]))
-    flip = np.array([first_t1[p] != a for p, a in zip(pair, obs.t1)], dtype=bool)
+    pair = np.minimum(obs.t1, obs.t2) * ns + np.maximum(obs.t1, obs.t2)
+    _, first, inv = np.unique(pair, return_index=True, return_inverse=True)
+    flip = obs.t1 != obs.t1[first][inv.reshape(-1)]
     if not flip.any():
         return obs
     return replace(obs, t1=np.where(flip, obs.t2, obs.t1), t2=np.where(flip, obs.t1, obs.t2),
@@ -120,8 +112,8 @@ def average_coherent(obs: Observation, interval: str | float = "scan", weighting
     tbin = tbin.reshape(-1)
     ns = len(obs.stations)
     key = tbin * ns * ns + obs.t1 * ns + obs.t2
-    groups, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-    inv = inv.reshape(-1)
+    groups, first, inv, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)  # first: a row of each group
     n = len(groups)
 
     def gsum(x):
@@ -137,15 +129,12 @@ def average_coherent(obs: Observation, interval: str | float = "scan", weighting
         vis = gsum(obs.vis) / counts
         sigma = np.sqrt(gsum(obs.sigma**2)) / counts
     # every baseline of a bin gets the bin's time: the centre of its time stamps (scan) or of the interval
-    first = np.zeros(n, dtype=np.int64)
-    first[inv[::-1]] = np.arange(obs.n_vis)[::-1]  # a row of each group
-    gbin = tbin[first]
     if interval == "scan":
-        tmin = np.full(gbin.max() + 1, np.inf)
-        tmax = np.full(gbin.max() + 1, -np.inf)
+        tmin = np.full(tbin.max() + 1, np.inf)
+        tmax = np.full(tbin.max() + 1, -np.inf)
         np.minimum.at(tmin, tbin, obs.time)
         np.maximum.at(tmax, tbin, obs.time)
-        time = 0.5 * (tmin + tmax)[gbin]
+        time = 0.5 * (tmin + tmax)[tbin[first]]
     else:
         time = (sub[first] + 0.5) * interval / 3600.0
     out = replace(obs, time=time, t1=obs.t1[first], t2=obs.t2[first], u=gsum(obs.u) / counts,

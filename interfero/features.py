@@ -81,6 +81,7 @@ class RingExtractor:
         self.theta = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)  # east of north
         self.search = float(search_uas)
         self.r_min = max(2.5 * self.psize, 8.0)  # uas: peaks nearer the centre are not a ring (fine grids: 8 uas)
+        self.k0 = max(int(np.searchsorted(self.r, self.r_min)), 1)  # first radius sample searched for a peak
         # Hankel transform of a radial profile sampled at self.r: V(rho) = 2 pi int I(r) J0(2 pi rho r) r dr
         self.rho = np.linspace(0.0, rho_max, 800)
         w = np.gradient(self.r) * self.r  # trapezoid-like weights r dr
@@ -99,8 +100,7 @@ class RingExtractor:
         return ndimage.map_coordinates(img, [row, col], order=3, mode="constant", cval=0.0)
 
     def _peak_radii(self, prof):
-        k0 = int(np.searchsorted(self.r, self.r_min))
-        k = k0 + np.argmax(prof[:, k0:], axis=1)
+        k = self.k0 + np.argmax(prof[:, self.k0:], axis=1)
         k = np.clip(k, 1, len(self.r) - 2)
         rows = np.arange(prof.shape[0])
         a, b, c = prof[rows, k - 1], prof[rows, k], prof[rows, k + 1]
@@ -115,8 +115,7 @@ class RingExtractor:
         radii, k = self._peak_radii(prof)
         # a ray still falling where the search starts has no peak: from inside a blob every ray falls from r_min,
         # equal "radii" with no spread; such centres are penalised, not taken for the ring's centre
-        k0 = max(int(np.searchsorted(self.r, self.r_min)), 1)
-        edge = np.mean((k <= k0) & (prof[:, k0 - 1] >= prof[:, k0]))
+        edge = np.mean((k <= self.k0) & (prof[:, self.k0 - 1] >= prof[:, self.k0]))
         return np.std(radii) + edge * self.fov + max(0.0, off - self.search) * 10  # stay in the search box
 
     def centroid(self, img):

@@ -127,14 +127,16 @@ def _check_uvfits_weights(path: Path) -> int:
             if not isinstance(hdu, fits.GroupsHDU) or hdu.data is None:
                 raise InterferoError(f"{path}: not a uvfits file (no random-groups visibility table)")
             data = np.asarray(hdu.data["DATA"], dtype=float)
-            axis, codes = stokes_codes(hdu.header)
-    except InterferoError as err:
-        if str(err).startswith(str(path)):
-            raise
-        raise InterferoError(f"{path}: {err}") from None
+            header = hdu.header.copy()
+    except InterferoError:
+        raise
     except Exception as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InterferoError(f"{path}: not a readable uvfits file ({msg})") from None
+    try:
+        axis, codes = stokes_codes(header)
+    except InterferoError as err:
+        raise InterferoError(f"{path}: {err}") from None
     if data.shape[-1] != 3 or data.size == 0 or axis >= data.ndim or data.shape[axis] != len(codes):
         raise InterferoError(f"{path}: uvfits visibility table is empty or malformed")
     hands = [i for i, c in enumerate(codes) if c in STOKES_I_HANDS]

@@ -127,18 +127,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _array_study(args) -> None:
-    from .array_study import array_study
+    from interfero.io import atomic_write_text
+
+    from .array_study import array_study, markdown
 
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
     s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, seed=args.seed,
                                 threads=args.threads)
     res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet)
     if args.json:
-        from interfero.io import atomic_write_text
-
         atomic_write_text(args.json, json.dumps(res, indent=2))
-    from .array_study import markdown
-
     print(markdown(res["arrays"]), end="")
     print(f"wrote {args.out}/arrays.png, arrays.json, arrays.md and one reconstruction folder per array")
 

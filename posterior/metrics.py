@@ -136,6 +136,19 @@ def reduced_chi2(operator, x) -> dict[str, float]:
     return {f"chi2_{k}": float(v.reshape(-1)[0]) for k, v in chi.items()}
 
 
+def aligned_truth(truth: np.ndarray, shift_px=(0.0, 0.0), region_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The truth moved by the opposite of the nxcorr ``(dy, dx)`` shift of a reconstruction (linear
+    interpolation; closure data do not fix the absolute position) and its source region (pixels at or
+    above ``region_frac`` of its peak): what :func:`interval_coverage` scores."""
+    t = np.asarray(truth, dtype=np.float64)
+    if t.ndim != 2 or not np.all(np.isfinite(t)):
+        raise InterferoError("truth for interval coverage must be a finite 2-D image")
+    if not 0 < region_frac < 1:
+        raise InterferoError(f"region_frac must be in (0, 1), got {region_frac}")
+    aligned = ndimage.shift(t, (-float(shift_px[0]), -float(shift_px[1])), order=1, mode="constant")
+    return aligned, aligned >= region_frac * aligned.max()
+
+
 def interval_coverage(intervals: dict[str, tuple[np.ndarray, np.ndarray]], truth: np.ndarray,
                       shift_px=(0.0, 0.0), region_frac: float = 0.1) -> dict:
     """Fraction of source pixels whose true value lies inside each per-pixel interval.
@@ -146,12 +159,7 @@ def interval_coverage(intervals: dict[str, tuple[np.ndarray, np.ndarray]], truth
     pixels: the aligned truth at or above ``region_frac`` of its peak. A calibrated posterior gives about
     0.68 and 0.95; lower figures mean over-confident uncertainty maps."""
     t = np.asarray(truth, dtype=np.float64)
-    if t.ndim != 2 or not np.all(np.isfinite(t)):
-        raise InterferoError("truth for interval coverage must be a finite 2-D image")
-    if not 0 < region_frac < 1:
-        raise InterferoError(f"region_frac must be in (0, 1), got {region_frac}")
-    aligned = ndimage.shift(t, (-float(shift_px[0]), -float(shift_px[1])), order=1, mode="constant")
-    region = aligned >= region_frac * aligned.max()
+    aligned, region = aligned_truth(t, shift_px, region_frac)
     out = {"coverage_region": f"truth >= {region_frac:g} of its peak after the nxcorr shift",
            "coverage_pixels": int(region.sum())}
     for name, (lo, hi) in intervals.items():

@@ -337,7 +337,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     metrics = {"method": "dpi", "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
                "npix": s.npix, "fov_uas": s.fov_uas, "total_flux": float(post.mean.sum()),
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
-               "flux_constraint_jy": flux, "sys_noise": [r.sys_noise for r in prep.values()][0],
+               "flux_constraint_jy": flux, "sys_noise": next(iter(prep.values())).sys_noise,
                "preparation": {p: r.as_dict() for p, r in prep.items()},
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
                "steps": fit.final.step, "warm_start_steps": fit.warm_steps,

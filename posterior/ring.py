@@ -92,8 +92,14 @@ def summarize_ring(feats: dict[str, np.ndarray]) -> dict:
 
 
 def ring_coverage(images: np.ndarray, fov_uas: float, truth: dict[str, float]) -> dict[str, dict[str, bool]]:
-    """Whether each true feature value (``truth`` keyed as :data:`FEATURES`) lies in the 68% / 95% intervals."""
-    post = ring_posterior(images, fov_uas)
+    """Whether each true feature value (``truth`` keyed as :data:`FEATURES`) lies in the 68% / 95% intervals
+    of the ring posterior of ``images``."""
+    return feature_coverage(ring_posterior(images, fov_uas), truth)
+
+
+def feature_coverage(post: dict, truth: dict[str, float]) -> dict[str, dict[str, bool]]:
+    """:func:`ring_coverage` of a ring posterior already summarised (:func:`summarize_ring`, the ``ring`` of
+    ``metrics.json``)."""
     out = {}
     for k, t in truth.items():
         s = post[k]

@@ -88,7 +88,9 @@ def run_case(job: dict) -> dict:
 
     from interfero.features import RingExtractor
     from interfero.simulate import simulate
+    from posterior.metrics import aligned_truth, interval_coverage
     from posterior.reconstruct import ReconstructSettings, reconstruct
+    from posterior.ring import feature_coverage
 
     torch.set_num_threads(1)
     folder = Path(job["folder"])
@@ -111,18 +113,15 @@ def run_case(job: dict) -> dict:
         return res
     with h5py.File(folder / "rec" / "samples.h5", "r") as f:
         samples = f["samples"][:, 0].astype(float)
-    from scipy import ndimage
-
     shift = m["nxcorr_shift_px"]
-    aligned = ndimage.shift(truth, (-float(shift[0]), -float(shift[1])), order=1, mode="constant")
-    region = aligned >= 0.1 * aligned.max()
+    aligned, region = aligned_truth(truth, shift)
     ranks = (samples[:, region] < aligned[region][None]).mean(0)  # in [0, 1]
-    qlo = {lv: np.quantile(samples, 0.5 - lv / 2, axis=0)[region] for lv in LEVELS}
-    qhi = {lv: np.quantile(samples, 0.5 + lv / 2, axis=0)[region] for lv in LEVELS}
-    inside = {str(lv): float(((aligned[region] >= qlo[lv]) & (aligned[region] <= qhi[lv])).mean()) for lv in LEVELS}
+    bounds = {str(lv): (np.quantile(samples, 0.5 - lv / 2, axis=0), np.quantile(samples, 0.5 + lv / 2, axis=0))
+              for lv in LEVELS}
+    cov = interval_coverage(bounds, truth, shift)
+    inside = {lv: cov[f"truth_coverage_{lv}"] for lv in bounds}
     true_ring = RingExtractor(GEOM.npix, GEOM.fov_uas)(truth)
-    ring = m.get("ring", {})
-    d = ring.get("diameter_uas")
+    d = m.get("ring", {}).get("diameter_uas")
     res = {"case": job["case"], "array": job["array"], "set": job["set"], "seconds": time.perf_counter() - t0,
            "coverage_68": m["truth_coverage_68"], "coverage_95": m["truth_coverage_95"],
            "coverage_pixels": m["coverage_pixels"], "levels": inside,
@@ -130,8 +129,8 @@ def run_case(job: dict) -> dict:
            "nxcorr_blur10": m["nxcorr_blur10"], "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
            "true_diameter_uas": true_ring.null_diameter}
     if d is not None and np.isfinite(true_ring.null_diameter):
-        res["ring_diameter_in68"] = bool(d["lo68"] <= true_ring.null_diameter <= d["hi68"])
-        res["ring_diameter_in95"] = bool(d["lo95"] <= true_ring.null_diameter <= d["hi95"])
+        cov = feature_coverage(m["ring"], {"diameter_uas": true_ring.null_diameter})["diameter_uas"]
+        res["ring_diameter_in68"], res["ring_diameter_in95"] = cov["in68"], cov["in95"]
         res["diameter_median_uas"] = d["median"]
     atomic_write_text(done, json.dumps(res, indent=1))
     return res
