@@ -56,6 +56,7 @@ from priors.base import Prior
 from priors.checkpoint import load_optimizer, load_state, load_tensors, optimizer_tensors, save_tensors
 
 from .flows import Flow
+from .problem import InverseProblem
 from .summary import Posterior, summarize
 
 CHECKPOINT = "dpi-checkpoint"
@@ -110,27 +111,7 @@ class DPIConfig:
                                  " snapshot_every >= 1")
 
 
-class DPITarget:
-    """Unnormalised posterior ``log p(y|x) + log p(x)`` of one operator, data set and prior
-    (normflows' target API: ``log_prob(x) -> (B,)``; also the two terms separately)."""
-
-    def __init__(self, operator, y, prior: Prior, data_weight: float = 1.0, prior_weight: float = 1.0) -> None:
-        if tuple(prior.image_shape) != tuple(operator.image_shape):
-            raise InterferoError(
-                f"prior is for images of shape {tuple(prior.image_shape)},"
-                f" the operator for {tuple(operator.image_shape)}"
-            )
-        self.operator, self.y, self.prior = operator, y, prior
-        self.data_weight, self.prior_weight = float(data_weight), float(prior_weight)
-
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        return self.operator.log_likelihood(x, self.y)
-
-    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prior.log_prob(x)
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return self.data_weight * self.log_likelihood(x) + self.prior_weight * self.log_prior(x)
+DPITarget = InverseProblem  # DPI's target: the problem's unnormalised posterior (normflows' target API)
 
 
 def _data_weight(cfg: DPIConfig, step: int) -> float:

@@ -160,6 +160,20 @@ class MEMPrior(Prior):
         return self.weight * _flat(-xc * torch.log(xc / ref)).sum(-1)
 
 
+class L1Prior(Prior):
+    """Sparsity, ``log p = -weight * sum |x|`` (a Laplace prior up to its normalisation; unnormalised)."""
+
+    def __init__(self, image_shape, weight: float = 1.0, delta: float = 1e-8) -> None:
+        super().__init__(image_shape)
+        if not weight > 0 or not delta > 0:
+            raise InterferoError("L1 weight and delta must be > 0")
+        self.weight, self.delta = float(weight), float(delta)
+
+    def log_prob(self, x):
+        self.check(x)
+        return -self.weight * _flat(torch.sqrt(x**2 + self.delta**2)).sum(-1)
+
+
 class SumPrior(Prior):
     """``log p(x) = sum_k log p_k(x)`` over priors of the same image shape (unnormalised)."""
 
@@ -179,16 +193,18 @@ class SumPrior(Prior):
         return sum(p.log_prob(x) for p in self.priors)
 
 
-REGULARISERS = ("tv", "mem", "tv+mem")
+REGULARISERS = ("tv", "mem", "tv+mem", "l1")
 
 
 def image_regulariser(kind: str, reference: torch.Tensor, weight: float = 1000.0) -> SumPrior:
-    """Total variation and/or maximum entropy normalised by the total flux, the classical RML regularisers as a prior.
+    """Total variation, maximum entropy or sparsity normalised by the total flux, the classical RML regularisers
+    as a prior.
 
-    ``log p(x) = -weight * TV(x) / F`` (``"tv"``), ``weight * S(x; reference) / F`` (``"mem"``) or their sum
-    (``"tv+mem"``), where ``F = reference.sum()`` (Jy) makes both dimensionless, so ``weight`` (nats) does not
-    depend on the flux or the image units. ``reference`` (``(C, H, W)``, Jy/pixel, > 0) is MEM's reference
-    image and sets the image shape. ``TV(x) / F`` is about ``2 / r`` for a uniform disk of radius ``r`` pixels.
+    ``log p(x) = -weight * TV(x) / F`` (``"tv"``), ``weight * S(x; reference) / F`` (``"mem"``), their sum
+    (``"tv+mem"``) or ``-weight * sum |x| / F`` (``"l1"``), where ``F = reference.sum()`` (Jy) makes them
+    dimensionless, so ``weight`` (nats) does not depend on the flux or the image units. ``reference``
+    (``(C, H, W)``, Jy/pixel, > 0) is MEM's reference image and sets the image shape.
+    ``TV(x) / F`` is about ``2 / r`` for a uniform disk of radius ``r`` pixels.
     """
     parts = kind.split("+")
     if kind not in REGULARISERS:
@@ -205,4 +221,6 @@ def image_regulariser(kind: str, reference: torch.Tensor, weight: float = 1000.0
         priors.append(TVPrior(tuple(reference.shape), weight=weight / flux, delta=1e-6 * flux / reference.numel()))
     if "mem" in parts:
         priors.append(MEMPrior(reference, weight=weight / flux))
+    if "l1" in parts:
+        priors.append(L1Prior(tuple(reference.shape), weight=weight / flux, delta=1e-6 * flux / reference.numel()))
     return SumPrior(priors, name=kind)

@@ -22,7 +22,7 @@ from .base import Prior
 from .elbo import TimeSampler, elbo
 from .networks import NoisePredictionScore
 from .ode import pf_ode_logp
-from .sampling import probability_flow, reverse_sde, tweedie_denoise
+from .sampling import denoised, noise_time, probability_flow, reverse_sde, tweedie_denoise
 from .sde import SDE, _bcast
 
 METHODS = ("ode", "elbo")
@@ -115,6 +115,20 @@ class ScorePrior(Prior):
         z = self.to_z(x)
         tt = self.sde.time_tensor(self.sde.eps if t is None else t, z)
         return self.score_model(z, tt) / self.scale
+
+    def denoise(self, x_noisy: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """The model's MMSE denoiser in data units: ``E[x | x + sigma n = x_noisy]`` for white Gaussian noise
+        of std ``sigma`` (data units, a number or one per image), by Tweedie's formula at the time whose
+        noise-to-signal ratio is ``sigma / scale``. Noise below the model's smallest level (``std(eps) /
+        alpha(eps)``, 0.0105 scale for the VP SDE) is treated as that level. Differentiable."""
+        sig = torch.as_tensor(sigma, dtype=torch.float64)
+        if not bool(torch.all(torch.isfinite(sig))) or bool(torch.any(sig <= 0)):
+            raise InterferoError(f"denoiser noise level must be finite and > 0, got {sigma}")
+        t = noise_time(self.sde, sig / self.scale).to(x_noisy.dtype)
+        t = t.expand(x_noisy.shape[0]) if t.ndim == 0 else t
+        alpha, _ = self.sde.coefficients(t)
+        z0 = denoised(self.score_model, self.sde, _bcast(alpha, x_noisy) * self.to_z(x_noisy), t)
+        return self.from_z(z0)
 
     @torch.no_grad()
     def sample(self, n: int, steps: int = 500, generator: torch.Generator | None = None, batch: int = 256,

@@ -387,7 +387,7 @@ class Trainer:
         score = NoisePredictionScore(self.ema.module.eval(), self.sde)
         g = torch.Generator().manual_seed(self.cfg.seed + 7)
         x = self.sde.prior_sampling((n, self.channels, self.image_size, self.image_size), generator=g)
-        x = reverse_sde(score, self.sde, x.to(self.device), steps=self.cfg.sample_steps, generator=None)
+        x = reverse_sde(score, self.sde, x.to(self.device), self.cfg.sample_steps, generator=None)
         self.ema.module.train()
         images = (x.cpu() * self.transform["scale"] + self.transform["shift"]).numpy()[:, 0]
         return save_figure(_grid_figure(images, f"step {self.step}"), self.out / f"samples-{self.step:08d}.png")

@@ -155,6 +155,12 @@ class Operator(torch.nn.Module, metaclass=ABCMeta):
         """``log p(y | x)`` for each image in the batch, shape ``(B,)``."""
         return self.noise.log_likelihood(self(x), y)
 
+    def saturated_log_likelihood(self, y) -> float:
+        """``log p(y | y_pred = y)``: the largest value the noise model gives these data (the reference of the
+        deviance ``-2 [log p(y | x) - saturated]``, a chi^2 for Gaussian noise)."""
+        with torch.no_grad():
+            return float(self.noise.log_likelihood(y, y).reshape(-1)[0])
+
     @abstractmethod
     def pseudo_inverse(self, y) -> torch.Tensor:
         """A naive image from measurements, for initialisation and plots."""

@@ -236,6 +236,12 @@ class InterferometryOperator(Operator):
         y = self.data if y is None else y
         return self.noise.log_likelihood(self(x), y) + self.flux_log_likelihood(x)
 
+    def saturated_log_likelihood(self, y: VLBIData | None = None) -> float:
+        """The products' largest log-likelihood plus the total-flux term's peak."""
+        y = self.data if y is None else y
+        flux = 0.0 if self.total_flux is None else -math.log(math.sqrt(2 * math.pi) * self.flux_sigma)
+        return super().saturated_log_likelihood(y) + flux
+
     def chi2(self, x: torch.Tensor, y: VLBIData | None = None) -> dict[str, torch.Tensor]:
         """Reduced chi^2 per product (ehtim's definitions), each ``(B,)``."""
         y = self.data if y is None else y
