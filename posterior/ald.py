@@ -5,12 +5,13 @@ is the image (in the score model's units ``z``) plus white noise of std ``r = st
 score ``alpha(t) score(alpha(t) u, t)``. For ``levels`` values of ``r`` spaced geometrically from
 ``r(T)`` down to ``r(eps)``, ``steps_per_level`` Langevin steps of size ``lr * r^2`` follow
 
-    grad_u log p_r(u) + w_r grad_u log p(y | x(u)),   w_r = 1 / (1 + gamma^2 rho(r)),
+    grad_u log p_r(u) + w_r grad_u log p(y | x(u)),   w_r = 1 / (1 + gamma^2 (r scale)^2 lambda),
 
-where ``rho(r)`` is the deviance per measurement that image noise of std ``r`` (times the prior's
-scale) causes through the operator (:meth:`InverseProblem.perturbation_chi2`). For Gaussian noise of
-std ``sigma`` this is the paper's data weight ``1 / (sigma^2 + gamma_r^2)`` with ``gamma_r`` the
-image noise propagated to the measurements, times ``gamma``. At the last level the weight is ~1
+where ``lambda`` is the likelihood's largest curvature (:meth:`InverseProblem.likelihood_curvature`,
+``||A||^2 / sigma^2`` for Gaussian noise of std ``sigma``) and ``scale`` the prior's. For Gaussian
+noise this is the paper's data weight ``1 / (sigma^2 + gamma_r^2)``, with ``gamma_r = gamma r scale
+||A||`` the level's image noise propagated to the measurements; it keeps the data step stable at
+every level (``lr / gamma^2 < 2``). At the last level the weight is ~1
 and the chain samples ``p_eps(x) p(y | x)``: with enough steps ALD is an exact posterior sampler of
 the model, up to the Langevin discretisation (step ``lr r(eps)^2``).
 """
@@ -79,10 +80,8 @@ def ald(problem: InverseProblem, config: ALDConfig | None = None, progress: bool
     rs = noise_levels(sde, cfg.levels)
     ts = noise_time(sde, rs).float()
     alphas = sde.coefficients(ts.double())[0].float()
-    # image noise of std r * scale through the operator, in units of the measurement noise (linear regime)
-    r0 = 1e-3
-    rho0 = problem.perturbation_chi2(prior.from_z(torch.zeros(1, *problem.image_shape)), r0 * prior.scale)
-    weights = 1.0 / (1.0 + cfg.gamma**2 * rho0 * (rs / r0) ** 2)
+    curvature = problem.likelihood_curvature(problem.initial_image())
+    weights = 1.0 / (1.0 + cfg.gamma**2 * curvature * (rs * prior.scale) ** 2)
 
     def draw(m: int, g: torch.Generator) -> torch.Tensor:
         u = float(rs[0]) * torch.randn((m, *problem.image_shape), generator=g)

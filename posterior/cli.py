@@ -15,6 +15,7 @@ from interfero.errors import InterferoError
 from priors import cli as priors_cli
 
 from . import reconstruct as rec
+from .methods import METHODS
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -63,6 +64,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", default=d.prior,
                    help="shipped prior (default = bh32lnflux; bh32disk, bh32), a prior file stem, or a classical"
                         " regulariser: tv, mem, tv+mem (flux-normalised; MEM against the starting blob)")
+    p.add_argument("--method", default=d.method, choices=tuple(METHODS),
+                   help="inference method: dpi (default; normalizing-flow posterior) or a baseline: dps, ald, sdedit"
+                        " (samples), pnp-admm, map (point estimates); see docs/methods.md")
+    p.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of the --method baseline (repeatable), e.g. --opt zeta=0.5 --opt steps=500")
     p.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode"),
                    help="ELBO surrogate (fast) or exact probability-flow ODE log p")
     p.add_argument("--reg-weight", type=_positive_float, default=d.reg_weight,
@@ -110,6 +116,33 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_reconstruct)
 
+    from .restore import TASKS, RestoreSettings
+
+    r = RestoreSettings()
+    q = sub.add_parser("restore", help="denoise / deblur / inpaint an image with the score prior (any --method)")
+    q.add_argument("image", help="the degraded image (FITS in Jy/pixel, NPY, or PNG); with --simulate a clean one")
+    q.add_argument("--task", default=r.task, choices=TASKS, help="the degradation to undo")
+    q.add_argument("--noise", help="Gaussian noise std: a percentage of the image's peak (e.g. 5%%) or a number in"
+                                   " image units (default: 10%% for denoise, 2%% otherwise); with --noise-kind"
+                                   " poisson the counts per unit intensity (default 1000)")
+    q.add_argument("--noise-kind", default=r.noise_kind, choices=("gaussian", "poisson"))
+    q.add_argument("--blur", type=_positive_float, default=r.blur_px, help="deblur: Gaussian blur std in pixels")
+    q.add_argument("--box", type=_positive_float, default=r.box_frac,
+                   help="box-inpaint: side of the hidden centred box as a fraction of the image side")
+    q.add_argument("--missing", type=_positive_float, default=r.missing,
+                   help="random-inpaint: fraction of the pixels hidden")
+    q.add_argument("--method", default=r.method, choices=tuple(METHODS), help="inference method (docs/methods.md)")
+    q.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE", help="a setting of the method")
+    q.add_argument("--prior", default=r.prior, help="shipped prior name or prior file stem")
+    q.add_argument("--truth", help="the clean image, to score the restoration (PSNR, SSIM, nxcorr, coverage)")
+    q.add_argument("--simulate", action="store_true",
+                   help="IMAGE is clean: degrade it with the task's operator and noise (seeded), restore, score")
+    q.add_argument("--seed", type=int, default=r.seed)
+    q.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--out", required=True, help="output folder")
+    q.set_defaults(func=_restore)
+
     a = sub.add_parser("array-study", help="simulate and reconstruct one truth with several arrays; compare them")
     a.add_argument("--truth", required=True, help="truth image (FITS, Jy/pixel), or 'prior' for a draw of --prior")
     a.add_argument("--arrays", required=True,
@@ -124,6 +157,33 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--out", required=True, help="output folder")
     a.set_defaults(func=_array_study)
+
+
+def parse_options(items: list[str]) -> dict[str, str]:
+    """``["name=value", ...]`` (``--opt``) as a dict; a malformed or repeated item is a one-line error."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise InterferoError(f"--opt expects NAME=VALUE, got {item!r}")
+        if name.strip() in out:
+            raise InterferoError(f"--opt {name.strip()} given twice")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _restore(args) -> None:
+    from .restore import RestoreSettings, restore
+
+    s = RestoreSettings(task=args.task, noise=args.noise, noise_kind=args.noise_kind, blur_px=args.blur,
+                        box_frac=args.box, missing=args.missing, prior=args.prior, method=args.method,
+                        method_options=parse_options(args.opt), seed=args.seed, threads=args.threads)
+    if args.simulate and args.truth:
+        raise InterferoError("--simulate scores the restoration against IMAGE itself; do not also give --truth")
+    m = restore(args.image, args.out, s, truth=args.truth, simulate=args.simulate, progress=not args.quiet)
+    keys = ("psnr", "ssim", "nxcorr", "truth_coverage_95", "runtime_s")
+    print(" ".join(f"{k}={m[k]:.4g}" for k in keys if k in m))
+    print(f"wrote {args.out}/metrics.json, samples.h5, mean.fits, std.fits, measurement.fits, report.png")
 
 
 def _array_study(args) -> None:
@@ -151,7 +211,8 @@ def _reconstruct(args) -> None:
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_output=args.flow_output, flow_coupling=args.coupling_scale,
         anneal_steps=args.anneal, warm_start_steps=args.warm_start, seed=args.seed,
-        allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads,
+        allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads, method=args.method,
+        method_options=parse_options(args.opt),
     )
     obs = args.obs[0] if len(args.obs) == 1 else args.obs
     m = rec.reconstruct(obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)

@@ -6,16 +6,21 @@ at the denoised estimate:
 
     z_s = ddim_step(z_t, z0_hat(z_t), eta) + zeta_t * grad_{z_t} log p(y | x0_hat(z_t)),
 
-with ``zeta_t = zeta / sqrt(D)`` (``normalise=True``, the paper's step: ``D`` is the deviance
-``-2 [log p(y | x0_hat) - log p_max]``, the residual norm ``||y - A x0_hat|| / sigma`` for Gaussian
-noise) or ``zeta_t = zeta``. Any operator and noise model work (Gaussian, Poisson, amplitudes,
-closure phases, log closure amplitudes): only ``operator.log_likelihood`` is differentiated. The
-likelihood at the denoised mean is an approximation of ``p(y | z_t)``, so DPS is not an exact
-posterior sampler even with an exact score; ``zeta`` is its hand-set weight.
+with ``zeta_t = zeta s / sqrt(D)`` (``normalise=True``): ``D`` is the deviance
+``-2 [log p(y | x0_hat) - log p_max]`` (``||y - A x0_hat||^2 / sigma^2`` for Gaussian noise) and
+``s = sigma / ||A||`` the measurement noise as an image-noise level in the model's units
+(:meth:`InverseProblem.likelihood_curvature`), so that the step is the paper's
+``zeta grad ||y - A x0_hat||`` (residual in the model's units) for any noise model and image units.
+``normalise=False``: ``zeta_t = zeta s^2``, the gradient of ``zeta ||y - A x0_hat||^2 / 2``. Any
+operator and noise model work (Gaussian, Poisson, amplitudes, closure phases, log closure amplitudes):
+only ``operator.log_likelihood`` is differentiated. The likelihood at the denoised mean is an
+approximation of ``p(y | z_t)``, so DPS is not an exact posterior sampler even with an exact score;
+``zeta`` is its hand-set weight.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +63,8 @@ def dps(problem: InverseProblem, config: DPSConfig | None = None, progress: bool
     prior = problem.score_prior("dps")
     sde, score = prior.sde, prior.score_model
     saturated = problem.saturated_log_likelihood()
+    # the measurement noise as an image-noise level, in the score model's units, squared
+    s2 = 1.0 / (problem.likelihood_curvature(problem.initial_image()) * prior.scale**2)
     ts = time_grid(sde, cfg.steps)
 
     def draw(m: int, g: torch.Generator) -> torch.Tensor:
@@ -74,9 +81,9 @@ def dps(problem: InverseProblem, config: DPSConfig | None = None, progress: bool
                 z = ddim_step(z, z0.detach(), sde, t, s, cfg.eta, noise)
                 if cfg.normalise:
                     dev = (-2 * (ll.detach() - saturated)).clamp_min(1e-12)
-                    step = cfg.zeta / dev.sqrt().reshape(-1, *[1] * (z.ndim - 1))
+                    step = cfg.zeta * math.sqrt(s2) / dev.sqrt().reshape(-1, *[1] * (z.ndim - 1))
                 else:
-                    step = cfg.zeta
+                    step = cfg.zeta * s2
                 z = z + step * grad
             check_finite(z, "dps", i, float(t))
         return prior.from_z(tweedie_denoise(score, sde, z))

@@ -24,9 +24,11 @@ def measurement_count(y) -> int:
 
 
 class InverseProblem:
-    """``y = A(x) + n`` with prior ``p(x)``: ``operator`` (its ``noise`` the likelihood), ``y``, ``prior``."""
+    """``y = A(x) + n`` with prior ``p(x)``: ``operator`` (its ``noise`` the likelihood), ``y``, ``prior``;
+    optional multipliers of the two log-densities and a starting image ``init``."""
 
-    def __init__(self, operator, y, prior: Prior, data_weight: float = 1.0, prior_weight: float = 1.0) -> None:
+    def __init__(self, operator, y, prior: Prior, data_weight: float = 1.0, prior_weight: float = 1.0,
+                 init: torch.Tensor | None = None) -> None:
         if tuple(prior.image_shape) != tuple(operator.image_shape):
             raise InterferoError(
                 f"prior is for images of shape {tuple(prior.image_shape)},"
@@ -34,6 +36,7 @@ class InverseProblem:
             )
         self.operator, self.y, self.prior = operator, y, prior
         self.data_weight, self.prior_weight = float(data_weight), float(prior_weight)
+        self.init = None if init is None else init.reshape(1, *self.operator.image_shape)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -62,27 +65,63 @@ class InverseProblem:
         return self.prior
 
     def initial_image(self) -> torch.Tensor:
-        """The operator's pseudo-inverse of the data, ``(1, C, H, W)`` float32 (MAP, PnP and SDEdit start here)."""
+        """Where MAP, PnP-ADMM and SDEdit start, ``(1, C, H, W)`` float32: ``init`` if given (``reconstruct``
+        gives a Gaussian blob of the zero-baseline flux), else the operator's pseudo-inverse of the data."""
         with torch.no_grad():
-            x = self.operator.pseudo_inverse(self.y)
+            x = self.init if self.init is not None else self.operator.pseudo_inverse(self.y)
         x = x[:1].to(torch.float32)
         if not bool(torch.all(torch.isfinite(x))):
             raise InterferoError("the pseudo-inverse of the data has NaN or infinite pixels")
         return x
 
-    @torch.no_grad()
-    def perturbation_chi2(self, x_ref: torch.Tensor, noise_std: float, probes: int = 8, seed: int = 0) -> float:
-        """Deviance per measurement that white image noise of std ``noise_std`` (image units) around ``x_ref``
-        causes in noiseless data of ``x_ref``: ``s^2 mean_k |grad y_k|^2 / sigma_k^2`` for a linear operator
-        with Gaussian noise, i.e. the image noise propagated through the operator in units of the
-        measurement noise (Score-ALD's annealed data weight)."""
+    def likelihood_curvature(self, x_ref: torch.Tensor, iters: int = 30, seed: int = 0) -> float:
+        """The likelihood's curvature (1 / image units^2) around ``x_ref``: how strongly the data pin an image.
+
+        - a linear operator: the largest eigenvalue of the Gauss-Newton Hessian ``J^T W J`` of
+          ``-log p(y | x)`` (extra terms such as a total-flux term included) for data equal to ``x_ref``'s
+          own measurements, by power iteration on Hessian-vector products; ``||A||^2 / sigma^2`` for
+          Gaussian noise of std ``sigma``;
+        - a nonlinear one (closure phases, log closure amplitudes): the median over measurements of the
+          deviance that white image noise of std ``s`` causes, over ``s^2``. The largest eigenvalue would be
+          set by visibilities near a null, whose closure phases swing wildly, and say nothing of the
+          typical measurement.
+
+        ``curvature^-1/2`` is the measurement noise as an image-noise level: DPS's step scale and Score-ALD's
+        annealed data weight."""
+        from interfero.operators import LinearOperator
+
+        x_ref = x_ref[:1].detach().to(torch.float64)
+        with torch.no_grad():
+            y_ref = self.operator(x_ref)
+        if isinstance(self.operator, LinearOperator):
+            lam = self._largest_curvature(x_ref, y_ref, iters, seed)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            s = 1e-3 * float(x_ref.abs().max().clamp_min(1e-30))
+            x = x_ref + s * torch.randn((8, *self.image_shape), generator=g, dtype=torch.float64)
+            with torch.no_grad():
+                terms = self.operator.noise.deviance_terms(self.operator(x), y_ref)
+            lam = float(terms.mean(0).median()) / s**2
+        if not (math.isfinite(lam) and lam > 0):
+            raise InterferoError("the likelihood has no finite positive curvature at the reference image")
+        return lam
+
+    def _largest_curvature(self, x_ref: torch.Tensor, y_ref, iters: int, seed: int) -> float:
+        def grad(x):
+            loss = -self.operator.log_likelihood(x, y_ref).sum()
+            return torch.autograd.grad(loss, x, create_graph=True)[0]
+
         g = torch.Generator().manual_seed(seed)
-        x_ref = x_ref[:1].expand(probes, *self.image_shape).to(torch.float64)
-        y_ref = self.operator(x_ref[:1])
-        x = x_ref + noise_std * torch.randn(x_ref.shape, generator=g, dtype=torch.float64)
-        noise = self.operator.noise
-        dev = -2 * (noise.log_likelihood(self.operator(x), y_ref) - noise.log_likelihood(y_ref, y_ref))
-        out = float(dev.mean()) / measurement_count(y_ref)
-        if not math.isfinite(out):
-            raise InterferoError("the data's response to image noise is not finite")
-        return out
+        v = torch.randn(x_ref.shape, generator=g, dtype=torch.float64)
+        v = v / v.norm()
+        lam = 0.0
+        with torch.enable_grad():
+            for _ in range(iters):
+                x = x_ref.clone().requires_grad_(True)
+                hv = torch.autograd.grad((grad(x) * v).sum(), x)[0]
+                lam = float((hv * v).sum())
+                norm = float(hv.norm())
+                if not (math.isfinite(norm) and norm > 0):
+                    break
+                v = hv / norm
+        return lam

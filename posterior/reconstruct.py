@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,9 @@ from interfero.regrid import regrid
 
 from .dpi import DPI, DPIConfig, DPITarget, read_checkpoint_record
 from .flows import build_flow
+from .methods import method_config, run_method
 from .metrics import image_metrics, interval_coverage, reduced_chi2
+from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
 
@@ -96,6 +98,8 @@ class ReconstructSettings:
     seed: int = 0
     allow_fov_mismatch: bool = False
     threads: int | None = None
+    method: str = "dpi"  # dpi (the flow fit below) or a baseline of posterior.methods: dps, ald, sdedit, pnp-admm, map
+    method_options: dict = field(default_factory=dict)  # the baseline's settings (posterior.methods), by name
 
     def __post_init__(self) -> None:
         if self.flow_output is None:  # MEM needs positive pixels; a score prior's p_eps jitter needs both signs
@@ -148,15 +152,16 @@ def _residuals(op: InterferometryOperator, x: torch.Tensor) -> dict[str, np.ndar
     return out
 
 
-def check_total_flux(total: float, flux: float, flux_sigma: float, out: Path) -> None:
+def check_total_flux(total: float, flux: float, flux_sigma: float, out: Path, method: str = "dpi") -> None:
     """Refuses a posterior whose mean total flux (Jy) is off the flux term's ``flux +- flux_sigma`` Jy by more
     than ``max(flux / 2, 10 flux_sigma)``: a fit that ran away with finite but meaningless images (a flow that
     nearly overflowed), never a posterior. Priors may pull the flux by some per cent (MEM does), not by 50%."""
     if not (math.isfinite(total) and abs(total - flux) <= max(0.5 * flux, 10 * flux_sigma)):
-        raise InterferoError(
-            f"DPI fit diverged: posterior mean total flux {total:.4g} Jy, the flux term asks {flux:.4g} +-"
-            f" {flux_sigma:.2g} Jy; try a smaller --lr (and the bounded --coupling-scale sigmoid, the default);"
-            f" checkpoint kept in {out}")
+        what = (f"DPI fit diverged: posterior mean total flux {total:.4g} Jy" if method == "dpi" else
+                f"{method} did not converge: mean total flux {total:.4g} Jy")
+        hint = ("try a smaller --lr (and the bounded --coupling-scale sigmoid, the default); checkpoint kept in"
+                f" {out}" if method == "dpi" else "give it more steps or a smaller step size (--opt); nothing written")
+        raise InterferoError(f"{what}, the flux term asks {flux:.4g} +- {flux_sigma:.2g} Jy; {hint}")
 
 
 def _classical(s: ReconstructSettings) -> bool:
@@ -280,6 +285,8 @@ def build_problem(obs_path, s: ReconstructSettings):
         raise InterferoError(f"--warm-start must be >= 0 steps, got {s.warm_start_steps}")
     if s.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {s.samples}")
+    if s.method != "dpi" or s.method_options:
+        method_config(s.method, s.method_options)  # unknown method or settings: refused before any work
     geom = ImageGeometry(s.npix, s.fov_uas)
     paths = [obs_path] if isinstance(obs_path, (str, Path)) else list(obs_path)
     prepared = [prepare_observation(read_uvfits(p), s.avg, s.sys_noise, compact_flux=s.flux) for p in paths]
@@ -327,22 +334,32 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     if truth_img is not None:
         truth_img = regrid(truth_img, truth_geom, geom)
     _check_out(out)
-    fit = fit_posterior(s, geom, flux, op, prior, out=out, resume=resume, progress=progress)
-    post = fit.final.posterior()
-    post.diagnostics |= {"history": fit.history, "seconds": fit.seconds, "skipped_steps": fit.skipped,
-                         "warm_start_steps": fit.warm_steps}
-    check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out)
+    if s.method == "dpi":
+        fit = fit_posterior(s, geom, flux, op, prior, out=out, resume=resume, progress=progress)
+        post = fit.final.posterior()
+        post.diagnostics |= {"history": fit.history, "seconds": fit.seconds, "skipped_steps": fit.skipped,
+                             "warm_start_steps": fit.warm_steps}
+        run_info = {"steps": fit.final.step, "warm_start_steps": fit.warm_steps, "skipped_steps": fit.skipped,
+                    "rollbacks": fit.rollbacks, "fit_seconds": fit.seconds}
+    else:
+        problem = InverseProblem(op, op.data, prior, init=gaussian_blob(geom, flux, s.init_fwhm_uas)[None])
+        options = dict(s.method_options)
+        if s.method in ("dps", "ald", "sdedit"):
+            options.setdefault("n_samples", s.samples)
+            options.setdefault("seed", s.seed)
+        post = run_method(s.method, problem, options, progress=progress)
+        run_info = {"method_settings": post.diagnostics["config"], "fit_seconds": post.diagnostics["seconds"],
+                    "point_estimate": bool(post.diagnostics.get("point_estimate", False))}
+    check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out, s.method)
     mean = torch.tensor(post.mean[None], dtype=torch.float32)
     prior_method = prior_method_name(s)
-    metrics = {"method": "dpi", "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
+    metrics = {"method": s.method, "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
                "npix": s.npix, "fov_uas": s.fov_uas, "total_flux": float(post.mean.sum()),
                "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
                "flux_constraint_jy": flux, "sys_noise": next(iter(prep.values())).sys_noise,
                "preparation": {p: r.as_dict() for p, r in prep.items()},
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
-               "steps": fit.final.step, "warm_start_steps": fit.warm_steps,
-               "skipped_steps": fit.skipped, "rollbacks": fit.rollbacks, "n_samples": post.n_samples,
-               "fit_seconds": fit.seconds}
+               "n_samples": post.n_samples, **run_info}
     metrics |= reduced_chi2(op, mean)
     ring = ring_samples(post.samples.reshape(post.n_samples, s.npix, s.npix), s.fov_uas)
     try:
@@ -370,7 +387,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     write_fits_summaries(post, geom, out)
     plot_uv_coverage(obs, out / "uv_coverage.png")
     plot_report(post, geom, out / "report.png", residuals=_residuals(op, mean), truth=truth_img,
-                title=f"{obs.source}: DPI with prior {prior.name} ({', '.join(s.products)})", ring=ring)
+                title=f"{obs.source}: {s.method.upper()} with prior {prior.name} ({', '.join(s.products)})", ring=ring)
     metrics["runtime_s"] = time.perf_counter() - t0
     write_json(metrics, out / "metrics.json")
     return metrics

@@ -176,3 +176,14 @@ def test_every_method_is_registered_with_a_validating_config():
         cfg = cls()
         cfg.validate()
         assert callable(fn), name
+
+
+def test_likelihood_curvature_is_the_operator_norm_over_sigma_squared():
+    """``||A||^2 / sigma^2``: 1 / 0.2^2 for denoising; the blur's largest transfer value (1, at zero
+    frequency) for a blur."""
+    from interfero.operators import GaussianBlur
+
+    x = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(0))
+    for op, want in ((Denoising(SHAPE, GaussianNoise(0.2)), 25.0), (GaussianBlur(SHAPE, 1.0, GaussianNoise(0.5)), 4.0)):
+        pb = InverseProblem(op, op(x), TVPrior(SHAPE))
+        assert pb.likelihood_curvature(x) == pytest.approx(want, rel=1e-6)

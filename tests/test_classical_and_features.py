@@ -66,7 +66,7 @@ def test_image_regulariser_is_the_flux_normalised_sum_and_scale_free():
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda r: image_regulariser("l1", r), "unknown regulariser 'l1'"),
+    (lambda r: image_regulariser("l2", r), "unknown regulariser 'l2'"),
     (lambda r: image_regulariser("tv", r, weight=0.0), "weight must be > 0"),
     (lambda r: image_regulariser("tv", torch.zeros_like(r)), "positive total flux"),
     (lambda r: SumPrior([TVPrior((1, 2, 2)), TVPrior((1, 3, 3))]), "share one image shape"),
@@ -179,3 +179,11 @@ def test_disk_tail_profile():
     out = (x > 30) & (x < 45)
     slope = np.polyfit(x[out], np.log(row[out]), 1)[0]
     assert slope == pytest.approx(-1 / 10.0, rel=0.05)
+
+
+def test_l1_regulariser_is_the_flux_normalised_absolute_sum():
+    ref = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.1
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    l1 = image_regulariser("l1", ref, weight=5.0)
+    want = -5.0 * x.abs().reshape(3, -1).sum(-1) / float(ref.sum())
+    torch.testing.assert_close(l1.log_prob(x), want, rtol=1e-6, atol=1e-6)

@@ -35,6 +35,11 @@ class NoiseModel(torch.nn.Module, metaclass=ABCMeta):
     def log_likelihood(self, y_pred, y_obs) -> torch.Tensor:
         """``log p(y_obs | y_pred)`` per batch item, shape ``(B,)``."""
 
+    def deviance_terms(self, y_pred, y_obs) -> torch.Tensor:
+        """Per-measurement deviance ``(B, M)``: ``-2 [log p(y_k | y_pred_k) - log p(y_k | y_k)]`` (the chi^2 terms
+        for Gaussian noise)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-measurement deviance")
+
 
 def _batch_sum(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(-1)
@@ -77,6 +82,11 @@ class GaussianNoise(NoiseModel):
         const = ncomp * (logs + 0.5 * y_pred[0].numel() * math.log(2 * math.pi))
         return -0.5 * _batch_sum(sq) - const
 
+    def deviance_terms(self, y_pred: torch.Tensor, y_obs: torch.Tensor) -> torch.Tensor:
+        r = (y_pred - y_obs) / self._sigma(y_pred)
+        sq = r.real**2 + r.imag**2 if r.is_complex() else r**2
+        return sq.reshape(sq.shape[0], -1)
+
 
 class PoissonNoise(NoiseModel):
     """Poisson photon counts: ``y ~ Poisson(gain * A x) / gain``.
@@ -99,6 +109,12 @@ class PoissonNoise(NoiseModel):
         rate = (self.gain * y_pred).clamp_min(1e-12)
         k = self.gain * y_obs
         return _batch_sum(k * torch.log(rate) - rate - torch.lgamma(k + 1))
+
+    def deviance_terms(self, y_pred: torch.Tensor, y_obs: torch.Tensor) -> torch.Tensor:
+        rate = (self.gain * y_pred).clamp_min(1e-12)
+        k = (self.gain * y_obs).expand_as(rate)
+        d = 2 * (torch.xlogy(k, k) - k * torch.log(rate) - k + rate)
+        return d.reshape(d.shape[0], -1)
 
 
 class Operator(torch.nn.Module, metaclass=ABCMeta):

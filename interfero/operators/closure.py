@@ -128,6 +128,10 @@ class VLBILikelihood(NoiseModel):
             total = total + self.weights[k] * (-0.5 * t.sum(-1) - lognorm)
         return total
 
+    def deviance_terms(self, y_pred: VLBIData, y_obs: VLBIData) -> torch.Tensor:
+        """The chi^2 terms of every product side by side, ``(B, M)`` (weights applied)."""
+        return torch.cat([self.weights[k] * t for k, t in self.terms(y_pred, y_obs).items()], dim=-1)
+
     def chi2(self, y_pred: VLBIData, y_obs: VLBIData) -> dict[str, torch.Tensor]:
         """Reduced chi^2 per product as ehtim defines it, each ``(B,)``."""
         out = {}
