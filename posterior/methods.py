@@ -39,22 +39,23 @@ from .summary import Posterior
 
 @dataclass
 class DPIMethodConfig:
-    """DPI on a generic problem: a ``flow`` (``glow`` / ``realnvp``) of ``blocks`` couplings with ``hidden``
-    units, ``layout`` dense (every pixel sees every other; images up to ~32x32) or conv, started at the
+    """DPI on a generic problem: a ``flow`` (``realnvp`` / ``glow``) of ``blocks`` couplings with ``hidden``
+    units, ``layout`` conv (squeezed images; the default, as ``reconstruct``'s flow) or dense (every pixel
+    sees every other; a dense Glow can represent any Gaussian exactly, for small images), started at the
     pseudo-inverse (``init="data"``) or the prior's mean image (``"prior"``, a 64-draw average for a score
     prior) with latent spread ``init_spread``; ``steps`` Adam steps of ``batch`` draws at ``lr``;
     ``n_samples`` posterior draws; seed."""
 
-    steps: int = 2000
-    batch: int = 64
+    steps: int = 600
+    batch: int = 16
     lr: float = 1e-3
-    flow: str = "glow"
-    layout: str = "dense"
-    blocks: int = 4
-    hidden: int = 128
+    flow: str = "realnvp"
+    layout: str = "conv"
+    blocks: int = 8
+    hidden: int = 32
     init: str = "data"
     init_spread: float = 0.1
-    n_samples: int = 1024
+    n_samples: int = 256
     seed: int = 0
 
     def validate(self) -> None:
@@ -74,7 +75,7 @@ class DPIMethodConfig:
 
 
 def dpi_method(problem: InverseProblem, config: DPIMethodConfig | None = None, progress: bool = False) -> Posterior:
-    """DPI on ``problem``: a dense Glow flow by default, which can represent any Gaussian exactly."""
+    """DPI on ``problem`` with the flow of ``config`` (see :class:`DPIMethodConfig`)."""
     cfg = config or DPIMethodConfig()
     cfg.validate()
     if cfg.init == "data":

@@ -172,7 +172,7 @@ def restore(image, out, settings: RestoreSettings | None = None, truth=None, sim
     t0 = time.perf_counter()
     if s.threads:
         torch.set_num_threads(int(s.threads))
-    prior = load_prior(s.prior)
+    prior = load_prior(s.prior, elbo={"draws": 2, "importance": True})  # DPI's and MAP's ELBO, as reconstruct
     img, geom = read_image(image, prior)
     truth_img = img if simulate else (read_image(truth, prior)[0] if truth is not None else None)
     shape = prior.image_shape

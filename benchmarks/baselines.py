@@ -1,0 +1,106 @@
+"""Speed of the posterior-sampling baselines on the shipped default prior (32x32).
+
+    python benchmarks/baselines.py [--json OUT.json] [--repeats 3] [--steps 1000] [--batch 8]
+
+1. DPS, ``--steps`` steps, batch ``--batch``, 32x32 deblurring: ours, beside the unconditional DDPM
+   sampler on the same grid and network in the same process (``dps_vs_ddpm``: the cost of the guidance,
+   one backward pass through the network per step). ``dps_deepinv_s`` and ``dps_speed_ratio_vs_deepinv``
+   (ours / deepinv's DPS on the same network) are null, with the reason in ``deepinv``: deepinv 0.5
+   needs torchvision, whose wheel for torch 2.13 does not load against the CPU build of torch.
+2. Each method's time per posterior sample on the same problem with its default settings
+   (``*_s_per_sample``; PnP-ADMM and MAP give one point estimate).
+
+Medians of ``--repeats`` runs after one warm-up (the per-method times: one run each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from interfero.io import atomic_write_text
+from interfero.operators import GaussianBlur, GaussianNoise
+from posterior.dps import DPSConfig, dps
+from posterior.methods import run_method
+from posterior.problem import InverseProblem
+from priors.pretrained import load_prior
+from priors.sampling import ddpm, time_grid
+
+
+def problem():
+    from priors.datasets.blackholes import make_black_holes
+
+    prior = load_prior("default", elbo={"draws": 2, "importance": True})
+    img = make_black_holes(1, 32, 160.0, seed=7, law="disk-lnflux")[0]
+    op = GaussianBlur((1, 32, 32), 1.5, GaussianNoise(0.02 * float(img.max())))
+    y = op.sample(torch.tensor(img), torch.Generator().manual_seed(0))
+    return InverseProblem(op, y, prior), prior
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def deepinv_status() -> str:
+    """Why deepinv's DPS is not timed here: whether deepinv (an optional extra) imports at all."""
+    try:
+        import deepinv  # noqa: F401
+    except Exception as err:  # deepinv, or its torchvision, does not load
+        return f"not timed: deepinv does not import here ({type(err).__name__}: {err})"
+    return "not timed: deepinv imports, but no adapter of this network to its denoiser interface is included"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--skip-methods", action="store_true", help="only the DPS timing")
+    args = ap.parse_args()
+    pb, prior = problem()
+    res = {"torch_threads": torch.get_num_threads(), "machine": platform.machine(), "repeats": args.repeats,
+           "steps": args.steps, "batch": args.batch, "image": "32x32"}
+    cfg = DPSConfig(steps=args.steps, n_samples=args.batch, batch=args.batch)
+    res["dps_ours_s"] = timed(lambda: dps(pb, cfg), args.repeats)
+    ts = time_grid(prior.sde, args.steps)
+    z = prior.sde.prior_sampling((args.batch, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    res["ddpm_same_grid_s"] = timed(lambda: ddpm(prior.score_model, prior.sde, z, ts), args.repeats)
+    res["dps_vs_ddpm"] = res["dps_ours_s"] / res["ddpm_same_grid_s"]
+    res["dps_deepinv_s"] = None
+    res["dps_speed_ratio_vs_deepinv"] = None
+    res["deepinv"] = deepinv_status()
+    print(f"DPS {args.steps} steps, batch {args.batch}, 32x32: ours {res['dps_ours_s']:.2f} s; unconditional DDPM"
+          f" {res['ddpm_same_grid_s']:.2f} s (ratio {res['dps_vs_ddpm']:.2f}); deepinv: {res['deepinv']}")
+    if not args.skip_methods:
+        print(f"{'method':>9s} {'s / sample':>11s} {'samples':>8s}")
+        for name, opts in (("dps", {"n_samples": 8, "batch": 8}), ("ald", {"n_samples": 8, "batch": 8}),
+                           ("sdedit", {"n_samples": 8, "batch": 8}), ("dpi", {}), ("pnp-admm", {}), ("map", {})):
+            t0 = time.perf_counter()
+            post = run_method(name, pb, opts)
+            sec = time.perf_counter() - t0
+            n = post.n_samples if name not in ("dpi",) else 1  # DPI: the fit is the cost; draws are free
+            key = name.replace("-", "_")
+            res[f"{key}_s_per_sample"] = sec / n
+            res[f"{key}_s_total"] = sec
+            print(f"{name:>9s} {sec / n:11.3f} {post.n_samples:8d}" + ("  (fit; then draws are ~free)" if name == "dpi"
+                                                                       else ""))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({k: (float(v) if isinstance(v, np.floating) else v)
+                                                 for k, v in res.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
