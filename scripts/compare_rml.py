@@ -1,7 +1,7 @@
 """ehtim's RML imager next to our DPI posterior mean, on the same closure data.
 
     python scripts/compare_rml.py OBS.uvfits [--truth T.fits] [--stations AA,AP,LM,SM] [--dpi DIR]
-        [--steps N] [--out DIR] [--json OUT.json]
+        [--steps N] [--methods dpi,dps,ald,map] [--opt METHOD:NAME=VALUE ...] [--out DIR] [--json OUT.json]
 
 RML (eht-imaging 1.3.2, imported, ``ttype='direct'``: its default NFFT path
 needs pynfft): closure phases + log closure amplitudes, total-flux and
@@ -11,7 +11,9 @@ started from the previous result blurred by the nominal resolution, at
 regulariser gives a NaN objective here, "J: nan", and the imager stops at the
 initial image; ``tv2``, the squared-gradient form, works.) DPI: our
 ``reconstruct`` (the shipped default prior, or ``--prior``) on the same data, or an existing
-run folder (``--dpi``). ``--stations`` keeps only those sites (the sparse
+run folder (``--dpi``). ``--methods`` adds the baselines of ``reconstruct --method`` (DPS, ALD, SDEdit,
+PnP-ADMM, MAP with the same prior; settings by ``--opt METHOD:NAME=VALUE``); a method whose result
+fails ``reconstruct``'s total-flux check is listed with the error. ``--stations`` keeps only those sites (the sparse
 cases of the paper's Figure 1: 4 or 5 stations); the reduced observation is
 written to OUT/obs.uvfits and used by both.
 
@@ -30,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interfero.errors import InterferoError
 from interfero.io import ImageGeometry, import_ehtim, quiet, read_fits_image, read_uvfits, write_uvfits
 from interfero.operators import InterferometryOperator
 from interfero.preparation import zero_baseline_flux
 from interfero.regrid import regrid
+from posterior.cli import parse_options
 from posterior.metrics import image_metrics, reduced_chi2
 from posterior.reconstruct import ReconstructSettings, reconstruct
 from posterior.report import write_json
@@ -72,6 +76,10 @@ def main() -> None:
                     help="weight of a tv / mem / tv+mem prior (nats)")
     ap.add_argument("--steps", type=int, default=ReconstructSettings().steps)
     ap.add_argument("--flux", type=float)
+    ap.add_argument("--methods", default="dpi", help="comma-separated methods of reconstruct --method")
+    ap.add_argument("--opt", action="append", default=[], metavar="METHOD:NAME=VALUE",
+                    help="a setting of one method (repeatable), e.g. dps:zeta=0.3")
+    ap.add_argument("--samples", type=int, default=ReconstructSettings().samples)
     ap.add_argument("--out", default="outputs/compare_rml")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -89,30 +97,46 @@ def main() -> None:
     if args.truth:
         t, tg = read_fits_image(args.truth)
         truth = regrid(t, tg, geom)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    options: dict[str, dict] = {m: {} for m in methods}
+    for item in args.opt:
+        method, sep, setting = item.partition(":")
+        if not sep or method not in options:
+            raise InterferoError(f"--opt expects METHOD:NAME=VALUE for one of {', '.join(methods)}, got {item!r}")
+        options[method] |= parse_options([setting])
     rml_img, rml_s = rml(obs_path, geom, flux)
-    if args.dpi:
-        dpi_dir = Path(args.dpi)
-        dpi_metrics = json.loads((dpi_dir / "metrics.json").read_text())
-    else:
-        dpi_dir = out / "dpi"
-        s = ReconstructSettings(steps=args.steps, flux=args.flux, prior=args.prior, reg_weight=args.reg_weight)
-        dpi_metrics = reconstruct(obs_path, dpi_dir, s, truth=args.truth, progress=True)
-    dpi_img, _ = read_fits_image(dpi_dir / "mean.fits")
+    images = [("ehtim RML", rml_img, rml_s, {})]
+    errors = {}
+    for method in methods:
+        folder = Path(args.dpi) if (method == "dpi" and args.dpi) else out / method
+        if not (method == "dpi" and args.dpi):
+            s = ReconstructSettings(steps=args.steps, flux=args.flux, prior=args.prior, reg_weight=args.reg_weight,
+                                    method=method, method_options=options[method], samples=args.samples)
+            try:
+                reconstruct(obs_path, folder, s, truth=args.truth, progress=False)
+            except InterferoError as err:
+                errors[method] = str(err)
+                print(f"{method}: {err}")
+                continue
+        m = json.loads((folder / "metrics.json").read_text())
+        images.append((f"{method.upper()} mean", read_fits_image(folder / "mean.fits")[0], m["runtime_s"],
+                       {"method_settings": m.get("method_settings")}))
     op = InterferometryOperator(obs, geom, products=("cphase", "logcamp"))
     rows = {}
-    for name, img, secs in (("ehtim RML", rml_img, rml_s), ("DPI mean", dpi_img, dpi_metrics["runtime_s"])):
-        r = {"runtime_s": secs, "total_flux": float(img.sum())}
+    for name, img, secs, extra in images:
+        r = {"runtime_s": secs, "total_flux": float(img.sum()), **extra}
         r |= reduced_chi2(op, torch.tensor(img[None, None].copy()))
         if truth is not None:
             m = image_metrics(img, truth, geom)
             r |= {k: m[k] for k in ("nxcorr", "nxcorr_blur10", "nxcorr_blur20")}
         rows[name] = r
     keys = [k for k in ("nxcorr", "nxcorr_blur10", "nxcorr_blur20", "chi2_cphase", "chi2_logcamp", "total_flux",
-                        "runtime_s") if k in rows["DPI mean"]]
+                        "runtime_s") if k in rows["ehtim RML"]]
     print(f"{'':>16}" + "".join(f"{k:>15}" for k in keys))
     for name, r in rows.items():
         print(f"{name:>16}" + "".join(f"{r[k]:15.4g}" for k in keys))
-    res = {"observation": str(obs_path), "stations": obs.summary()["stations"], "n_vis": obs.n_vis, **rows}
+    res = {"observation": str(obs_path), "stations": obs.summary()["stations"], "n_vis": obs.n_vis, **rows,
+           "errors": errors}
     if args.json:
         write_json(res, args.json)
 

@@ -2,14 +2,15 @@
 
     python scripts/validate_samplers.py --json OUT.json [--prior analytic|trained|both] [--samples 2048]
         [--tasks denoise,deblur,random_inpaint] [--methods dpi,dps,ald,sdedit,pnp_admm,map] [--sweeps]
-        [--threads N]
+        [--opt METHOD:NAME=VALUE ...] [--threads N]
 
 Prior: the 16x16 face-fitted Gaussian (posterior.validation_baselines). ``analytic``: the score-based
 methods (DPS, ALD, SDEdit, PnP-ADMM) use its exact diffused score, DPI and MAP its closed-form
 log-density; ``trained``: every method uses the shipped ``faces16`` score prior trained on draws of
 that Gaussian (DPI and MAP through its ELBO). Every method runs with its default settings (one set for
 all tasks, not tuned to the closed form), except DPI's flow: a dense Glow (4 blocks, 128 units, 2000
-steps of 64 draws), which can represent any Gaussian; ``--sweeps`` adds, for the analytic prior, DPS's step size
+steps of 64 draws), which can represent any Gaussian; ``--opt`` overrides a setting of one method
+(recorded in the JSON's ``settings``); ``--sweeps`` adds, for the analytic prior, DPS's step size
 ``zeta``, ALD's ``gamma`` and SDEdit's ``t0`` over 8 log-spaced values each.
 
 JSON: ``{"analytic": {task: {method: {mean_rel_err, std_rel_err, kl, kl_exact_draws, seconds, ...}}},
@@ -30,6 +31,7 @@ import torch
 
 from interfero.errors import InterferoError
 from interfero.plotting import plt, save_figure
+from posterior.cli import parse_options
 from posterior.methods import run_method
 from posterior.report import write_json
 from posterior.validation_baselines import TASKS, compare, exact_problem
@@ -64,7 +66,7 @@ def options(method: str, samples: int, batch: int) -> dict:
     return {}
 
 
-def run(kind: str, tasks, methods, samples: int, batch: int, progress: bool) -> dict:
+def run(kind: str, tasks, methods, samples: int, batch: int, progress: bool, overrides: dict) -> dict:
     score_prior, density_prior, gauss = priors(kind)
     out: dict = {}
     for task in tasks:
@@ -74,7 +76,8 @@ def run(kind: str, tasks, methods, samples: int, batch: int, progress: bool) -> 
             ex = exact_problem(task, prior, gauss)
             name = method.replace("_", "-")
             t0 = time.perf_counter()
-            post = run_method(name, ex.problem, options(name, samples, batch), progress=progress)
+            opts = options(name, samples, batch) | overrides.get(method, {})
+            post = run_method(name, ex.problem, opts, progress=progress)
             res = compare(post, ex) | {"seconds": time.perf_counter() - t0}
             out[task][method] = res
             print(f"{kind:>8} {task:>15} {method:>9}: mean err {res['mean_rel_err']:.4f}, std err"
@@ -132,6 +135,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--sweeps", action="store_true", help="hyperparameter sweeps (analytic prior)")
     ap.add_argument("--sweep-samples", type=int, default=512)
+    ap.add_argument("--opt", action="append", default=[], metavar="METHOD:NAME=VALUE")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", default="outputs/validate_samplers")
     args = ap.parse_args()
@@ -145,12 +149,18 @@ def main() -> None:
     for m in methods:
         if m not in METHODS:
             raise InterferoError(f"unknown method {m!r} (choose from {', '.join(METHODS)})")
+    overrides: dict[str, dict] = {}
+    for item in args.opt:
+        method, sep, setting = item.partition(":")
+        if not sep or method not in METHODS:
+            raise InterferoError(f"--opt expects METHOD:NAME=VALUE with a method of {', '.join(METHODS)}, got {item!r}")
+        overrides.setdefault(method, {}).update(parse_options([setting]))
     kinds = ("analytic", "trained") if args.prior == "both" else (args.prior,)
-    result: dict = {"settings": {"samples": args.samples, "tasks": tasks, "methods": methods,
+    result: dict = {"settings": {"samples": args.samples, "tasks": tasks, "methods": methods, "overrides": overrides,
                                  "noise_std": {t: TASKS[t][1] for t in tasks}}}
     out = Path(args.out)
     for kind in kinds:
-        result[kind] = run(kind, tasks, methods, args.samples, args.batch, progress=False)
+        result[kind] = run(kind, tasks, methods, args.samples, args.batch, progress=False, overrides=overrides)
         plot(result[kind], out / f"validate_samplers_{kind}.png", f"methods against the exact posterior ({kind} prior)")
         write_json(result, args.json)
     if args.sweeps:
