@@ -44,7 +44,7 @@ def map_estimate(problem: InverseProblem, config: MAPConfig | None = None, progr
     if isinstance(prior, ScorePrior):
         prior = prior.with_estimator(method="elbo")
     t0 = time.perf_counter()
-    x = (problem.initial_image() if init is None else init[:1].float()).clone().requires_grad_(True)
+    x = (problem.initial_image()[:1] if init is None else init[:1].float()).clone().requires_grad_(True)
     opt = torch.optim.LBFGS([x], lr=1.0, max_iter=cfg.iterations, history_size=cfg.history,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
     evals = []

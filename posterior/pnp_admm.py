@@ -93,7 +93,7 @@ def pnp_admm(problem: InverseProblem, config: PnPADMMConfig | None = None, progr
     exact = isinstance(op, LinearOperator) and isinstance(op.noise, GaussianNoise)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    x = problem.initial_image().double()
+    x = problem.initial_image()[:1].double()
     v, u = x.clone(), torch.zeros_like(x)
     y = problem.y.double() if isinstance(problem.y, torch.Tensor) else problem.y
     w = 1.0 / op.noise.sigma.double() ** 2 if exact else None

@@ -36,7 +36,7 @@ class InverseProblem:
             )
         self.operator, self.y, self.prior = operator, y, prior
         self.data_weight, self.prior_weight = float(data_weight), float(prior_weight)
-        self.init = None if init is None else init.reshape(1, *self.operator.image_shape)
+        self.init = None if init is None else init.reshape(-1, *self.operator.image_shape)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -65,11 +65,12 @@ class InverseProblem:
         return self.prior
 
     def initial_image(self) -> torch.Tensor:
-        """Where MAP, PnP-ADMM and SDEdit start, ``(1, C, H, W)`` float32: ``init`` if given (``reconstruct``
-        gives a Gaussian blob of the zero-baseline flux), else the operator's pseudo-inverse of the data."""
+        """Where MAP, PnP-ADMM and SDEdit start, ``(B, C, H, W)`` float32: ``init`` if given (``reconstruct``
+        gives a Gaussian blob of the zero-baseline flux), else the operator's pseudo-inverse of the data (one
+        image per row of ``y``: a batch of data sets, one per independent run, gives one start each)."""
         with torch.no_grad():
             x = self.init if self.init is not None else self.operator.pseudo_inverse(self.y)
-        x = x[:1].to(torch.float32)
+        x = x.to(torch.float32)
         if not bool(torch.all(torch.isfinite(x))):
             raise InterferoError("the pseudo-inverse of the data has NaN or infinite pixels")
         return x
@@ -100,7 +101,11 @@ class InverseProblem:
             s = 1e-3 * float(x_ref.abs().max().clamp_min(1e-30))
             x = x_ref + s * torch.randn((8, *self.image_shape), generator=g, dtype=torch.float64)
             with torch.no_grad():
-                terms = self.operator.noise.deviance_terms(self.operator(x), y_ref)
+                try:
+                    terms = self.operator.noise.deviance_terms(self.operator(x), y_ref)
+                except NotImplementedError:
+                    raise InterferoError(f"the noise model {type(self.operator.noise).__name__} gives no"
+                                         " per-measurement deviance, which this method needs") from None
             lam = float(terms.mean(0).median()) / s**2
         if not (math.isfinite(lam) and lam > 0):
             raise InterferoError("the likelihood has no finite positive curvature at the reference image")

@@ -4,7 +4,8 @@ Start from the operator's pseudo-inverse of the data, diffuse it to time ``t0`` 
 ``z(t0) = alpha(t0) z + std(t0) n``), then run the prior's reverse SDE (Euler-Maruyama, geometric
 grid) from ``t0`` to ``eps`` and finish with Tweedie's formula. The data enter only through the
 starting image: small ``t0`` keeps its artefacts, large ``t0`` forgets the data (``t0 = T`` draws
-from the prior). ``t0`` is the method's one hyperparameter.
+from the prior). ``t0`` is the method's one hyperparameter. Data with a batch of ``B`` rows (one
+data set per independent run) start each run of a batch of ``B`` from its own data.
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def sdedit(problem: InverseProblem, config: SDEditConfig | None = None, progress
     ts = time_grid(sde, cfg.steps, t_start=cfg.t0)
     alpha, std = sde.coefficients(ts[:1])
 
+    if z_init.shape[0] not in (1, cfg.batch) or (z_init.shape[0] > 1 and cfg.n_samples % cfg.batch):
+        raise InterferoError(f"SDEdit: {z_init.shape[0]} starting images need batches of that many runs")
+
     def draw(m: int, g: torch.Generator) -> torch.Tensor:
         z0 = z_init.expand(m, *problem.image_shape)
         z = _bcast(alpha, z0) * z0 + _bcast(std, z0) * torch.randn(z0.shape, generator=g)
-        z = reverse_sde(score, sde, z, ts, generator=g, denoise=False)
-        check_finite(z, "sdedit", cfg.steps - 1, sde.eps)
+        z = reverse_sde(score, sde, z, ts, generator=g, denoise=False,
+                        callback=lambda i, t, x, _x0: check_finite(x, "sdedit", i, float(t)))
         return prior.from_z(tweedie_denoise(score, sde, z))
 
     return sampled_posterior("sdedit", cfg, draw, progress)

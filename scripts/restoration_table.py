@@ -1,17 +1,20 @@
 """The restoration table: every method on deblurring, box / random inpainting and denoising of black holes.
 
     python scripts/restoration_table.py --json OUT.json --md OUT.md [--n 16] [--tasks ...] [--methods ...]
-        [--samples 16] [--budget default|short] [--jobs 1] [--threads 1] [--work DIR]
+        [--samples 16] [--budget default|short] [--dpi-n 16] [--threads 1] [--work DIR]
 
 Test images: ``--n`` draws of the default prior's training generator (law ``disk-lnflux``, 32x32, 160 uas)
 with seed 20261130, which the shipped prior never saw. Tasks (``posterior.restore``, the defaults of
 ``interfero restore``): ``deblur`` (1.5 px Gaussian, 2% noise), ``box-inpaint`` (centred box of 1/3 of the
-side, 2%), ``random-inpaint`` (70% of the pixels missing, 2%), ``denoise`` (10%). Methods: SDEdit, ALD,
+side, 2%), ``random-inpaint`` (70% of the pixels missing, 2%), ``denoise`` (10%); the noise percentages are
+of the test set's median peak, one operator for all images. DPS, ALD and SDEdit run all images' samples
+in one batch; DPI (one flow per image) runs on the first ``--dpi-n`` images. Methods: SDEdit, ALD,
 DPS, PnP-ADMM, TV-MAP (the ``tv`` regulariser, weight 1000) and DPI, all with the shipped default prior.
 
 ``--budget default`` runs each method with its defaults; ``short`` with fewer steps (DPS 250, ALD 150
 levels x 2, SDEdit 200, DPI 300, PnP-ADMM 30 iterations) to fit a small machine;
-the JSON records which. Every case is saved in ``--work`` as it finishes, so an interrupted run resumes.
+the JSON records which. Every task and method is saved in ``--work`` as it finishes, so an interrupted
+run resumes.
 
 Reports, per task and method, the mean over images of PSNR (dB), SSIM, the runtime per image and, for the
 methods with samples, the fraction of truth pixels (above 10% of the peak) inside the 95% intervals.
@@ -22,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,40 +48,69 @@ def test_images(n: int) -> np.ndarray:
     return make_black_holes(n, 32, 160.0, seed=SEED, law="disk-lnflux")[0][:, 0].astype(np.float64)
 
 
-def one_case(args: tuple) -> dict:
-    i, task, method, samples, budget, threads = args
-    from posterior.methods import SAMPLING_METHODS, run_method
-    from posterior.metrics import interval_coverage, psnr, ssim
-    from posterior.problem import InverseProblem
+def task_data(task: str, images: np.ndarray):
+    """The task's operator (one for all images: its noise std is the task's percentage of the test set's
+    median peak) and each image's data."""
     from posterior.restore import DEFAULT_NOISE, RestoreSettings, noise_sigma, task_operator
+
+    peak = float(np.median(images.reshape(len(images), -1).max(1)))
+    op = task_operator(RestoreSettings(task=task, seed=0), (1, 32, 32), noise_sigma(DEFAULT_NOISE[task], [peak]))
+    ys = [op.sample(torch.tensor(img, dtype=torch.float32)[None, None], torch.Generator().manual_seed(SEED + i))
+          for i, img in enumerate(images)]
+    return op, ys
+
+
+def scores(samples: np.ndarray, img: np.ndarray, with_samples: bool) -> dict:
+    from posterior.metrics import interval_coverage, psnr, ssim
+    from posterior.summary import summarize
+
+    mean = samples.mean(0).reshape(32, 32)
+    row = {"psnr": psnr(mean, img), "ssim": ssim(mean, img)}
+    if with_samples:
+        post = summarize(samples)
+        n2 = (32, 32)
+        row["coverage95"] = interval_coverage({"95": (post.lo95.reshape(n2), post.hi95.reshape(n2))},
+                                              img)["truth_coverage_95"]
+    return row
+
+
+def run_cases(task: str, method: str, images: np.ndarray, samples: int, budget: str, threads: int) -> list[dict]:
+    """Rows of one task and method over ``images``. The sampling baselines run every image's independent runs
+    in one batch (same operator; the data repeated per run); DPI, PnP-ADMM and TV-MAP run image by image."""
+    from posterior.methods import run_method
+    from posterior.problem import InverseProblem
     from priors.classical import image_regulariser
     from priors.pretrained import load_prior
 
     torch.set_num_threads(threads)
-    img = test_images(i + 1)[i]
-    s = RestoreSettings(task=task, seed=i)
-    op = task_operator(s, (1, 32, 32), noise_sigma(DEFAULT_NOISE[task], img))
-    y = op.sample(torch.tensor(img, dtype=torch.float32)[None, None], torch.Generator().manual_seed(SEED + i))
-    name = "map" if method == "tv-map" else method
-    if method == "tv-map":
-        ref = torch.full((1, 32, 32), max(float(img.sum()), 1e-6) / 1024, dtype=torch.float64)
-        prior = image_regulariser("tv", ref, 1000.0)
-    else:
-        prior = load_prior("default", elbo={"draws": 2, "importance": True})  # as restore and reconstruct
+    op, ys = task_data(task, images)
     opts = dict(SHORT[method]) if budget == "short" else {}
-    if name in SAMPLING_METHODS:
-        opts |= {"n_samples": samples, "seed": i} | ({"batch": samples} if name != "dpi" else {})
-    t0 = time.perf_counter()
-    post = run_method(name, InverseProblem(op, y, prior), opts)
-    seconds = time.perf_counter() - t0
-    mean = post.mean.reshape(32, 32)
-    row = {"image": i, "task": task, "method": method, "psnr": psnr(mean, img), "ssim": ssim(mean, img),
-           "seconds": seconds, "options": opts}
-    if name in SAMPLING_METHODS:
-        n2 = (32, 32)
-        cov = interval_coverage({"95": (post.lo95.reshape(n2), post.hi95.reshape(n2))}, img)
-        row["coverage95"] = cov["truth_coverage_95"]
-    return row
+    name = "map" if method == "tv-map" else method
+    rows = []
+    if name in ("dps", "ald", "sdedit"):
+        prior = load_prior("default", elbo={"draws": 2, "importance": True})
+        n = len(images)
+        y = torch.cat([yy.expand(samples, *yy.shape[1:]) for yy in ys])
+        t0 = time.perf_counter()
+        post = run_method(name, InverseProblem(op, y, prior),
+                          opts | {"n_samples": n * samples, "batch": n * samples, "seed": 0})
+        seconds = (time.perf_counter() - t0) / n
+        for i in range(n):
+            rows.append({"image": i, "task": task, "method": method, "seconds": seconds, "options": opts,
+                         "batched_images": n} | scores(post.samples[i * samples:(i + 1) * samples], images[i], True))
+        return rows
+    for i, img in enumerate(images):
+        if method == "tv-map":
+            ref = torch.full((1, 32, 32), max(float(img.sum()), 1e-6) / 1024, dtype=torch.float64)
+            prior = image_regulariser("tv", ref, 1000.0)
+        else:
+            prior = load_prior("default", elbo={"draws": 2, "importance": True})  # as restore and reconstruct
+        o = opts | ({"n_samples": samples * 4, "seed": i} if name == "dpi" else {})
+        t0 = time.perf_counter()
+        post = run_method(name, InverseProblem(op, ys[i], prior), o)
+        rows.append({"image": i, "task": task, "method": method, "seconds": time.perf_counter() - t0,
+                     "options": o} | scores(post.samples.reshape(post.n_samples, -1), img, name == "dpi"))
+    return rows
 
 
 def table(rows: list[dict], tasks, methods) -> dict:
@@ -119,7 +150,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--samples", type=int, default=16, help="samples per image of the sampling methods")
     ap.add_argument("--budget", choices=("default", "short"), default="default")
-    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--dpi-n", type=int, default=16, help="images DPI runs on (it fits one flow per image)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="outputs/restoration_table")
     args = ap.parse_args()
@@ -132,31 +163,21 @@ def main() -> None:
         raise InterferoError("--n must be >= 1 and --samples >= 2")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    cases = [(i, t, m) for t in tasks for m in methods for i in range(args.n)]
+    images = test_images(args.n)
     rows = []
-    todo = []
-    for i, t, m in cases:
-        f = work / f"{t}-{m}-{i:03d}-{args.budget}.json"
-        if f.is_file():
-            rows.append(json.loads(f.read_text()))
-        else:
-            todo.append((i, t, m, args.samples, args.budget, args.threads))
-    print(f"{len(rows)} cases done before, {len(todo)} to run", flush=True)
-
-    def save(row: dict) -> None:
-        rows.append(row)
-        atomic_write_text(work / f"{row['task']}-{row['method']}-{row['image']:03d}-{args.budget}.json",
-                          json.dumps(row))
-        print(f"{row['task']:>15} {row['method']:>8} image {row['image']:>2}: PSNR {row['psnr']:.2f} SSIM"
-              f" {row['ssim']:.3f} ({row['seconds']:.1f} s)", flush=True)
-
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            for row in pool.map(one_case, todo):
-                save(row)
-    else:
-        for case in todo:
-            save(one_case(case))
+    for t in tasks:
+        for m in methods:
+            f = work / f"{t}-{m}-n{args.n}-s{args.samples}-{args.budget}.json"
+            if f.is_file():
+                new = json.loads(f.read_text())
+            else:
+                imgs = images[: args.dpi_n] if m == "dpi" else images
+                new = run_cases(t, m, imgs, args.samples, args.budget, args.threads)
+                atomic_write_text(f, json.dumps(new))
+            rows += new
+            c = table(new, [t], [m])[t][m]
+            print(f"{t:>15} {m:>8}: {c['n_images']} images, PSNR {c['psnr']:.2f}, SSIM {c['ssim']:.3f},"
+                  f" {c['seconds_per_image']:.1f} s / image", flush=True)
     tab = table(rows, tasks, methods)
     write_json({"settings": {"n": args.n, "samples": args.samples, "budget": args.budget, "seed": SEED,
                              "law": "disk-lnflux"}, "table": tab}, args.json)
