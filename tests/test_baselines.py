@@ -187,3 +187,22 @@ def test_likelihood_curvature_is_the_operator_norm_over_sigma_squared():
     for op, want in ((Denoising(SHAPE, GaussianNoise(0.2)), 25.0), (GaussianBlur(SHAPE, 1.0, GaussianNoise(0.5)), 4.0)):
         pb = InverseProblem(op, op(x), TVPrior(SHAPE))
         assert pb.likelihood_curvature(x) == pytest.approx(want, rel=1e-6)
+
+
+def test_gaussian_kl_closed_form():
+    from posterior.validation_baselines import gaussian_kl
+
+    m = np.zeros(2)
+    c = np.eye(2)
+    assert gaussian_kl(m, c, m, c) == pytest.approx(0.0, abs=1e-12)
+    # 1-D per axis: KL(N(0,1) || N(1,4)) = log 2 + (1 + 1) / 8 - 1/2
+    want = 2 * (math.log(2) + 2 / 8 - 0.5)
+    assert gaussian_kl(m, c, np.ones(2), 4 * c) == pytest.approx(want, rel=1e-12)
+
+
+def test_saturated_log_likelihood_is_the_likelihood_at_the_data():
+    op = Denoising(SHAPE, GaussianNoise(0.3))
+    y = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(0))
+    pb = InverseProblem(op, y, TVPrior(SHAPE))
+    assert pb.saturated_log_likelihood() == pytest.approx(float(pb.log_likelihood(y)), rel=1e-6)
+    assert float(pb.log_likelihood(y + 0.1)) < pb.saturated_log_likelihood()
