@@ -128,6 +128,7 @@ def main() -> None:
         ax.set_xlim(-1.5, 1.5)
         ax.set_ylim(-1.5, 1.5)
         ax.set_title(title, fontsize=9)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     save_figure(fig, Path(args.out) / "toy2d_baselines.png")
 
 

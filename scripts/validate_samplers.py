@@ -159,10 +159,11 @@ def main() -> None:
     result: dict = {"settings": {"samples": args.samples, "tasks": tasks, "methods": methods, "overrides": overrides,
                                  "noise_std": {t: TASKS[t][1] for t in tasks}}}
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for kind in kinds:
         result[kind] = run(kind, tasks, methods, args.samples, args.batch, progress=False, overrides=overrides)
-        plot(result[kind], out / f"validate_samplers_{kind}.png", f"methods against the exact posterior ({kind} prior)")
         write_json(result, args.json)
+        plot(result[kind], out / f"validate_samplers_{kind}.png", f"methods against the exact posterior ({kind} prior)")
     if args.sweeps:
         result["sweeps"] = sweeps(tasks, args.sweep_samples, args.batch)
         write_json(result, args.json)
