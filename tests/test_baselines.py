@@ -206,3 +206,29 @@ def test_saturated_log_likelihood_is_the_likelihood_at_the_data():
     pb = InverseProblem(op, y, TVPrior(SHAPE))
     assert pb.saturated_log_likelihood() == pytest.approx(float(pb.log_likelihood(y)), rel=1e-6)
     assert float(pb.log_likelihood(y + 0.1)) < pb.saturated_log_likelihood()
+
+
+def test_a_noise_model_without_per_measurement_deviance_is_refused_where_needed(denoise):
+    """A nonlinear operator's curvature needs per-measurement deviances; a noise model without them is a
+    one-line error naming it, not a traceback."""
+    from interfero.operators import NoiseModel, Operator
+
+    class Plain(NoiseModel):
+        def sample(self, y, generator=None):
+            return y
+
+        def log_likelihood(self, y_pred, y_obs):
+            return -((y_pred - y_obs) ** 2).reshape(y_pred.shape[0], -1).sum(-1)
+
+    class Square(Operator):
+        def forward(self, x):
+            return x**2
+
+        def pseudo_inverse(self, y):
+            return y.clamp_min(0).sqrt()
+
+    pb0 = denoise[0]
+    op = Square(SHAPE, Plain())
+    pb = InverseProblem(op, op(torch.ones(1, *SHAPE)), pb0.prior)
+    with pytest.raises(InterferoError, match="Plain gives no per-measurement deviance"):
+        run_method("dps", pb, {"n_samples": 2, "batch": 2, "steps": 2})
