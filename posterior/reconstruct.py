@@ -128,15 +128,24 @@ def truth_prior_percentile(prior, truth: np.ndarray, seed: int = 0, n_reference:
             "prior_reference_elbo": cmp.as_dict()["reference_logp"] | {"n": int(cmp.reference.size)}}
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path) -> bool:
+    """Creates the output folder (or checks an existing one is a writable folder); True if it created it."""
     if out.exists() and not out.is_dir():
         raise InterferoError(f"output {out} exists and is not a folder")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InterferoError(f"cannot create output folder {out} ({err.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise InterferoError(f"output folder {out} is not writable")
+    return created
+
+
+def discard_if_empty(out: Path, created: bool) -> None:
+    """Removes an output folder this run created when a refusal left it empty (nothing written)."""
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def _residuals(op: InterferometryOperator, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -315,6 +324,27 @@ def build_problem(obs_path, s: ReconstructSettings):
     return obs, geom, op, prior, flux
 
 
+def _fit(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
+    """The chosen method on the built problem: (Posterior, what to record of the run)."""
+    if s.method == "dpi":
+        fit = fit_posterior(s, geom, flux, op, prior, out=out, resume=resume, progress=progress)
+        post = fit.final.posterior()
+        post.diagnostics |= {"history": fit.history, "seconds": fit.seconds, "skipped_steps": fit.skipped,
+                             "warm_start_steps": fit.warm_steps}
+        run_info = {"steps": fit.final.step, "warm_start_steps": fit.warm_steps, "skipped_steps": fit.skipped,
+                    "rollbacks": fit.rollbacks, "fit_seconds": fit.seconds}
+    else:
+        problem = InverseProblem(op, op.data, prior, init=gaussian_blob(geom, flux, s.init_fwhm_uas)[None])
+        options = dict(s.method_options)
+        if s.method in ("dps", "ald", "sdedit"):
+            options.setdefault("n_samples", s.samples)
+            options.setdefault("seed", s.seed)
+        post = run_method(s.method, problem, options, progress=progress)
+        run_info = {"method_settings": post.diagnostics["config"], "fit_seconds": post.diagnostics["seconds"],
+                    "point_estimate": bool(post.diagnostics.get("point_estimate", False))}
+    return post, run_info
+
+
 def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, truth=None, resume: bool = False,
                 progress: bool = True) -> dict:
     """Runs the whole job; returns the metrics written to ``out/metrics.json``."""
@@ -333,24 +363,13 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
             print("\n".join((f"{Path(path).name}: " if len(prep) > 1 else "") + line for line in r.lines()))
     if truth_img is not None:
         truth_img = regrid(truth_img, truth_geom, geom)
-    _check_out(out)
-    if s.method == "dpi":
-        fit = fit_posterior(s, geom, flux, op, prior, out=out, resume=resume, progress=progress)
-        post = fit.final.posterior()
-        post.diagnostics |= {"history": fit.history, "seconds": fit.seconds, "skipped_steps": fit.skipped,
-                             "warm_start_steps": fit.warm_steps}
-        run_info = {"steps": fit.final.step, "warm_start_steps": fit.warm_steps, "skipped_steps": fit.skipped,
-                    "rollbacks": fit.rollbacks, "fit_seconds": fit.seconds}
-    else:
-        problem = InverseProblem(op, op.data, prior, init=gaussian_blob(geom, flux, s.init_fwhm_uas)[None])
-        options = dict(s.method_options)
-        if s.method in ("dps", "ald", "sdedit"):
-            options.setdefault("n_samples", s.samples)
-            options.setdefault("seed", s.seed)
-        post = run_method(s.method, problem, options, progress=progress)
-        run_info = {"method_settings": post.diagnostics["config"], "fit_seconds": post.diagnostics["seconds"],
-                    "point_estimate": bool(post.diagnostics.get("point_estimate", False))}
-    check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out, s.method)
+    created = _check_out(out)
+    try:
+        post, run_info = _fit(s, geom, flux, op, prior, out, resume, progress)
+        check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out, s.method)
+    except InterferoError:
+        discard_if_empty(out, created)  # a DPI fit keeps its checkpoints; a refused baseline leaves nothing
+        raise
     mean = torch.tensor(post.mean[None], dtype=torch.float32)
     prior_method = prior_method_name(s)
     metrics = {"method": s.method, "prior": prior.name, "prior_method": prior_method, "products": list(s.products),

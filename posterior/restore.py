@@ -165,7 +165,7 @@ def restore(image, out, settings: RestoreSettings | None = None, truth=None, sim
     (samples.h5, mean/std FITS, report.png, metrics.json) to ``out`` and returns the metrics."""
     from priors.pretrained import load_prior
 
-    from .reconstruct import _check_out
+    from .reconstruct import _check_out, discard_if_empty
 
     s = settings or RestoreSettings()
     s.validate()
@@ -186,12 +186,16 @@ def restore(image, out, settings: RestoreSettings | None = None, truth=None, sim
     else:
         y = measurement_from_image(op, img)
     out = Path(out)
-    _check_out(out)
+    created = _check_out(out)
     problem = InverseProblem(op, y, prior)
     options = dict(s.method_options)
     if s.method in SAMPLING_METHODS:
         options.setdefault("seed", s.seed)
-    post = run_method(s.method, problem, options, progress=progress)
+    try:
+        post = run_method(s.method, problem, options, progress=progress)
+    except InterferoError:
+        discard_if_empty(out, created)  # a refused run writes nothing
+        raise
     n = shape[-1]
     mean = post.mean.reshape(n, n)
     metrics = {"task": s.task, "method": s.method, "method_settings": post.diagnostics.get("config", {}),

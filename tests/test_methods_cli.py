@@ -129,6 +129,17 @@ def test_restore_bad_images_are_one_line_errors(tmp_path, capsys):
         assert not out.exists()
 
 
+def test_a_diverging_sampler_is_refused_and_writes_nothing(tmp_path, capsys, clean_image):
+    """ALD with gamma far below its stability bound (lr / gamma^2 < 2) blows up: one line naming the step,
+    exit 2, no output folder."""
+    out = tmp_path / "ald"
+    code, cap = run(capsys, "restore", clean_image, "--simulate", "--task", "denoise", "--method", "ald",
+                    "--opt", "gamma=0.01", "--opt", "levels=50", "--opt", "n_samples=2", "--opt", "batch=2", "--quiet",
+                    "--out", out)
+    assert code == 2 and "ald: non-finite values at step" in cap.err and len(cap.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_reconstruct_refuses_a_bad_method_setting_before_writing(tmp_path, capsys):
     out = tmp_path / "rec"
     code, cap = run(capsys, "reconstruct", OBS, "--method", "ald", "--opt", "lr=3", "--quiet", "--out", out)
