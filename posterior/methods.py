@@ -90,8 +90,10 @@ def dpi_method(problem: InverseProblem, config: DPIMethodConfig | None = None, p
             init = p.mean.float()
         else:
             raise InterferoError(f"DPI init 'prior' needs a prior with a mean image, not {p.name!r}")
+    # the flow's pixel scale: the score prior's data scale (0.12 Jy/pixel for the black-hole priors), else 1
+    scale = float(getattr(problem.prior, "scale", 1.0))
     flow = build_flow(problem.image_shape, kind=cfg.flow, layout=cfg.layout, blocks=cfg.blocks, hidden=cfg.hidden,
-                      output="none", init=init.float(), init_spread=cfg.init_spread, seed=cfg.seed)
+                      output="none", scale=scale, init=init.float(), init_spread=cfg.init_spread, seed=cfg.seed)
     dcfg = DPIConfig(steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, n_samples=cfg.n_samples, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     run = DPI(flow, problem, dcfg, progress=progress).fit()
