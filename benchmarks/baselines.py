@@ -15,22 +15,28 @@ Medians of ``--repeats`` runs after one warm-up (the per-method times: one run e
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import time
+import sys
+from pathlib import Path
 
-import numpy as np
-import torch
+# benchmarks/posterior.py and priors.py would shadow the packages: keep this folder off the import path
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from interfero.io import atomic_write_text
-from interfero.operators import GaussianBlur, GaussianNoise
-from posterior.dps import DPSConfig, dps
-from posterior.methods import run_method
-from posterior.problem import InverseProblem
-from priors.pretrained import load_prior
-from priors.sampling import ddpm, time_grid
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from interfero.io import atomic_write_text  # noqa: E402
+from interfero.operators import GaussianBlur, GaussianNoise  # noqa: E402
+from posterior.dps import DPSConfig, dps  # noqa: E402
+from posterior.methods import run_method  # noqa: E402
+from posterior.problem import InverseProblem  # noqa: E402
+from priors.pretrained import load_prior  # noqa: E402
+from priors.sampling import ddpm, time_grid  # noqa: E402
 
 
 def problem():
