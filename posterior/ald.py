@@ -82,8 +82,7 @@ def ald(problem: InverseProblem, config: ALDConfig | None = None, progress: bool
     rs = noise_levels(sde, cfg.levels)
     ts = noise_time(sde, rs).float()
     alphas = sde.coefficients(ts.double())[0].float()
-    curvature = problem.likelihood_curvature(problem.initial_image())
-    weights = 1.0 / (1.0 + cfg.gamma**2 * curvature * (rs * prior.scale) ** 2)
+    weights = 1.0 / (1.0 + (cfg.gamma * rs * prior.scale / problem.noise_level()) ** 2)
 
     def draw(m: int, g: torch.Generator) -> torch.Tensor:
         u = float(rs[0]) * torch.randn((m, *problem.image_shape), generator=g)

@@ -20,7 +20,6 @@ approximation of ``p(y | z_t)``, so DPS is not an exact posterior sampler even w
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +62,7 @@ def dps(problem: InverseProblem, config: DPSConfig | None = None, progress: bool
     prior = problem.score_prior("dps")
     sde, score = prior.sde, prior.score_model
     saturated = problem.saturated_log_likelihood()
-    # the measurement noise as an image-noise level, in the score model's units, squared
-    s2 = 1.0 / (problem.likelihood_curvature(problem.initial_image()) * prior.scale**2)
+    noise_z = problem.noise_level() / prior.scale  # the measurement noise as an image-noise level, model units
     ts = time_grid(sde, cfg.steps)
 
     def draw(m: int, g: torch.Generator) -> torch.Tensor:
@@ -81,9 +79,9 @@ def dps(problem: InverseProblem, config: DPSConfig | None = None, progress: bool
                 z = ddim_step(z, z0.detach(), sde, t, s, cfg.eta, noise)
                 if cfg.normalise:
                     dev = (-2 * (ll.detach() - saturated)).clamp_min(1e-12)
-                    step = cfg.zeta * math.sqrt(s2) / dev.sqrt().reshape(-1, *[1] * (z.ndim - 1))
+                    step = cfg.zeta * noise_z / dev.sqrt().reshape(-1, *[1] * (z.ndim - 1))
                 else:
-                    step = cfg.zeta * s2
+                    step = cfg.zeta * noise_z**2
                 z = z + step * grad
             check_finite(z, "dps", i, float(t))
         return prior.from_z(tweedie_denoise(score, sde, z))

@@ -3,7 +3,7 @@
 The regulariser is the problem's prior: TV, MEM, L1 (``priors.classical.image_regulariser``; the
 ``tv``, ``mem``, ``tv+mem``, ``l1`` priors of the CLI) or a score prior through its ELBO. The ELBO is
 stochastic; each evaluation reuses the same random draws (common random numbers, ``seed``), so the
-objective L-BFGS sees is deterministic. Starts from the pseudo-inverse of the data (or ``init``).
+objective L-BFGS sees is deterministic. Starts from the problem's start image (``InverseProblem.initial_image``).
 The result is a point estimate without uncertainty.
 """
 
@@ -33,8 +33,7 @@ class MAPConfig:
         check_count("MAP L-BFGS history", self.history)
 
 
-def map_estimate(problem: InverseProblem, config: MAPConfig | None = None, progress: bool = False,
-                 init: torch.Tensor | None = None) -> Posterior:
+def map_estimate(problem: InverseProblem, config: MAPConfig | None = None, progress: bool = False) -> Posterior:
     """The MAP image of ``problem`` as a point posterior (``diagnostics``: objective, iterations)."""
     from priors.score_prior import ScorePrior
 
@@ -44,7 +43,7 @@ def map_estimate(problem: InverseProblem, config: MAPConfig | None = None, progr
     if isinstance(prior, ScorePrior):
         prior = prior.with_estimator(method="elbo")
     t0 = time.perf_counter()
-    x = (problem.initial_image()[:1] if init is None else init[:1].float()).clone().requires_grad_(True)
+    x = problem.initial_image()[:1].clone().requires_grad_(True)
     opt = torch.optim.LBFGS([x], lr=1.0, max_iter=cfg.iterations, history_size=cfg.history,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
     evals = []

@@ -16,13 +16,6 @@ from interfero.errors import InterferoError
 from priors.base import Prior
 
 
-def measurement_count(y) -> int:
-    """Real numbers in one measurement ``y`` (batch axis excluded; complex values count twice; a
-    :class:`interfero.operators.VLBIData` counts every product)."""
-    parts = [y[k] for k in y.products()] if hasattr(y, "products") else [y]
-    return sum(p[0].numel() * (2 if p.is_complex() else 1) for p in parts)
-
-
 class InverseProblem:
     """``y = A(x) + n`` with prior ``p(x)``: ``operator`` (its ``noise`` the likelihood), ``y``, ``prior``;
     optional multipliers of the two log-densities and a starting image ``init``."""
@@ -100,16 +93,21 @@ class InverseProblem:
             g = torch.Generator().manual_seed(seed)
             s = 1e-3 * float(x_ref.abs().max().clamp_min(1e-30))
             x = x_ref + s * torch.randn((8, *self.image_shape), generator=g, dtype=torch.float64)
+            deviance_terms = getattr(self.operator.noise, "deviance_terms", None)
+            if deviance_terms is None:
+                raise InterferoError(f"the noise model {type(self.operator.noise).__name__} gives no"
+                                     " per-measurement deviance, which this method needs")
             with torch.no_grad():
-                try:
-                    terms = self.operator.noise.deviance_terms(self.operator(x), y_ref)
-                except NotImplementedError:
-                    raise InterferoError(f"the noise model {type(self.operator.noise).__name__} gives no"
-                                         " per-measurement deviance, which this method needs") from None
+                terms = deviance_terms(self.operator(x), y_ref)
             lam = float(terms.mean(0).median()) / s**2
         if not (math.isfinite(lam) and lam > 0):
             raise InterferoError("the likelihood has no finite positive curvature at the reference image")
         return lam
+
+    def noise_level(self) -> float:
+        """The measurement noise as an image-noise level (image units): ``curvature^-1/2`` at the start image
+        (:meth:`initial_image`); ``sigma / ||A||`` for a linear operator with Gaussian noise."""
+        return self.likelihood_curvature(self.initial_image()) ** -0.5
 
     def _largest_curvature(self, x_ref: torch.Tensor, y_ref, iters: int, seed: int) -> float:
         def grad(x):

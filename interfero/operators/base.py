@@ -5,7 +5,10 @@ measurements ``y`` (a tensor, or a small dataclass of tensors with one field
 per data product) with a noiseless, differentiable :meth:`Operator.forward`;
 the noise model is a separate object (:class:`GaussianNoise`,
 :class:`PoissonNoise`, or a product-specific one) that gives
-``sample(y_clean, generator)`` and ``log_likelihood(y_pred, y_obs) -> (B,)``.
+``sample(y_clean, generator)`` and ``log_likelihood(y_pred, y_obs) -> (B,)``, and
+optionally ``deviance_terms(y_pred, y_obs) -> (B, M)``, the per-measurement deviance
+``-2 [log p(y_k | y_pred_k) - log p(y_k | y_k)]`` (chi^2 terms for Gaussian noise), which
+the baselines' data scale needs for nonlinear operators.
 Linear operators add :meth:`LinearOperator.adjoint`. Every operator has a
 naive inversion :meth:`Operator.pseudo_inverse` for initialisation and plots.
 
@@ -34,11 +37,6 @@ class NoiseModel(torch.nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def log_likelihood(self, y_pred, y_obs) -> torch.Tensor:
         """``log p(y_obs | y_pred)`` per batch item, shape ``(B,)``."""
-
-    def deviance_terms(self, y_pred, y_obs) -> torch.Tensor:
-        """Per-measurement deviance ``(B, M)``: ``-2 [log p(y_k | y_pred_k) - log p(y_k | y_k)]`` (the chi^2 terms
-        for Gaussian noise)."""
-        raise NotImplementedError(f"{type(self).__name__} has no per-measurement deviance")
 
 
 def _batch_sum(t: torch.Tensor) -> torch.Tensor:
