@@ -374,7 +374,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     prior_method = prior_method_name(s)
     metrics = {"method": s.method, "prior": prior.name, "prior_method": prior_method, "products": list(s.products),
                "npix": s.npix, "fov_uas": s.fov_uas, "total_flux": float(post.mean.sum()),
-               "total_flux_std": float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1)),
+               "total_flux_std": (float(post.samples.reshape(post.n_samples, -1).sum(1).std(ddof=1))
+                                  if post.n_samples > 1 else None),
                "flux_constraint_jy": flux, "sys_noise": next(iter(prep.values())).sys_noise,
                "preparation": {p: r.as_dict() for p, r in prep.items()},
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
@@ -388,9 +389,10 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     if truth_img is not None:
         metrics |= image_metrics(post.mean.reshape(s.npix, s.npix), truth_img, geom)
         n2 = (s.npix, s.npix)
-        metrics |= interval_coverage({"68": (post.lo68.reshape(n2), post.hi68.reshape(n2)),
-                                      "95": (post.lo95.reshape(n2), post.hi95.reshape(n2))},
-                                     truth_img, metrics["nxcorr_shift_px"])
+        if post.n_samples > 1:  # a point estimate has no intervals to score
+            metrics |= interval_coverage({"68": (post.lo68.reshape(n2), post.hi68.reshape(n2)),
+                                          "95": (post.lo95.reshape(n2), post.hi95.reshape(n2))},
+                                         truth_img, metrics["nxcorr_shift_px"])
         metrics["truth"] = str(truth)
         # what the featureless starting blob already scores: nxcorr is only meaningful above it
         blob = gaussian_blob(geom, flux, s.init_fwhm_uas)[0].numpy().astype(np.float64)

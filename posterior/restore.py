@@ -207,8 +207,9 @@ def restore(image, out, settings: RestoreSettings | None = None, truth=None, sim
         metrics |= {"psnr": psnr(mean, truth_img), "ssim": ssim(mean, truth_img),
                     "nxcorr": nxcorr_fn(mean, truth_img, shift=False)[0]}
         n2 = (n, n)
-        metrics |= interval_coverage({"68": (post.lo68.reshape(n2), post.hi68.reshape(n2)),
-                                      "95": (post.lo95.reshape(n2), post.hi95.reshape(n2))}, truth_img)
+        if post.n_samples > 1:  # a point estimate has no intervals to score
+            metrics |= interval_coverage({"68": (post.lo68.reshape(n2), post.hi68.reshape(n2)),
+                                          "95": (post.lo95.reshape(n2), post.hi95.reshape(n2))}, truth_img)
     meta = {"image": str(image), "units": "Jy/pixel" if prior.fov_uas else "intensity",
             "geometry": {"npix": geom.npix, "fov_uas": geom.fov_uas}, "settings": asdict(s)}
     write_samples_h5(post, out / "samples.h5", meta)

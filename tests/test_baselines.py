@@ -92,6 +92,35 @@ def test_map_with_tv_runs_on_any_operator_and_lowers_the_objective(denoise):
     assert float(pb.log_prob(x)) > float(pb.log_prob(x0)) + 1.0
 
 
+def test_lbfgs_backs_off_non_finite_steps_and_finds_the_minimum():
+    """A pseudo-Huber bowl, NaN beyond z = 3: far out it is nearly linear, so the secant curvature is tiny
+    and the quasi-Newton step overshoots into the NaN region; it must be halved, not taken."""
+    from posterior.map_estimate import lbfgs
+
+    def fun(z):
+        r = torch.sqrt(1 + (z - 1) ** 2).sum()
+        return torch.where(torch.all(z < 3), r, torch.full_like(r, float("nan")))
+
+    z, f, evals = lbfgs(fun, torch.tensor([-50.0, -20.0]), iterations=500)
+    assert any(v != v for v in evals)  # the guard was exercised
+    np.testing.assert_allclose(z.numpy(), [1.0, 1.0], atol=1e-4)
+    assert f < 2 + 1e-8
+
+
+def test_map_log_transform_keeps_images_positive_and_matches_pixel_search(denoise):
+    """With a positive start the search runs over log-pixels; on a problem whose optimum is positive it
+    lands where the pixel search lands."""
+    pb0 = denoise[0]
+    y = pb0.y - pb0.y.min() + 0.5  # data of a strictly positive image: the TV-MAP optimum is positive
+    pb = InverseProblem(pb0.operator, y, TVPrior(SHAPE, weight=0.5))
+    log_run = run_method("map", pb, {"iterations": 400, "transform": "auto"})
+    pix_run = run_method("map", pb, {"iterations": 400, "transform": "none"})
+    assert log_run.diagnostics["transform"] == "log" and np.all(log_run.mean > 0)
+    np.testing.assert_allclose(log_run.mean, pix_run.mean, atol=2e-3)
+    with pytest.raises(InterferoError, match="transform"):
+        run_method("map", pb, {"transform": "sqrt"})
+
+
 def test_dps_moves_prior_draws_to_the_data(denoise):
     """DPS is approximate (no exact-posterior claim), but with the data its samples sit far closer to the
     posterior mean than prior draws do, and a tiny step size gives back the prior."""
