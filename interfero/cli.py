@@ -23,27 +23,21 @@ from .operators.visibility import VisibilityOperator
 from .preparation import prepare_observation
 from .simulate import simulate
 from .uvcoverage import ObservingSetup
+from .validation import (
+    check_output_file,
+    check_output_folder,
+    clear_outputs,
+    count,
+    make_output_folder,
+    nonnegative,
+    number,
+    positive,
+    seed,
+    write_output_text,
+)
 
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
-def _prepare_out(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InterferoError(f"output {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+SIMULATE_OUTPUTS = ("obs.uvfits", "truth.fits", "uv_coverage.png", "truth.png", "dirty_image.png", "summary.json")
+INSPECT_OUTPUTS = ("uv_coverage.png", "dirty_image.png")
 
 
 def dirty_image(obs: Observation, geom: ImageGeometry) -> np.ndarray:
@@ -60,27 +54,31 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model", choices=MODELS, help="built-in geometric model")
     p.add_argument("--array", default="EHT2017", help="EHT2017, EHT2018, ngEHT, or a station table file")
     p.add_argument("--stations", help="comma-separated subset of the array's stations")
-    p.add_argument("--npix", type=int, default=64, help="model image size in pixels (with --model)")
-    p.add_argument("--fov", type=_positive(float), default=160.0, help="model field of view in uas (with --model)")
-    p.add_argument("--flux", type=_positive(float), default=2.0, help="model total flux in Jy (with --model)")
-    p.add_argument("--diameter", type=_positive(float), default=44.0, help="model ring diameter in uas")
-    p.add_argument("--width", type=_positive(float), default=10.0, help="model ring width (FWHM) in uas")
-    p.add_argument("--ra", type=float, help="source RA in hours (default: the image header, or Sgr A*)")
-    p.add_argument("--dec", type=float, help="source Dec in degrees (default: the image header, or Sgr A*)")
-    p.add_argument("--rf", type=_positive(float), default=230e9, help="observing frequency in Hz")
-    p.add_argument("--bw", type=_positive(float), default=4e9, help="bandwidth in Hz")
-    p.add_argument("--tstart", type=float, default=0.0, help="start, hours UTC")
-    p.add_argument("--tstop", type=float, default=24.0, help="stop, hours UTC")
-    p.add_argument("--tint", type=_positive(float), default=60.0, help="integration time in s")
-    p.add_argument("--tadv", type=_positive(float), default=600.0, help="scan cadence in s")
-    p.add_argument("--mjd", type=int, default=57850, help="MJD of the observation")
-    p.add_argument("--elev-min", type=float, default=None, help="elevation cut in degrees (default: per station)")
-    p.add_argument("--gain-amp", type=float, default=0.0, help="station gain amplitude scatter (fraction)")
-    p.add_argument("--gain-phase", type=float, default=0.0, help="station gain phase scatter in degrees")
-    p.add_argument("--systematic", type=float, default=0.0, help="fractional systematic noise")
+    p.add_argument("--npix", type=count(2), default=64, help="model image size in pixels (with --model)")
+    p.add_argument("--fov", type=positive(), default=160.0, help="model field of view in uas (with --model)")
+    p.add_argument("--flux", type=positive(), default=2.0, help="model total flux in Jy (with --model)")
+    p.add_argument("--diameter", type=positive(), default=44.0, help="model ring diameter in uas")
+    p.add_argument("--width", type=positive(), default=10.0, help="model ring width (FWHM) in uas")
+    p.add_argument("--ra", type=number(float, 0, 24, open_max=True),
+                   help="source RA in hours (default: the image header, or Sgr A*)")
+    p.add_argument("--dec", type=number(float, -90, 90),
+                   help="source Dec in degrees (default: the image header, or Sgr A*)")
+    p.add_argument("--rf", type=positive(), default=230e9, help="observing frequency in Hz")
+    p.add_argument("--bw", type=positive(), default=4e9, help="bandwidth in Hz")
+    p.add_argument("--tstart", type=number(), default=0.0, help="start, hours UTC")
+    p.add_argument("--tstop", type=number(), default=24.0, help="stop, hours UTC")
+    p.add_argument("--tint", type=positive(), default=60.0, help="integration time in s")
+    p.add_argument("--tadv", type=positive(), default=600.0, help="scan cadence in s")
+    p.add_argument("--mjd", type=number(int), default=57850, help="MJD of the observation")
+    p.add_argument("--elev-min", type=number(float, -90, 90), default=None,
+                   help="elevation cut in degrees (default: per station)")
+    p.add_argument("--gain-amp", type=nonnegative(), default=0.0, help="station gain amplitude scatter (fraction)")
+    p.add_argument("--gain-phase", type=nonnegative(), default=0.0, help="station gain phase scatter in degrees")
+    p.add_argument("--systematic", type=nonnegative(), default=0.0, help="fractional systematic noise")
     p.add_argument("--no-noise", action="store_true", help="no thermal noise")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.set_defaults(func=run_simulate)
 
     q = sub.add_parser("inspect", help="summarise a uvfits observation (and plot it with --out)")
@@ -92,13 +90,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                         " several integrations per baseline and scan)")
     q.add_argument("--sys-noise", default="auto", metavar="auto|FRACTION",
                    help="fractional systematic error budget, as in reconstruct (auto: 0.02 for real correlator output)")
-    q.add_argument("--npix", type=int, default=64, help="dirty image size in pixels")
-    q.add_argument("--fov", type=_positive(float), default=200.0, help="dirty image field of view in uas")
+    q.add_argument("--npix", type=count(2), default=64, help="dirty image size in pixels")
+    q.add_argument("--fov", type=positive(), default=200.0, help="dirty image field of view in uas")
+    q.add_argument("--overwrite", action="store_true", help="replace the plots of an earlier run in --out")
     q.set_defaults(func=run_inspect)
 
 
 def run_simulate(args: argparse.Namespace) -> dict:
     from .plotting import plot_image, plot_uv_coverage
+
+    out = check_output_folder(args.out, "--out", SIMULATE_OUTPUTS, args.overwrite)
 
     if args.image:
         image, geom = read_fits_image(args.image)
@@ -117,7 +118,8 @@ def run_simulate(args: argparse.Namespace) -> dict:
     )
     obs = simulate(image, geom, array, setup, seed=args.seed, thermal_noise=not args.no_noise,
                    gain_amp_std=args.gain_amp, gain_phase_std_deg=args.gain_phase, systematic=args.systematic)
-    out = _prepare_out(args.out)
+    clear_outputs(out, SIMULATE_OUTPUTS)
+    make_output_folder(out)
     write_uvfits(obs, out / "obs.uvfits")
     write_fits_image(image, geom, out / "truth.fits")
     plot_uv_coverage(obs, out / "uv_coverage.png")
@@ -134,6 +136,9 @@ def run_simulate(args: argparse.Namespace) -> dict:
 
 
 def run_inspect(args: argparse.Namespace) -> dict:
+    if args.json is not None:
+        check_output_file(args.json, "--json", create_parent=True)
+    out = None if args.out is None else check_output_folder(args.out, "--out", INSPECT_OUTPUTS, args.overwrite)
     raw = read_uvfits(args.uvfits)
     geom = ImageGeometry(args.npix, args.fov)
     obs, prep = prepare_observation(raw, args.avg, args.sys_noise)
@@ -141,11 +146,12 @@ def run_inspect(args: argparse.Namespace) -> dict:
                                            if k in ("n_vis", "n_times", "n_cphase", "n_logcamp", "median_snr")},
                                "preparation": prep.as_dict()}
     if args.json:
-        atomic_write_text(args.json, json.dumps(summary, indent=2))
-    if args.out:
+        write_output_text(Path(args.json), json.dumps(summary, indent=2))
+    if out is not None:
         from .plotting import plot_image, plot_uv_coverage
 
-        out = _prepare_out(args.out)
+        clear_outputs(out, INSPECT_OUTPUTS)
+        make_output_folder(out)
         plot_uv_coverage(obs, out / "uv_coverage.png")
         plot_image(dirty_image(obs, geom), geom, out / "dirty_image.png", title="dirty image (natural weights)",
                    unit="Jy/beam (beam peak 1)")

@@ -236,6 +236,11 @@ class ImageGeometry:
             raise InterferoError(f"image size must be an integer >= 2, got {self.npix}")
         if not (np.isfinite(self.fov_uas) and self.fov_uas > 0):
             raise InterferoError(f"field of view must be > 0 microarcseconds, got {self.fov_uas}")
+        if not self.fov_uas / self.npix >= 1e-6:
+            raise InterferoError(f"pixel size {self.fov_uas / self.npix:.3g} uas is below 1e-6 uas: not a sky image")
+        from .validation import check_memory
+
+        check_memory(32.0 * self.npix**2, f"a {self.npix}x{self.npix} image (a few float64 working copies)")
 
     @property
     def psize_rad(self) -> float:

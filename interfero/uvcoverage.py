@@ -34,6 +34,8 @@ RA_M87_H = 12.51373
 DEC_M87_DEG = 12.39112
 
 
+MJD_RANGE = (15020, 88069)  # 1900-01-01 to 2100-01-01
+
 @dataclass(frozen=True)
 class ObservingSetup:
     """What, when and how an array observes.
@@ -58,7 +60,14 @@ class ObservingSetup:
     source: str = "SgrA"
 
     def __post_init__(self) -> None:
+        numbers = {"RA": self.ra, "Dec": self.dec, "frequency": self.rf, "bandwidth": self.bw, "tstart": self.tstart,
+                   "tstop": self.tstop, "integration time": self.tint, "scan cadence": self.tadv}
+        for name, value in numbers.items():
+            if not np.isfinite(value):
+                raise InterferoError(f"{name} must be finite, got {value}")
         checks = [
+            (MJD_RANGE[0] <= self.mjd <= MJD_RANGE[1], f"MJD must be in [{MJD_RANGE[0]}, {MJD_RANGE[1]}] (years"
+                                                        f" 1900-2100), got {self.mjd}"),
             (0 <= self.ra < 24, "RA must be in [0, 24) hours"),
             (-90 <= self.dec <= 90, "Dec must be in [-90, 90] degrees"),
             (self.rf > 0, "frequency must be > 0 Hz"),
@@ -70,6 +79,11 @@ class ObservingSetup:
         for ok, msg in checks:
             if not ok:
                 raise InterferoError(msg)
+        from .validation import check_memory
+
+        span = (self.tstop - self.tstart) % 24.0 or 24.0
+        n_times = span * 3600.0 / self.tadv
+        check_memory(n_times * 4096.0, f"{n_times:.3g} scans ({span:g} h every {self.tadv:g} s)")
 
     @property
     def times(self) -> np.ndarray:

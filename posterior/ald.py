@@ -102,4 +102,4 @@ def ald(problem: InverseProblem, config: ALDConfig | None = None, progress: bool
                 step += 1
         return prior.from_z(u)
 
-    return sampled_posterior("ald", cfg, draw, progress)
+    return sampled_posterior("ald", cfg, draw, problem.image_shape, progress)

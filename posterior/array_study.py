@@ -36,8 +36,11 @@ from interfero.errors import InterferoError
 from interfero.io import ImageGeometry, atomic_write_text, read_fits_image, write_fits_image, write_uvfits
 from interfero.simulate import simulate
 from interfero.uvcoverage import ObservingSetup
+from interfero.validation import check_output_folder, clear_outputs, make_output_folder
 
 from .reconstruct import ReconstructSettings, reconstruct
+
+STUDY_OUTPUTS = ("arrays.png", "arrays.json", "arrays.md", "truth.fits")
 
 
 def _folder_name(spec: str) -> str:
@@ -58,9 +61,10 @@ def prior_draw(prior_name: str, seed: int) -> tuple[np.ndarray, ImageGeometry]:
 
 
 def array_study(truth: str, arrays: list[str], out: str | Path, settings: ReconstructSettings | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, overwrite: bool = False) -> dict:
     """Runs the study (module docstring); returns what ``arrays.json`` holds."""
     s = settings or ReconstructSettings()
+    out = check_output_folder(out, "--out", STUDY_OUTPUTS + tuple(_folder_name(a) for a in arrays), overwrite)
     if not arrays:
         raise InterferoError("--arrays names no array")
     if len(set(arrays)) != len(arrays):
@@ -77,10 +81,8 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
         raise InterferoError("truth image has no positive total flux")
     if s.flux is None:  # arrays without intra-site baselines cannot measure it: the truth's, for every array
         s = replace(s, flux=float(image.sum()))
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InterferoError(f"output {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    clear_outputs(out, STUDY_OUTPUTS)
+    make_output_folder(out)
     truth_path = out / "truth.fits"
     write_fits_image(image, geom, truth_path)
     setup = ObservingSetup(ra=geom.ra, dec=geom.dec, source=geom.source)
@@ -93,7 +95,7 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
             print(f"array {a}: {len(arr)} stations, {n_sites(arr)} sites")
         obs = simulate(image, geom, arr, setup, seed=s.seed)
         write_uvfits(obs, folder / "obs.uvfits")
-        m = reconstruct(folder / "obs.uvfits", folder, s, truth=truth_path, progress=progress)
+        m = reconstruct(folder / "obs.uvfits", folder, s, truth=truth_path, progress=progress, overwrite=overwrite)
         mean, _ = read_fits_image(folder / "mean.fits")
         std, _ = read_fits_image(folder / "std.fits")
         posts[a] = (mean, std)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from interfero import cli as interfero_cli
 from interfero.errors import InterferoError
+from interfero.validation import check_output_file, count, nonnegative, positive, seed, write_output_text
 from priors import cli as priors_cli
 
 from . import reconstruct as rec
@@ -34,26 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     d = rec.ReconstructSettings()
     p = sub.add_parser("reconstruct", help="posterior image with uncertainty from a uvfits file (DPI)")
@@ -71,16 +53,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="a setting of the --method baseline (repeatable), e.g. --opt zeta=0.5 --opt steps=500")
     p.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode"),
                    help="ELBO surrogate (fast) or exact probability-flow ODE log p")
-    p.add_argument("--reg-weight", type=_positive_float, default=d.reg_weight,
+    p.add_argument("--reg-weight", type=positive(), default=d.reg_weight,
                    help="weight (nats) of --prior tv|mem|tv+mem: log p = -w TV(x)/F + w S(x)/F")
-    p.add_argument("--elbo-draws", type=_positive_int, default=d.elbo_draws, help="time/noise draws of the ELBO")
+    p.add_argument("--elbo-draws", type=count(), default=d.elbo_draws, help="time/noise draws of the ELBO")
     p.add_argument("--data", default=",".join(d.products), help="data products: cphase,logcamp[,amp,vis]")
-    p.add_argument("--npix", type=_positive_int, default=d.npix, help="image size in pixels")
-    p.add_argument("--fov", type=_positive_float, default=d.fov_uas, help="field of view in microarcseconds")
-    p.add_argument("--flux", type=_positive_float,
+    p.add_argument("--npix", type=count(), default=d.npix, help="image size in pixels")
+    p.add_argument("--fov", type=positive(), default=d.fov_uas, help="field of view in microarcseconds")
+    p.add_argument("--flux", type=positive(),
                    help="compact total flux in Jy (default: the zero-baseline amplitude); the intra-site baselines"
                         " are rescaled to it, as the EHT does for M87's extended jet")
-    p.add_argument("--flux-sigma", type=_positive_float, default=d.flux_sigma_frac,
+    p.add_argument("--flux-sigma", type=positive(), default=d.flux_sigma_frac,
                    help="width of the total-flux term as a fraction of the flux")
     p.add_argument("--sys-noise", default=d.sys_noise, metavar="auto|FRACTION",
                    help="fractional systematic noise added in quadrature to visibility sigmas (e.g. 0.01); auto"
@@ -89,29 +71,30 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="coherent time averaging before imaging: auto (default: per scan when the file has several"
                         " integrations per baseline and scan, as real correlator output does), scan, none, or an"
                         " interval in seconds")
-    p.add_argument("--steps", type=int, default=d.steps, help="DPI optimisation steps")
-    p.add_argument("--batch", type=_positive_int, default=d.batch, help="flow samples per step")
-    p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam step size")
-    p.add_argument("--samples", type=int, default=d.samples, help="posterior samples written out")
+    p.add_argument("--steps", type=count(), default=d.steps, help="DPI optimisation steps")
+    p.add_argument("--batch", type=count(), default=d.batch, help="flow samples per step")
+    p.add_argument("--lr", type=positive(), default=d.lr, help="Adam step size")
+    p.add_argument("--samples", type=count(2), default=d.samples, help="posterior samples written out")
     p.add_argument("--flow", default=d.flow_kind, choices=("realnvp", "glow"), help="flow architecture")
-    p.add_argument("--blocks", type=_positive_int, default=d.flow_blocks, help="coupling blocks of the flow")
+    p.add_argument("--blocks", type=count(), default=d.flow_blocks, help="coupling blocks of the flow")
     p.add_argument("--flow-output", default=None, choices=("softplus", "exp", "none"),
                    help="output transform of the flow: none (default for score priors; pixels may dip below"
                         " zero, as the prior's own noise level allows), softplus (default for tv/mem/tv+mem) or exp"
                         " (non-negative images)")
-    p.add_argument("--warm-start", type=int, default=d.warm_start_steps, metavar="STEPS",
+    p.add_argument("--warm-start", type=nonnegative(int), default=d.warm_start_steps, metavar="STEPS",
                    help="steps of a non-negative (softplus) fit whose posterior mean starts the final flow"
                         " (default: min(50, --steps) with --flow-output none, else 0 = start from the blob)")
     p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("sigmoid", "exp"),
                    help="scale map of the flow's couplings: sigmoid (bounded, contracting) or exp (RealNVP's,"
                         " unbounded)")
-    p.add_argument("--anneal", type=int, default=0,
+    p.add_argument("--anneal", type=nonnegative(int), default=0,
                    help="steps of linear data-weight annealing of the first fit (0 = off)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--seed", type=seed, default=d.seed)
+    p.add_argument("--threads", type=count(), help="torch CPU threads")
     p.add_argument("--allow-fov-mismatch", action="store_true", help="use a prior trained on another field of view")
     p.add_argument("--truth", help="true image (FITS) for nxcorr / PSNR / SSIM")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's results and checkpoints in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_reconstruct)
@@ -126,10 +109,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                                    " image units (default: 10%% for denoise, 2%% otherwise); with --noise-kind"
                                    " poisson the counts per unit intensity (default 1000)")
     q.add_argument("--noise-kind", default=r.noise_kind, choices=("gaussian", "poisson"))
-    q.add_argument("--blur", type=_positive_float, default=r.blur_px, help="deblur: Gaussian blur std in pixels")
-    q.add_argument("--box", type=_positive_float, default=r.box_frac,
+    q.add_argument("--blur", type=positive(), default=r.blur_px, help="deblur: Gaussian blur std in pixels")
+    q.add_argument("--box", type=positive(), default=r.box_frac,
                    help="box-inpaint: side of the hidden centred box as a fraction of the image side")
-    q.add_argument("--missing", type=_positive_float, default=r.missing,
+    q.add_argument("--missing", type=positive(), default=r.missing,
                    help="random-inpaint: fraction of the pixels hidden")
     q.add_argument("--method", default=r.method, choices=tuple(METHODS), help="inference method (docs/methods.md)")
     q.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE", help="a setting of the method")
@@ -137,10 +120,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--truth", help="the clean image, to score the restoration (PSNR, SSIM, nxcorr, coverage)")
     q.add_argument("--simulate", action="store_true",
                    help="IMAGE is clean: degrade it with the task's operator and noise (seeded), restore, score")
-    q.add_argument("--seed", type=int, default=r.seed)
-    q.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    q.add_argument("--seed", type=seed, default=r.seed)
+    q.add_argument("--threads", type=count(), help="torch CPU threads")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --out")
     q.set_defaults(func=_restore)
 
     a = sub.add_parser("array-study", help="simulate and reconstruct one truth with several arrays; compare them")
@@ -149,13 +133,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated arrays: EHT2017, EHT2018, ngEHT, edited with +STATION / -STATION"
                         " (EHT2017-JCMT-SMT-APEX), or station-table files")
     a.add_argument("--prior", default=d.prior, help="prior of the reconstructions (and of --truth prior)")
-    a.add_argument("--steps", type=_positive_int, default=d.steps, help="DPI steps per reconstruction")
-    a.add_argument("--samples", type=int, default=d.samples, help="posterior samples per reconstruction")
-    a.add_argument("--seed", type=int, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
-    a.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    a.add_argument("--steps", type=count(), default=d.steps, help="DPI steps per reconstruction")
+    a.add_argument("--samples", type=count(2), default=d.samples, help="posterior samples per reconstruction")
+    a.add_argument("--seed", type=seed, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
+    a.add_argument("--threads", type=count(), help="torch CPU threads")
     a.add_argument("--json", help="also write the comparison JSON here")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--overwrite", action="store_true", help="replace an earlier study's results in --out")
     a.set_defaults(func=_array_study)
 
 
@@ -180,23 +165,25 @@ def _restore(args) -> None:
                         method_options=parse_options(args.opt), seed=args.seed, threads=args.threads)
     if args.simulate and args.truth:
         raise InterferoError("--simulate scores the restoration against IMAGE itself; do not also give --truth")
-    m = restore(args.image, args.out, s, truth=args.truth, simulate=args.simulate, progress=not args.quiet)
+    m = restore(args.image, args.out, s, truth=args.truth, simulate=args.simulate, progress=not args.quiet,
+                overwrite=args.overwrite)
     keys = ("psnr", "ssim", "nxcorr", "truth_coverage_95", "runtime_s")
     print(" ".join(f"{k}={m[k]:.4g}" for k in keys if k in m))
     print(f"wrote {args.out}/metrics.json, samples.h5, mean.fits, std.fits, measurement.fits, report.png")
 
 
 def _array_study(args) -> None:
-    from interfero.io import atomic_write_text
 
     from .array_study import array_study, markdown
 
+    if args.json is not None:
+        check_output_file(args.json, "--json", create_parent=True)
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
     s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, seed=args.seed,
                                 threads=args.threads)
-    res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet)
+    res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite)
     if args.json:
-        atomic_write_text(args.json, json.dumps(res, indent=2))
+        write_output_text(Path(args.json), json.dumps(res, indent=2))
     print(markdown(res["arrays"]), end="")
     print(f"wrote {args.out}/arrays.png, arrays.json, arrays.md and one reconstruction folder per array")
 
@@ -215,7 +202,8 @@ def _reconstruct(args) -> None:
         method_options=parse_options(args.opt),
     )
     obs = args.obs[0] if len(args.obs) == 1 else args.obs
-    m = rec.reconstruct(obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet)
+    m = rec.reconstruct(obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet,
+                        overwrite=args.overwrite)
     keys = ("total_flux", "chi2_cphase", "chi2_logcamp", "nxcorr", "nxcorr_blur10", "runtime_s")
     print(" ".join(f"{k}={m[k]:.4g}" for k in keys if k in m))
     print(f"wrote {args.out}/metrics.json, samples.h5, mean.fits, std.fits, report.png")

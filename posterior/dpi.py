@@ -53,7 +53,14 @@ from tqdm.auto import tqdm
 from interfero.errors import InterferoError
 from interfero.io import atomic_write_text
 from priors.base import Prior
-from priors.checkpoint import load_optimizer, load_state, load_tensors, optimizer_tensors, save_tensors
+from priors.checkpoint import (
+    file_sha256,
+    load_optimizer,
+    load_state,
+    load_tensors,
+    optimizer_tensors,
+    save_tensors,
+)
 
 from .flows import Flow
 from .problem import InverseProblem
@@ -171,36 +178,45 @@ class DPI:
             group["lr"] = self.cfg.lr * self._lr_factor(self.step)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
-    def _paths(self) -> tuple[Path, Path]:
-        return self.out / f"{CHECKPOINT}.safetensors", self.out / f"{CHECKPOINT}.json"
-
     def save_checkpoint(self) -> None:
+        """One atomic unit: the tensors go to ``dpi-checkpoint-STEP.safetensors`` (a new file), then the
+        record ``dpi-checkpoint.json``, which names that file and its SHA-256, replaces the old record; only
+        then is the previous tensor file removed. Killed anywhere, the folder holds a record naming complete
+        tensors of its own step."""
         if self.out is None:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        tpath, jpath = self._paths()
         opt_tensors, opt_meta = optimizer_tensors(self.opt)
         tensors = {f"flow.{k}": v for k, v in self.flow.state_dict().items()} | opt_tensors
         tensors["rng"] = torch.get_rng_state()
-        save_tensors(tensors, tpath)
-        record = {"step": self.step, "config": asdict(self.cfg), "flow": self.flow.config, "optimizer": opt_meta,
+        name = f"{CHECKPOINT}-{self.step:08d}.safetensors"
+        save_tensors(tensors, self.out / name)
+        record = {"file": name, "sha256": file_sha256(self.out / name), "step": self.step,
+                  "config": asdict(self.cfg), "flow": self.flow.config, "optimizer": opt_meta,
                   "history": self.history, "skipped": self.skipped, "seconds": self.seconds,
                   "rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
-        atomic_write_text(jpath, json.dumps(record))
+        atomic_write_text(self.out / f"{CHECKPOINT}.json", json.dumps(record))
+        remove_stale_checkpoints(self.out, keep=name)
 
     def _resume(self) -> None:
         if self.out is None:
             raise InterferoError("resume needs an output directory")
-        tpath, jpath = self._paths()
         record = read_checkpoint_record(self.out)
+        remove_stale_checkpoints(self.out, keep=None if record is None else record["file"])
         if record is None:
             return  # nothing to resume: a fresh start
-        if record.get("flow") != self.flow.config:
-            raise InterferoError(f"{jpath}: checkpoint was made with another flow ({record.get('flow')})")
-        tensors = load_tensors(tpath)
+        jpath = self.out / f"{CHECKPOINT}.json"
+        if record["flow"] != self.flow.config:
+            raise InterferoError(f"{jpath}: checkpoint was made with another flow ({record['flow']})")
+        if record["step"] > self.cfg.steps:
+            raise InterferoError(f"{jpath}: the checkpoint is at step {record['step']}, beyond --steps"
+                                 f" {self.cfg.steps}; give --steps >= {record['step']}, or --overwrite to start over")
+        tpath = self.out / record["file"]
+        tensors = checkpoint_tensors(self.out, record)
         load_state(self.flow, {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}, str(tpath))
+        rng = tensors["rng"]
         load_optimizer(self.opt, tensors, record["optimizer"])
-        torch.set_rng_state(tensors["rng"])
+        torch.set_rng_state(rng)
         self.step = int(record["step"])
         self.history = record.get("history", [])
         self.skipped = int(record.get("skipped", 0))
@@ -307,16 +323,64 @@ class DPI:
 
 
 def read_checkpoint_record(folder: str | Path) -> dict | None:
-    """The JSON record (step, settings, history, ...) of the DPI checkpoint in ``folder``; None if there is none."""
+    """The JSON record (step, settings, history, tensor file, ...) of the DPI checkpoint in ``folder``,
+    checked: its fields have their types and the tensor file it names exists with its recorded SHA-256.
+    None if there is none."""
     path = Path(folder) / f"{CHECKPOINT}.json"
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-        int(record["step"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except json.JSONDecodeError as err:
         raise InterferoError(f"{path}: corrupted DPI checkpoint record ({err})") from None
+    expected = {"file": str, "sha256": str, "step": int, "config": dict, "flow": dict, "optimizer": dict}
+    if not isinstance(record, dict):
+        raise InterferoError(f"{path}: corrupted DPI checkpoint record (not an object)")
+    for key, kind in expected.items():
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            raise InterferoError(f"{path}: corrupted DPI checkpoint record ({key!r} missing or of the wrong type)")
+    if record["step"] < 0 or Path(record["file"]).name != record["file"] or "param_groups" not in record["optimizer"]:
+        raise InterferoError(f"{path}: corrupted DPI checkpoint record (bad step, tensor file or optimizer state)")
+    tpath = Path(folder) / record["file"]
+    if not tpath.is_file():
+        raise InterferoError(f"{path}: the checkpoint's tensor file {record['file']} is missing")
+    if file_sha256(tpath) != record["sha256"]:
+        raise InterferoError(f"{path}: the tensor file {record['file']} does not match the record (SHA-256)")
     return record
+
+
+def checkpoint_tensors(folder: str | Path, record: dict) -> dict[str, torch.Tensor]:
+    """The tensors a checked record names, with a one-line error when the random-generator state or the
+    flow's weights are missing or malformed."""
+    tpath = Path(folder) / record["file"]
+    tensors = load_tensors(tpath)
+    rng, own = tensors.get("rng"), torch.get_rng_state()
+    if rng is None or rng.dtype != own.dtype or rng.shape != own.shape:
+        raise InterferoError(f"{tpath}: corrupted DPI checkpoint (random-generator state missing or of the wrong"
+                             " size)")
+    if not any(k.startswith("flow.") for k in tensors):
+        raise InterferoError(f"{tpath}: corrupted DPI checkpoint (no flow weights)")
+    return tensors
+
+
+def check_checkpoint(folder: str | Path, steps: int) -> dict | None:
+    """Checks, before a resumed run writes anything, the checkpoint in ``folder``: its record, its tensors,
+    and that it is not beyond ``steps``. Returns the record (None without a checkpoint)."""
+    record = read_checkpoint_record(folder)
+    if record is None:
+        return None
+    checkpoint_tensors(folder, record)
+    if record["step"] > steps:
+        raise InterferoError(f"{folder}: the checkpoint is at step {record['step']}, beyond --steps {steps}; give"
+                             f" --steps >= {record['step']}, or --overwrite to start over")
+    return record
+
+
+def remove_stale_checkpoints(folder: Path, keep: str | None) -> None:
+    """Deletes tensor files no record names and temporary files an interrupted write left behind."""
+    for p in list(folder.glob(f"{CHECKPOINT}-*.safetensors")) + list(folder.glob(f".{CHECKPOINT}*")):
+        if p.name != keep and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def fit_dpi(operator, y, prior: Prior, flow: Flow, config: DPIConfig | None = None, out=None, resume: bool = False,

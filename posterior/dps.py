@@ -86,4 +86,4 @@ def dps(problem: InverseProblem, config: DPSConfig | None = None, progress: bool
             check_finite(z, "dps", i, float(t))
         return prior.from_z(tweedie_denoise(score, sde, z))
 
-    return sampled_posterior("dps", cfg, draw, progress)
+    return sampled_posterior("dps", cfg, draw, problem.image_shape, progress)

@@ -40,7 +40,6 @@ SMA-JCMT); if the observation has no such baseline the user must give it. A give
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -54,8 +53,9 @@ from interfero.operators import InterferometryOperator
 from interfero.plotting import plot_uv_coverage
 from interfero.preparation import combine_observations, prepare_observation, zero_baseline_flux
 from interfero.regrid import regrid
+from interfero.validation import check_memory, check_output_folder, clear_outputs, make_output_folder
 
-from .dpi import DPI, DPIConfig, DPITarget, read_checkpoint_record
+from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, check_checkpoint, read_checkpoint_record
 from .flows import build_flow
 from .methods import method_config, run_method
 from .metrics import image_metrics, interval_coverage, reduced_chi2
@@ -128,17 +128,30 @@ def truth_prior_percentile(prior, truth: np.ndarray, seed: int = 0, n_reference:
             "prior_reference_elbo": cmp.as_dict()["reference_logp"] | {"n": int(cmp.reference.size)}}
 
 
-def _check_out(out: Path) -> bool:
-    """Creates the output folder (or checks an existing one is a writable folder); True if it created it."""
-    if out.exists() and not out.is_dir():
-        raise InterferoError(f"output {out} exists and is not a folder")
+# what a finished reconstruct / restore leaves in its folder
+RUN_OUTPUTS = ("metrics.json", "samples.h5", "mean.fits", "std.fits", "measurement.fits", "report.png",
+               "uv_coverage.png")
+RUN_CHECKPOINTS = (f"{CHECKPOINT}*", f".{CHECKPOINT}*", WARM_START_DIR)
+
+
+def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """The output folder of ``reconstruct`` / ``restore``, checked before any work: creatable and writable,
+    and holding no earlier run's results or checkpoints unless ``resume`` (continue them) or ``overwrite``
+    (replace them). Creates nothing."""
+    if resume and overwrite:
+        raise InterferoError("--resume continues the run in --out, --overwrite replaces it: give one of them")
+    return check_output_folder(out, "--out", RUN_OUTPUTS + RUN_CHECKPOINTS, overwrite or resume)
+
+
+def open_run_folder(out: Path, overwrite: bool = False, resume: bool = False) -> bool:
+    """Creates ``out``; removes an earlier run's results (and, with ``overwrite``, its checkpoints), so no
+    result of another run is ever left beside this one's. True if it created the folder."""
     created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InterferoError(f"cannot create output folder {out} ({err.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise InterferoError(f"output folder {out} is not writable")
+    clear_outputs(out, RUN_OUTPUTS)
+    if overwrite and not resume:
+        clear_outputs(out, (f"{CHECKPOINT}*", f".{CHECKPOINT}*", f"{WARM_START_DIR}/{CHECKPOINT}*",
+                            f"{WARM_START_DIR}/.{CHECKPOINT}*"))
+    make_output_folder(out)
     return created
 
 
@@ -294,6 +307,7 @@ def build_problem(obs_path, s: ReconstructSettings):
         raise InterferoError(f"--warm-start must be >= 0 steps, got {s.warm_start_steps}")
     if s.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {s.samples}")
+    check_memory(32.0 * s.samples * s.npix**2, f"--samples {s.samples} images of {s.npix}x{s.npix}")
     if s.method != "dpi" or s.method_options:
         method_config(s.method, s.method_options)  # unknown method or settings: refused before any work
     geom = ImageGeometry(s.npix, s.fov_uas)
@@ -346,10 +360,13 @@ def _fit(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume
 
 
 def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, truth=None, resume: bool = False,
-                progress: bool = True) -> dict:
+                progress: bool = True, overwrite: bool = False) -> dict:
     """Runs the whole job; returns the metrics written to ``out/metrics.json``."""
     s = settings or ReconstructSettings()
-    out = Path(out)
+    out = check_run_folder(out, resume, overwrite)
+    if resume and s.method == "dpi" and out.is_dir():  # checked before anything is written
+        check_checkpoint(out, s.steps)
+        check_checkpoint(out / WARM_START_DIR, 1 << 62)
     t0 = time.perf_counter()
     if s.threads:
         torch.set_num_threads(int(s.threads))
@@ -363,7 +380,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
             print("\n".join((f"{Path(path).name}: " if len(prep) > 1 else "") + line for line in r.lines()))
     if truth_img is not None:
         truth_img = regrid(truth_img, truth_geom, geom)
-    created = _check_out(out)
+    created = open_run_folder(out, overwrite, resume)
     try:
         post, run_info = _fit(s, geom, flux, op, prior, out, resume, progress)
         check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out, s.method)

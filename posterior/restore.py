@@ -160,15 +160,16 @@ def measurement_from_image(op, img: np.ndarray) -> torch.Tensor:
 
 
 def restore(image, out, settings: RestoreSettings | None = None, truth=None, simulate: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, overwrite: bool = False) -> dict:
     """Restores ``image`` (degraded, or clean with ``simulate``); writes the outputs of ``reconstruct``
     (samples.h5, mean/std FITS, report.png, metrics.json) to ``out`` and returns the metrics."""
     from priors.pretrained import load_prior
 
-    from .reconstruct import _check_out, discard_if_empty
+    from .reconstruct import check_run_folder, discard_if_empty, open_run_folder
 
     s = settings or RestoreSettings()
     s.validate()
+    out = check_run_folder(out, overwrite=overwrite)
     t0 = time.perf_counter()
     if s.threads:
         torch.set_num_threads(int(s.threads))
@@ -185,8 +186,7 @@ def restore(image, out, settings: RestoreSettings | None = None, truth=None, sim
         y = op.sample(torch.tensor(img, dtype=torch.float32)[None, None], torch.Generator().manual_seed(s.seed))
     else:
         y = measurement_from_image(op, img)
-    out = Path(out)
-    created = _check_out(out)
+    created = open_run_folder(out, overwrite)
     problem = InverseProblem(op, y, prior)
     options = dict(s.method_options)
     if s.method in SAMPLING_METHODS:

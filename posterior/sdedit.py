@@ -64,4 +64,4 @@ def sdedit(problem: InverseProblem, config: SDEditConfig | None = None, progress
                         callback=lambda i, t, x, _x0: check_finite(x, "sdedit", i, float(t)))
         return prior.from_z(tweedie_denoise(score, sde, z))
 
-    return sampled_posterior("sdedit", cfg, draw, progress)
+    return sampled_posterior("sdedit", cfg, draw, problem.image_shape, progress)

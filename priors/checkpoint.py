@@ -15,7 +15,9 @@ that every tensor is present with its expected shape.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -36,6 +38,15 @@ def save_tensors(tensors: dict[str, torch.Tensor], path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
 
 
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes (hex): how a record names the exact tensor file it goes with."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_tensors(path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -50,7 +61,8 @@ def write_prior(net: UNet, record: dict, stem) -> None:
     """Writes ``stem.safetensors`` then ``stem.json`` (the JSON last, so it only names complete weights)."""
     stem = Path(stem)
     save_tensors(net.state_dict(), stem.with_suffix(".safetensors"))
-    record = {"format": FORMAT, "version": 1, "network": net.config, **record}
+    record = {"format": FORMAT, "version": 1, "network": net.config, **record,
+              "weights_sha256": file_sha256(stem.with_suffix(".safetensors"))}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=2))
 
 
@@ -68,7 +80,46 @@ def read_record(stem) -> dict:
     for key in ("network", "sde", "transform", "image_size", "fov_uas"):
         if key not in record:
             raise InterferoError(f"{path}: prior record lacks {key!r}")
+    check_record_schema(record, path)
     return record
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_record_schema(record: dict, path) -> None:
+    """Types and ranges of a prior record's fields: a one-line error naming the field, never a traceback
+    deep in the network's constructor."""
+    if not (_is_int(record["image_size"]) and record["image_size"] >= 4):
+        raise InterferoError(f"{path}: 'image_size' must be an integer >= 4, got {record['image_size']!r}")
+    if not (_is_int(record.get("channels", 1)) and record.get("channels", 1) >= 1):
+        raise InterferoError(f"{path}: 'channels' must be an integer >= 1, got {record.get('channels')!r}")
+    fov = record["fov_uas"]
+    if fov is not None and not (_is_number(fov) and fov >= 0):
+        raise InterferoError(f"{path}: 'fov_uas' must be a number >= 0 (0 or null: not a sky image), got {fov!r}")
+    tr = record["transform"]
+    if not (isinstance(tr, dict) and _is_number(tr.get("shift")) and _is_number(tr.get("scale"))
+            and tr["scale"] > 0):
+        raise InterferoError(f"{path}: 'transform' must hold a finite 'shift' and a finite 'scale' > 0, got {tr!r}")
+    net = record["network"]
+    if not isinstance(net, dict):
+        raise InterferoError(f"{path}: 'network' must be an object of U-Net settings")
+    for key in ("image_size", "channels", "width", "num_res_blocks", "global_rank"):
+        if key in net and not (_is_int(net[key]) and net[key] >= (0 if key == "global_rank" else 1)):
+            raise InterferoError(f"{path}: network {key!r} must be a positive integer, got {net[key]!r}")
+    if net.get("image_size", record["image_size"]) != record["image_size"]:
+        raise InterferoError(f"{path}: network image_size {net['image_size']} differs from the record's"
+                             f" {record['image_size']}")
+    for key in ("channel_mult", "attn_resolutions"):
+        if key in net and not (isinstance(net[key], list) and all(_is_int(m) and m >= 1 for m in net[key])):
+            raise InterferoError(f"{path}: network {key!r} must be a list of positive integers, got {net[key]!r}")
+    if not isinstance(record["sde"], dict):
+        raise InterferoError(f"{path}: 'sde' must be an object of SDE settings")
 
 
 def load_prior_network(stem, expect_image_size: int | None = None) -> tuple[UNet, dict]:
@@ -82,13 +133,27 @@ def load_prior_network(stem, expect_image_size: int | None = None) -> tuple[UNet
         net = UNet(**record["network"])
     except (TypeError, ValueError) as err:
         raise InterferoError(f"{stem}: bad network settings ({err})") from None
-    state = load_tensors(Path(stem).with_suffix(".safetensors"))
+    wpath = Path(stem).with_suffix(".safetensors")
+    if "weights_sha256" in record and wpath.is_file() and file_sha256(wpath) != record["weights_sha256"]:
+        raise InterferoError(f"{wpath}: the weights do not match {Path(stem).name}.json (SHA-256; an interrupted"
+                             " write or a copied file?)")
+    state = load_tensors(wpath)
+    check_weights(state, Path(stem).with_suffix(".safetensors"))
     load_state(net, state, str(stem))
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     sde_from_config(record["sde"])  # validates
     return net, record
+
+
+def check_weights(state: dict[str, torch.Tensor], path) -> None:
+    """Network weights are float32 and finite (a NaN weight would give NaN scores and images)."""
+    for k, v in state.items():
+        if v.dtype != torch.float32:
+            raise InterferoError(f"{path}: weight {k!r} is {str(v.dtype).replace('torch.', '')}, expected float32")
+        if not bool(torch.isfinite(v).all()):
+            raise InterferoError(f"{path}: weight {k!r} has NaN or infinite values")
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -64,8 +64,10 @@ from tqdm.auto import tqdm
 
 from interfero.errors import InterferoError
 from interfero.io import atomic_write_text
+from interfero.validation import check_memory
 
 from .checkpoint import (
+    file_sha256,
     load_optimizer,
     load_prior_network,
     load_state,
@@ -126,6 +128,13 @@ class TrainConfig:
             raise InterferoError(f"global rank must be >= 0, got {self.global_rank}")
         if self.antithetic and self.batch_size % 2:
             raise InterferoError(f"antithetic pairs need an even batch size, got {self.batch_size}")
+        for name in ("lr", "grad_clip", "lr_min"):
+            if not math.isfinite(getattr(self, name)):
+                raise InterferoError(f"{name} must be finite, got {getattr(self, name)}")
+        if not (self.lr > 0 and self.grad_clip > 0 and 0 < self.ema_decay < 1):
+            raise InterferoError("lr and grad_clip must be > 0 and the EMA decay in (0, 1)")
+        if self.warmup < 0 or self.sample_every < 0 or self.ckpt_every < 1 or self.width < 8:
+            raise InterferoError("warmup and sample_every must be >= 0, ckpt_every >= 1 and width >= 8")
         if not self.image_weight_cap >= 1.0:
             raise InterferoError("image weight cap must be >= 1 (1: plain noise prediction),"
                                  f" got {self.image_weight_cap}")
@@ -236,6 +245,11 @@ class Trainer:
         if "law" in data.get("generator", {}):  # the black holes' parameter law, so the set can be regenerated
             self.data_info["law"] = data["generator"]["law"]
         self.image_size, self.channels = int(images.shape[-1]), int(images.shape[1])
+        if self.image_size < 4:
+            raise InterferoError(f"training images must be at least 4x4 pixels, got {self.image_size}")
+        # the U-Net's activations: about 30 feature maps of width x H x W floats per image, kept for backward
+        check_memory(4.0 * 30 * config.width * self.image_size**2 * self.channels * config.batch_size,
+                     f"training with --batch-size {config.batch_size} and --width {config.width}")
         self.sde = sde_from_config(config.sde)
         self.progress = progress and self.rank == 0
         self.device = torch.device("cpu")
@@ -292,12 +306,29 @@ class Trainer:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise InterferoError(f"{path}: corrupted checkpoint record ({err})") from None
+        expected = {"file": str, "step": int, "config": dict, "transform": dict, "image_size": int, "optimizer": dict}
+        if not isinstance(record, dict):
+            raise InterferoError(f"{path}: corrupted checkpoint record (not an object)")
+        for key, kind in expected.items():
+            if not isinstance(record.get(key), kind):
+                raise InterferoError(f"{path}: corrupted checkpoint record ({key!r} missing or of the wrong type)")
+        if "data" not in record["config"] or Path(record["file"]).name != record["file"]:
+            raise InterferoError(f"{path}: corrupted checkpoint record (no data path, or a file outside the folder)")
+        return record
 
     def _load(self, ckpt: dict) -> None:
-        tensors = load_tensors(self.out / ckpt["file"])
+        path = self.out / ckpt["file"]
+        if not path.is_file():
+            raise InterferoError(f"{self.out}/checkpoint.json: its tensor file {ckpt['file']} is missing")
+        if "sha256" in ckpt and file_sha256(path) != ckpt["sha256"]:
+            raise InterferoError(f"{self.out}/checkpoint.json: {ckpt['file']} does not match the record (SHA-256)")
+        for pattern in (".ckpt-*", ".checkpoint.json*", ".prior.*"):  # temporary files of an interrupted write
+            for p in self.out.glob(pattern):
+                p.unlink(missing_ok=True)
+        tensors = load_tensors(path)
         load_state(self.net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, ckpt["file"])
         load_state(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, ckpt["file"])
         load_optimizer(self.opt, tensors, ckpt["optimizer"])
@@ -314,7 +345,8 @@ class Trainer:
         tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
         save_tensors(tensors | opt_tensors, self.out / name)
         record = {
-            "file": name, "step": self.step, "config": asdict(self.cfg), "transform": self.transform,
+            "file": name, "sha256": file_sha256(self.out / name), "step": self.step, "config": asdict(self.cfg),
+            "transform": self.transform,
             "image_size": self.image_size, "optimizer": opt_meta, "history": self.history,
         }
         atomic_write_text(self.out / "checkpoint.json", json.dumps(record))

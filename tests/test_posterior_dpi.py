@@ -167,6 +167,66 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
 
 
+class Killed(BaseException):
+    """Stands for ``kill -9``: nothing after it runs (no ``except Exception`` catches it)."""
+
+
+def _kill_at(monkeypatch, where: str, step: int = 15):
+    """Makes the checkpoint of ``step`` die at ``where``: in the middle of the tensor write (a partial
+    temporary file left behind), between the tensor file and the record, in the middle of the record write,
+    or after both (before the previous tensor file is removed)."""
+    import posterior.dpi as dpi_mod
+
+    real_save, real_write = dpi_mod.save_tensors, dpi_mod.atomic_write_text
+    real_remove = dpi_mod.remove_stale_checkpoints
+
+    def partial(path, text: bytes):
+        (path.parent / f".{path.name}.x7kq{path.suffix}").write_bytes(text)
+        raise Killed
+
+    def save(tensors, path):
+        if f"{step:08d}" in path.name and where == "tensor-write":
+            partial(path, b"\x00" * 100)
+        real_save(tensors, path)
+        if f"{step:08d}" in path.name and where == "between":
+            raise Killed
+
+    def write(path, text):
+        if f'"step": {step},' in text and where == "record-write":
+            partial(path, text[:50].encode())
+        real_write(path, text)
+
+    def remove(folder, keep):
+        if keep and f"{step:08d}" in keep and where == "after-both":
+            raise Killed
+        real_remove(folder, keep)
+
+    monkeypatch.setattr(dpi_mod, "save_tensors", save)
+    monkeypatch.setattr(dpi_mod, "atomic_write_text", write)
+    monkeypatch.setattr(dpi_mod, "remove_stale_checkpoints", remove)
+
+
+@pytest.mark.parametrize("where,resumed_at", [("tensor-write", 10), ("between", 10), ("record-write", 10),
+                                              ("after-both", 15)])
+def test_a_checkpoint_is_one_atomic_unit(tmp_path, monkeypatch, where, resumed_at):
+    """Killed anywhere inside the checkpoint of step 15, the resumed run continues from a consistent step
+    (10, or 15 once the record is in place), removes what the interrupted write left, and ends bit-exactly
+    where an uninterrupted run with the same seed ends."""
+    full = _small_dpi(tmp_path / "full", 20).fit()
+    with monkeypatch.context() as m:
+        _kill_at(m, where)
+        with pytest.raises(Killed):
+            _small_dpi(tmp_path / "split", 20).fit()
+    second = _small_dpi(tmp_path / "split", 20, resume=True)
+    assert second.step == resumed_at
+    files = sorted(p.name for p in (tmp_path / "split").iterdir())
+    assert files == [f"dpi-checkpoint-{resumed_at:08d}.safetensors", "dpi-checkpoint.json"], files
+    second.fit()
+    for (k, a), (_, b) in zip(full.flow.state_dict().items(), second.flow.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
+
+
 def _nan_likelihood_when(run, broken):
     """Makes the run's log-likelihood NaN on the calls ``n`` (1, 2, ...) where ``broken(n)`` holds."""
     calls = {"n": 0}

@@ -106,6 +106,61 @@ def test_resume_after_kill_9(faces, tmp_path):
         assert torch.equal(net.state_dict()[k], v), k
 
 
+class Killed(BaseException):
+    """Stands for ``kill -9``: nothing after it runs."""
+
+
+@pytest.mark.parametrize("where,resumed_at", [("tensor-write", 3), ("between", 3), ("record-write", 3),
+                                              ("after-both", 6)])
+def test_a_training_checkpoint_is_one_atomic_unit(faces, tmp_path, monkeypatch, where, resumed_at):
+    """Killed anywhere inside the checkpoint of step 6 (in the middle of the tensor write, between the tensor
+    file and its record, in the middle of the record write, or after both, before the prior is exported),
+    the resumed run starts from a consistent step, removes the interrupted write's temporary files, and
+    ends with the weights of an uninterrupted run."""
+    import priors.train as train_mod
+
+    def cfg(name):
+        return TrainConfig(data=str(faces), out=str(tmp_path / name), steps=9, ckpt_every=3, **SMALL)
+
+    full = Trainer(cfg("full"), progress=False)
+    full.run()
+    real_save, real_write, real_export = train_mod.save_tensors, train_mod.atomic_write_text, Trainer.export
+
+    def partial(path, data: bytes):
+        (path.parent / f".{path.name}.x7kq{path.suffix}").write_bytes(data)
+        raise Killed
+
+    def save(tensors, path):
+        if path.name == "ckpt-00000006.safetensors" and where == "tensor-write":
+            partial(path, b"\x00" * 100)
+        real_save(tensors, path)
+        if path.name == "ckpt-00000006.safetensors" and where == "between":
+            raise Killed
+
+    def write(path, text):
+        if path.name == "checkpoint.json" and '"step": 6,' in text and where == "record-write":
+            partial(path, text[:50].encode())
+        real_write(path, text)
+
+    def export(self):
+        if self.step == 6 and where == "after-both":
+            raise Killed
+        real_export(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "save_tensors", save)
+        m.setattr(train_mod, "atomic_write_text", write)
+        m.setattr(Trainer, "export", export)
+        with pytest.raises(Killed):
+            Trainer(cfg("split"), progress=False).run()
+    again = Trainer(cfg("split"), resume=True, progress=False)
+    assert again.step == resumed_at
+    assert not [p.name for p in (tmp_path / "split").iterdir() if p.name.startswith(".")]
+    again.run()
+    for (k, v), w in zip(full.ema.state_dict().items(), again.ema.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
 def test_torchrun_two_cpu_processes(faces, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "posterior.cli",

@@ -172,6 +172,9 @@ class InterferometryOperator(Operator):
         bad = [p for p in products if p not in PRODUCTS]
         if bad:
             raise InterferoError(f"unknown data product(s) {', '.join(bad)} (use {', '.join(PRODUCTS)})")
+        if len(set(products)) != len(products):
+            raise InterferoError(f"data products {','.join(products)} name one twice (each enters the likelihood"
+                                 " once)")
         self.products = products
         vis = torch.tensor(obs.vis)
         sigma = torch.tensor(obs.sigma)

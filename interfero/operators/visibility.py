@@ -105,6 +105,10 @@ class VisibilityOperator(LinearOperator):
         self.n_vis = len(u)
         self.method = method
         if method == "dft":
+            from ..validation import check_memory
+
+            check_memory(48.0 * self.n_vis * geom.npix**2,
+                         f"the DFT matrix of {self.n_vis} visibilities and {geom.npix}x{geom.npix} pixels")
             a = dft_matrix(u, v, geom)
             self.register_buffer("matrix", torch.from_numpy(np.concatenate([a.real, a.imag], 0)).contiguous())
         elif method == "nufft":

@@ -15,8 +15,17 @@ def make_dataset(kind: str, n: int, npix: int, fov_uas: float = 160.0, seed: int
                  law: str = "v1") -> dict:
     """``{"images", "params", "param_names", "kind", "fov_uas", "units", "generator"}`` for ``kind``
     (``law``: the black holes' parameter law, see :mod:`priors.datasets.blackholes`)."""
+    from interfero.validation import check_memory
+
     if n <= 0:
         raise InterferoError("dataset size must be > 0")
+    if not 4 <= npix:
+        raise InterferoError(f"dataset images must be at least 4x4 pixels, got {npix}")
+    check_memory(12.0 * n * npix**2, f"{n} images of {npix}x{npix} pixels")
+    if kind == "blackholes":
+        from interfero.io import ImageGeometry
+
+        ImageGeometry(npix, fov_uas)  # a finite field of view with a sane pixel size
     gen = {"kind": kind, "n": n, "npix": npix, "seed": seed}
     if kind == "blackholes":
         from .blackholes import PARAMS, make_black_holes

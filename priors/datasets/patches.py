@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from interfero.errors import InterferoError
+
 PICTURES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "brick", "grass",
             "gravel", "text", "page", "clock", "hubble_deep_field", "immunohistochemistry")
 
@@ -29,6 +31,10 @@ def natural_patches(n: int, npix: int = 16, seed: int = 0) -> np.ndarray:
     """``(n, 1, npix, npix)`` float32 patches."""
     rng = np.random.default_rng(seed)
     pics = _pictures()
+    largest = min(min(p.shape[:2]) for p in pics) // 4
+    if npix > largest:
+        raise InterferoError(f"patches are at most {largest}x{largest} pixels (4x zoom of the smallest picture),"
+                             f" got {npix}")
     out = np.empty((n, 1, npix, npix), dtype=np.float32)
     for i in range(n):
         pic = pics[rng.integers(len(pics))]

@@ -16,6 +16,7 @@ import numpy as np
 
 from interfero.errors import InterferoError
 from interfero.io import atomic_path
+from interfero.validation import check_memory
 
 
 def save_dataset(path, images, kind: str, fov_uas: float = 0.0, units: str = "Jy/pixel",
@@ -44,15 +45,26 @@ def load_dataset(path) -> dict:
         with h5py.File(path, "r") as f:
             if "images" not in f:
                 raise InterferoError(f"{path}: no 'images' dataset (expected an interfero dataset HDF5 file)")
-            images = np.asarray(f["images"][...], dtype=np.float32)
+            ds = f["images"]
+            if not isinstance(ds, h5py.Dataset):
+                raise InterferoError(f"{path}: 'images' is a group, expected an (N, C, H, W) array")
+            if ds.dtype.kind not in "fiu":
+                raise InterferoError(f"{path}: 'images' holds {ds.dtype} values, expected numbers (float32)")
+            if ds.ndim != 4 or 0 in ds.shape:
+                raise InterferoError(f"{path}: 'images' must be a non-empty (N, C, H, W) array, got {ds.shape}")
+            check_memory(8.0 * ds.size, f"{path}: {ds.shape[0]} images of {ds.shape[-2]}x{ds.shape[-1]}")
+            images = np.asarray(ds[...], dtype=np.float32)
+            params = f.get("params")
+            if params is not None and not (isinstance(params, h5py.Dataset) and params.dtype.kind in "fiu"):
+                raise InterferoError(f"{path}: 'params' must be a numeric array")
             out = {
                 "images": images,
-                "params": np.asarray(f["params"][...]) if "params" in f else None,
-                "param_names": json.loads(f["params"].attrs.get("names", "[]")) if "params" in f else [],
+                "params": None if params is None else np.asarray(params[...]),
+                "param_names": _json_attr(params.attrs, "names", "[]", path) if params is not None else [],
                 "kind": str(f.attrs.get("kind", "unknown")),
-                "fov_uas": float(f.attrs.get("fov_uas", 0.0)),
+                "fov_uas": _number_attr(f.attrs, "fov_uas", path),
                 "units": str(f.attrs.get("units", "")),
-                "generator": json.loads(f.attrs.get("generator", "{}")),
+                "generator": _json_attr(f.attrs, "generator", "{}", path),
             }
     except OSError as err:
         raise InterferoError(f"{path}: not a readable HDF5 file ({err})") from None
@@ -61,6 +73,23 @@ def load_dataset(path) -> dict:
     if not np.all(np.isfinite(images)):
         raise InterferoError(f"{path}: images contain NaN or infinite values")
     return out
+
+
+def _json_attr(attrs, name: str, default: str, path):
+    try:
+        return json.loads(attrs.get(name, default))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise InterferoError(f"{path}: attribute {name!r} is not valid JSON ({err})") from None
+
+
+def _number_attr(attrs, name: str, path) -> float:
+    try:
+        value = float(attrs.get(name, 0.0))
+    except (TypeError, ValueError):
+        raise InterferoError(f"{path}: attribute {name!r} is not a number") from None
+    if not (np.isfinite(value) and value >= 0):
+        raise InterferoError(f"{path}: attribute {name!r} must be a finite number >= 0, got {value}")
+    return value
 
 
 def write_dataset(path, d: dict) -> None:
