@@ -91,6 +91,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="steps of linear data-weight annealing of the first fit (0 = off)")
     p.add_argument("--seed", type=seed, default=d.seed)
     p.add_argument("--threads", type=count(), help="torch CPU threads")
+    p.add_argument("--max-chi2", type=positive(), default=d.max_chi2,
+                   help="refuse (write nothing but checkpoints) a fit whose reduced chi^2 on any data product is"
+                        " above this")
     p.add_argument("--allow-fov-mismatch", action="store_true", help="use a prior trained on another field of view")
     p.add_argument("--truth", help="true image (FITS) for nxcorr / PSNR / SSIM")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -198,7 +201,7 @@ def _reconstruct(args) -> None:
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_output=args.flow_output, flow_coupling=args.coupling_scale,
         anneal_steps=args.anneal, warm_start_steps=args.warm_start, seed=args.seed,
-        allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads, method=args.method,
+        allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads, method=args.method, max_chi2=args.max_chi2,
         method_options=parse_options(args.opt),
     )
     obs = args.obs[0] if len(args.obs) == 1 else args.obs

@@ -260,3 +260,38 @@ def test_a_runaway_fit_is_refused_not_written(grmhd, tmp_path, capsys, monkeypat
     assert len(cap.err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["dpi-checkpoint.json", "dpi-checkpoint.safetensors",
                                                      "warm-start"]
+
+
+def test_an_absurd_data_fit_is_refused(small_obs, tmp_path):
+    """The crescent the observation was made of fits its closures (reduced chi^2 near 1); the same flux in
+    an off-centre point-like blob does not (chi^2 in the thousands) and is refused with one line."""
+    from interfero.io import ImageGeometry
+    from interfero.models import render
+    from interfero.operators import InterferometryOperator
+    from posterior.metrics import reduced_chi2
+    from posterior.reconstruct import check_data_fit
+
+    geom = ImageGeometry(16, 160.0)
+    op = InterferometryOperator(small_obs, geom, products=("cphase", "logcamp"))
+    truth = render("crescent", geom, flux=1.5)
+    check_data_fit(op, truth, 1000.0, tmp_path)
+    blob = render("gaussian", geom, flux=1.5, width=15.0, x0=40.0, y0=-30.0)
+    blob = blob + 0.3 * render("gaussian", geom, width=20.0)
+    chi2 = reduced_chi2(op, torch.tensor(blob[None, None], dtype=torch.float32))
+    assert max(chi2.values()) > 1000, chi2
+    with pytest.raises(InterferoError, match="reduced chi\\^2 .* above --max-chi2 1000"):
+        check_data_fit(op, blob, 1000.0, tmp_path, method="dps")
+
+
+def test_data_and_prior_disagreements_are_warnings():
+    from types import SimpleNamespace
+
+    from posterior.reconstruct import prior_mismatch_warnings
+    from priors.pretrained import load_prior
+
+    prior = load_prior("default")  # trained on disk-lnflux black holes: fluxes 0.49-4.0 Jy (99.7%)
+    assert prior_mismatch_warnings(229.1e9, 1.4, prior) == []
+    lines = prior_mismatch_warnings(86e9, 1.4e6, prior)
+    assert len(lines) == 2 and "86 GHz" in lines[0] and "1.4e+06 Jy is outside the 0.49-4 Jy" in lines[1], lines
+    faces = SimpleNamespace(training_data={"kind": "face-gaussian"}, name="faces16")
+    assert prior_mismatch_warnings(86e9, 1e6, faces) == []

@@ -83,6 +83,15 @@ LAWS = {
 LAWS["disk-lnflux"] = replace(LAWS["disk"], flux_lognormal=(1.4, 0.35))
 
 
+def flux_range(law: str = "v1") -> tuple[float, float]:
+    """The total fluxes (Jy) of a law's images: the uniform law's bounds, or the log-normal's central 99.7%."""
+    lw = get_law(law)
+    if lw.flux_lognormal is None:
+        return 0.5, 2.5
+    median, sigma = lw.flux_lognormal
+    return float(median * np.exp(-3 * sigma)), float(median * np.exp(3 * sigma))
+
+
 def _grid(npix: int, fov_uas: float):
     n = npix * SUPERSAMPLE
     ps = fov_uas / n
