@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= outputs/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,14 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(VENV)/bin/interfero reconstruct data/demo/eht2017_crescent_grf.uvfits --prior default --data cphase,logcamp \
-		--npix 32 --fov 160 --sys-noise 0.005 --steps 300 --samples 256 --truth data/demo/crescent_grf_64.fits --out $(OUT)
+		--npix 32 --fov 160 --sys-noise 0.005 --steps 300 --samples 256 --truth data/demo/crescent_grf_64.fits --overwrite --out $(OUT)
 
 test: $(VENV)/.test
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+docs: $(VENV)/.test   # the docs build: examples run, links resolve, command lines parse
+	$(PY) -m pytest -q tests/test_docs.py
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/forward.py

@@ -105,7 +105,8 @@ def run_case(job: dict) -> dict:
     write_fits_image(truth, GEOM, folder / "truth.fits")
     s = ReconstructSettings(steps=job["steps"], samples=job["samples"], seed=job["seed"], threads=1)
     try:
-        m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False)
+        m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
+                        resume=True)  # an interrupted case continues from its checkpoint
     except InterferoError as err:  # a refused fit (diverged) is a result too: counted, not scored
         res = {"case": job["case"], "array": job["array"], "set": job["set"], "error": str(err),
                "seconds": time.perf_counter() - t0}

@@ -113,7 +113,7 @@ def main() -> None:
             s = ReconstructSettings(steps=args.steps, flux=args.flux, prior=args.prior, reg_weight=args.reg_weight,
                                     method=method, method_options=options[method], samples=args.samples)
             try:
-                reconstruct(obs_path, folder, s, truth=args.truth, progress=False)
+                reconstruct(obs_path, folder, s, truth=args.truth, progress=False, overwrite=True)
             except InterferoError as err:
                 errors[method] = str(err)
                 print(f"{method}: {err}")
