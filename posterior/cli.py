@@ -140,6 +140,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--samples", type=count(2), default=d.samples, help="posterior samples per reconstruction")
     a.add_argument("--seed", type=seed, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
     a.add_argument("--threads", type=count(), help="torch CPU threads")
+    a.add_argument("--max-chi2", type=positive(), default=d.max_chi2,
+                   help="refuse a reconstruction whose reduced chi^2 on any data product is above this")
     a.add_argument("--json", help="also write the comparison JSON here")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--out", required=True, help="output folder")
@@ -183,7 +185,7 @@ def _array_study(args) -> None:
         check_output_file(args.json, "--json", create_parent=True)
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
     s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, seed=args.seed,
-                                threads=args.threads)
+                                threads=args.threads, max_chi2=args.max_chi2)
     res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite)
     if args.json:
         write_output_text(Path(args.json), json.dumps(res, indent=2))

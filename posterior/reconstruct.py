@@ -55,6 +55,7 @@ from interfero.plotting import plot_uv_coverage
 from interfero.preparation import combine_observations, prepare_observation, zero_baseline_flux
 from interfero.regrid import regrid
 from interfero.validation import check_memory, check_output_folder, clear_outputs, make_output_folder
+from priors.factory import build_prior, prior_kind
 
 from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, check_checkpoint, read_checkpoint_record
 from .flows import build_flow
@@ -104,8 +105,8 @@ class ReconstructSettings:
     method_options: dict = field(default_factory=dict)  # the baseline's settings (posterior.methods), by name
 
     def __post_init__(self) -> None:
-        if self.flow_output is None:  # MEM needs positive pixels; a score prior's p_eps jitter needs both signs
-            self.flow_output = "softplus" if _classical(self) else "none"
+        if self.flow_output is None:  # a classical prior's flow stays positive; a score prior's p_eps needs both signs
+            self.flow_output = "softplus" if prior_kind(self.prior).positive_images else "none"
 
 
 def gaussian_blob(geom: ImageGeometry, flux: float, fwhm_uas: float) -> torch.Tensor:
@@ -201,13 +202,6 @@ def check_data_fit(op: InterferometryOperator, mean: np.ndarray, max_chi2: float
         kept = f"checkpoint kept in {out}" if method == "dpi" else "nothing written"
         raise InterferoError(f"{method} fit refused: reduced chi^2 {shown} is above --max-chi2 {max_chi2:g} (the fit"
                              f" did not converge, or the model cannot describe these data); {kept}")
-
-
-def _classical(s: ReconstructSettings) -> bool:
-    """Is the prior a classical regulariser (``tv``, ``mem``, ``tv+mem``) rather than a score prior?"""
-    from priors.classical import REGULARISERS
-
-    return s.prior in REGULARISERS
 
 
 def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float, init: torch.Tensor | None = None):
@@ -310,14 +304,11 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
 
 def prior_method_name(s: ReconstructSettings) -> str:
     """How the prior's log p is computed: the score prior's estimator, or the classical regulariser's weight."""
-    return f"closed form, weight {s.reg_weight:g}" if _classical(s) else s.prior_method
+    return f"closed form, weight {s.reg_weight:g}" if prior_kind(s.prior).classical else s.prior_method
 
 
 def build_problem(obs_path, s: ReconstructSettings):
     """Observation, geometry, operator, prior and total flux after all input checks."""
-    from priors.classical import image_regulariser
-    from priors.pretrained import load_prior
-
     if s.steps < 1:
         raise InterferoError(f"--steps must be >= 1, got {s.steps}")
     if s.warm_start_steps is not None and s.warm_start_steps < 0:
@@ -340,11 +331,10 @@ def build_problem(obs_path, s: ReconstructSettings):
     flux = s.flux if s.flux is not None else zero_baseline_flux(obs)
     if not (math.isfinite(flux) and flux > 0):
         raise InterferoError(f"total flux must be > 0 Jy, got {flux}")
-    if _classical(s):  # classical: flux-normalised TV / MEM against the starting blob
-        prior = image_regulariser(s.prior, gaussian_blob(geom, flux, s.init_fwhm_uas), s.reg_weight)
-    else:
-        prior = load_prior(s.prior, method=s.prior_method, expect_image_size=s.npix,
-                           elbo={"draws": s.elbo_draws, "importance": True})
+    # a classical prior is flux-normalised, MEM against the starting blob
+    prior = build_prior(prior_kind(s.prior), reference=gaussian_blob(geom, flux, s.init_fwhm_uas),
+                        weight=s.reg_weight, method=s.prior_method, expect_image_size=s.npix,
+                        elbo={"draws": s.elbo_draws, "importance": True})
     if prior.fov_uas is not None and not math.isclose(prior.fov_uas, s.fov_uas, rel_tol=1e-6):
         msg = (f"prior {prior.name} was trained on a {prior.fov_uas:g} uas field of view, not {s.fov_uas:g} uas:"
                f" its images would be rescaled on the sky (use --fov {prior.fov_uas:g})")

@@ -187,3 +187,22 @@ def test_l1_regulariser_is_the_flux_normalised_absolute_sum():
     l1 = image_regulariser("l1", ref, weight=5.0)
     want = -5.0 * x.abs().reshape(3, -1).sum(-1) / float(ref.sum())
     torch.testing.assert_close(l1.log_prob(x), want, rtol=1e-6, atol=1e-6)
+
+
+def test_the_prior_kind_is_decided_once_by_the_factory():
+    import torch
+
+    from priors.factory import build_prior, prior_kind
+    from priors.score_prior import ScorePrior
+
+    ref = torch.full((1, 8, 8), 2.0 / 64)
+    for name in ("tv", "mem", "tv+mem", "l1"):
+        kind = prior_kind(name)
+        assert kind.classical and kind.positive_images
+        prior = build_prior(kind, reference=ref, weight=10.0)
+        assert not isinstance(prior, ScorePrior) and prior.image_shape == (1, 8, 8)
+    kind = prior_kind("default")
+    assert not kind.classical and not kind.positive_images
+    assert isinstance(build_prior(kind, expect_image_size=32), ScorePrior)
+    with pytest.raises(InterferoError, match="unknown prior"):
+        build_prior(prior_kind("nonesuch"))
