@@ -103,7 +103,7 @@ class UNet(nn.Module):
         attn_resolutions: resolutions (pixels) with self-attention (default: <= 8).
         output_norm: GroupNorm before the output convolution (the usual DDPM head; default). ``False``
             drops it (``conv_out(silu(h))``), an experiment: trained from scratch on the face Gaussian
-            it did worse than the normed head (docs/priors.md, Validation).
+            it did worse than the normed head (score-error KL bound 43.0 against 19.5 nats at equal cost).
         global_rank: rank of a :class:`GlobalLinear` branch added to the output (0: none, the default).
     """
 
