@@ -97,7 +97,7 @@ def _walk_to_existing(path: Path, flag: str) -> Path:
 
 
 def check_output_folder(path: str | Path | None, flag: str = "--out", products: Iterable[str] = (),
-                        overwrite: bool = False, allow_existing: Iterable[str] = ()) -> Path:
+                        overwrite: bool = False) -> Path:
     """The output folder ``path`` as a :class:`Path`, refusing one that cannot be created or written, a
     file, an empty path, and a folder that holds any of ``products`` (an earlier run's results; globs
     allowed) unless ``overwrite``. Creates nothing."""
@@ -108,7 +108,7 @@ def check_output_folder(path: str | Path | None, flag: str = "--out", products: 
         raise InterferoError(f"{flag} {out} exists and is a file, not a folder")
     _check_writable(_walk_to_existing(out, flag), f"{flag} {out}")
     if out.is_dir() and not overwrite:
-        earlier = sorted({p.name for pat in products for p in out.glob(pat)} - set(allow_existing))
+        earlier = sorted({p.name for pat in products for p in out.glob(pat)})
         if earlier:
             shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
             raise InterferoError(f"{flag} {out} holds results of an earlier run ({shown}); pass --overwrite to"
@@ -195,7 +195,10 @@ def human_bytes(n: float) -> str:
 
 
 def check_memory(nbytes: float, what: str) -> None:
-    """Refuses ``what`` when its estimated working set ``nbytes`` exceeds 80% of the available memory."""
+    """Refuses ``what`` when its estimated working set ``nbytes`` exceeds 80% of the available memory
+    (sizes below 256 MiB pass without asking the system)."""
+    if nbytes < 2**28 and "INTERFERO_MEMORY_LIMIT_GB" not in os.environ:
+        return
     limit = 0.8 * available_memory()
     if not nbytes <= limit:
         raise InterferoError(f"{what} would need about {human_bytes(nbytes)} of memory, more than the"

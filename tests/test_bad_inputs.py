@@ -367,3 +367,22 @@ def test_the_catalogue_covers_every_subcommand_and_category(tmp_path):
                         "sample-prior", "prior-logp", "array-study"}
     assert {c[0] for c in CASES} == {"paths", "sizes", "numbers", "data", "prior-files", "checkpoints", "datasets",
                                      "reruns"}
+
+
+def test_memory_limit_and_numeric_types(monkeypatch):
+    """The memory check reads the limit from the environment when set, and the numeric types refuse
+    non-finite and out-of-range values with the bound in the message."""
+    import argparse
+
+    from interfero.errors import InterferoError
+    from interfero.validation import check_memory, count, number, positive
+
+    monkeypatch.setenv("INTERFERO_MEMORY_LIMIT_GB", "1")
+    check_memory(0.5 * 2**30, "half a GiB")
+    with pytest.raises(InterferoError, match="about 2 GiB of memory, more than the 819 MiB"):
+        check_memory(2 * 2**30, "two GiB")
+    assert count(2)("3") == 3 and positive()("1e-3") == 1e-3
+    for parse, text, match in [(count(2), "1", ">= 2"), (positive(), "0", "> 0"), (positive(), "nan", "finite"),
+                               (number(float, 0, 1, open_max=True), "1", "< 1"), (count(), "2.5", "integer")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=match):
+            parse(text)
