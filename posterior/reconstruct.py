@@ -316,6 +316,10 @@ def build_problem(obs_path, s: ReconstructSettings):
     if s.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {s.samples}")
     check_memory(32.0 * s.samples * s.npix**2, f"--samples {s.samples} images of {s.npix}x{s.npix}")
+    # one step: the flow's activations (about 8 maps of hidden units per block and image, kept for backward)
+    # and the score network's (about 60 maps of 32 channels per ELBO draw and image)
+    check_memory(4.0 * s.batch * s.npix**2 * (8 * s.flow_blocks * s.flow_hidden + 60 * 32 * s.elbo_draws),
+                 f"a step with --batch {s.batch}, --blocks {s.flow_blocks} and --elbo-draws {s.elbo_draws}")
     if s.method != "dpi" or s.method_options:
         method_config(s.method, s.method_options)  # unknown method or settings: refused before any work
     geom = ImageGeometry(s.npix, s.fov_uas)
@@ -417,7 +421,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
         post, run_info = _fit(s, geom, flux, op, prior, out, resume, progress)
         check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out, s.method)
         check_data_fit(op, post.mean, s.max_chi2, out, s.method)
-    except InterferoError:
+    except BaseException:
         discard_if_empty(out, created)  # a DPI fit keeps its checkpoints; a refused baseline leaves nothing
         raise
     mean = torch.tensor(post.mean[None], dtype=torch.float32)

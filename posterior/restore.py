@@ -193,7 +193,7 @@ def restore(image, out, settings: RestoreSettings | None = None, truth=None, sim
         options.setdefault("seed", s.seed)
     try:
         post = run_method(s.method, problem, options, progress=progress)
-    except InterferoError:
+    except BaseException:
         discard_if_empty(out, created)  # a refused run writes nothing
         raise
     n = shape[-1]

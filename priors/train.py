@@ -248,8 +248,9 @@ class Trainer:
         if self.image_size < 4:
             raise InterferoError(f"training images must be at least 4x4 pixels, got {self.image_size}")
         # the U-Net's activations: about 30 feature maps of width x H x W floats per image, kept for backward
-        check_memory(4.0 * 30 * config.width * self.image_size**2 * self.channels * config.batch_size,
-                     f"training with --batch-size {config.batch_size} and --width {config.width}")
+        check_memory(4.0 * 30 * config.width * config.num_res_blocks * self.image_size**2 * self.channels
+                     * config.batch_size, f"training with --batch-size {config.batch_size}, --width {config.width}"
+                     f" and --num-res-blocks {config.num_res_blocks}")
         self.sde = sde_from_config(config.sde)
         self.progress = progress and self.rank == 0
         self.device = torch.device("cpu")

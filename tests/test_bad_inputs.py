@@ -203,6 +203,12 @@ CASES = [
     ("sizes", "sample-prior-n-1e8",
      lambda d: ["sample-prior", "--prior", "faces16", "--n", "100000000", "--out", str(d / "o")]),
     ("sizes", "train-prior-batch-1e8", lambda d: _train(d, "--batch-size", "100000000")),
+    ("sizes", "reconstruct-batch-1e9", lambda d: [*REC, "--batch", "1000000000", "--out", str(d / "o")]),
+    ("sizes", "reconstruct-elbo-draws-1e9", lambda d: [*REC, "--elbo-draws", "1000000000", "--out", str(d / "o")]),
+    ("sizes", "reconstruct-blocks-1e5", lambda d: [*REC, "--blocks", "100000", "--out", str(d / "o")]),
+    ("sizes", "restore-opt-samples-1e9", lambda d: [*RST[:3], "--method", "sdedit", "--opt", "n_samples=1000000000",
+                                                     _image(d), "--out", str(d / "o")]),
+    ("sizes", "train-prior-num-res-blocks-1e6", lambda d: _train(d, "--num-res-blocks", "1000000")),
     ("sizes", "reconstruct-samples-1e9", lambda d: [*REC[:-3], "--samples", "1000000000", "--out", str(d / "o")]),
     # numbers: non-finite, negative, out of range
     ("numbers", "simulate-tstart-nan", lambda d: [*SIM, "--tstart", "nan", "--out", str(d / "o")]),
