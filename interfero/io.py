@@ -77,7 +77,7 @@ def read_uvfits(path: str | Path) -> Observation:
     """
     path = Path(path)
     if not path.is_file():
-        raise InterferoError(f"{path}: no such file")
+        raise InterferoError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     if path.stat().st_size == 0:
         raise InterferoError(f"{path}: empty file")
     with open(path, "rb") as f:
@@ -261,7 +261,7 @@ def read_fits_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
 
     path = Path(path)
     if not path.is_file():
-        raise InterferoError(f"{path}: no such file")
+        raise InterferoError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     try:
         with fits.open(path) as hdul:
             hdu = hdul[0]

@@ -246,6 +246,7 @@ CASES = [
     ("data", "reconstruct-uvfits-empty", lambda d: [*REC[:1], _file(d, "x.uvfits", ""), *REC[2:],
                                                     "--out", str(d / "o")]),
     ("data", "inspect-uvfits-missing", lambda d: ["inspect", str(d / "none.uvfits")]),
+    ("data", "reconstruct-uvfits-is-a-folder", lambda d: [*REC[:1], _folder(d), *REC[2:], "--out", str(d / "o")]),
     ("data", "reconstruct-uvfits-nan-sigmas", lambda d: [*REC[:1], _uvfits(d, _nan_sigmas), *REC[2:],
                                                          "--out", str(d / "o")]),
     ("data", "simulate-unknown-station", lambda d: [*SIM, "--stations", "ALMA,LMT,NOWHERE", "--out", str(d / "o")]),
