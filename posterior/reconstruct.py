@@ -339,14 +339,17 @@ def build_problem(obs_path, s: ReconstructSettings):
     prior = build_prior(prior_kind(s.prior), reference=gaussian_blob(geom, flux, s.init_fwhm_uas),
                         weight=s.reg_weight, method=s.prior_method, expect_image_size=s.npix,
                         elbo={"draws": s.elbo_draws, "importance": True})
+    warnings: list[str] = []
     if prior.fov_uas is not None and not math.isclose(prior.fov_uas, s.fov_uas, rel_tol=1e-6):
         msg = (f"prior {prior.name} was trained on a {prior.fov_uas:g} uas field of view, not {s.fov_uas:g} uas:"
                f" its images would be rescaled on the sky (use --fov {prior.fov_uas:g})")
         if not s.allow_fov_mismatch:
             raise InterferoError(msg + " or pass --allow-fov-mismatch")
-        print(f"interfero reconstruct: warning: {msg}", file=sys.stderr)
-    for line in prior_mismatch_warnings(obs.rf, flux, prior):
+        warnings.append(msg)
+    warnings += prior_mismatch_warnings(obs.rf, flux, prior)
+    for line in warnings:
         print(f"interfero reconstruct: warning: {line}", file=sys.stderr)
+    obs = replace(obs, meta=obs.meta | {"warnings": warnings})  # metrics.json records them too
     op = InterferometryOperator(obs, geom, products=s.products, total_flux=flux, flux_sigma=s.flux_sigma_frac * flux)
     return obs, geom, op, prior, flux
 
@@ -433,7 +436,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                "flux_constraint_jy": flux, "sys_noise": next(iter(prep.values())).sys_noise,
                "preparation": {p: r.as_dict() for p, r in prep.items()},
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
-               "n_samples": post.n_samples, **run_info}
+               "n_samples": post.n_samples, "warnings": obs.meta.get("warnings", []), **run_info}
     metrics |= reduced_chi2(op, mean)
     ring = ring_samples(post.samples.reshape(post.n_samples, s.npix, s.npix), s.fov_uas)
     try:

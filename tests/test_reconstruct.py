@@ -48,6 +48,7 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
                 "runtime_s", "steps", "n_samples"):
         assert key in m and np.isfinite(m[key]), key
     assert m["steps"] == 2 and m["n_samples"] == 4
+    assert m["warnings"] == [] and "warning" not in cap.err  # 229 GHz, 2.0 Jy: what the prior was trained on
     # ring features of the samples (or why there are none), and what was done to the data before imaging
     assert "diameter_uas" in m["ring"] or "ring extraction failed" in m["ring"]["error"]
     prep = m["preparation"][str(grmhd / "obs.uvfits")]
@@ -299,3 +300,13 @@ def test_data_and_prior_disagreements_are_warnings():
     assert len(lines) == 2 and "86 GHz" in lines[0] and "1.4e+06 Jy is outside the 0.49-4 Jy" in lines[1], lines
     faces = SimpleNamespace(training_data={"kind": "face-gaussian"}, name="faces16")
     assert prior_mismatch_warnings(86e9, 1e6, faces) == []
+
+
+def test_a_field_of_view_mismatch_allowed_is_a_recorded_warning(grmhd, tmp_path, capsys):
+    out = tmp_path / "rec"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--fov", "200", "--allow-fov-mismatch",
+                    "--out", out)
+    assert code == 0, cap.err
+    lines = [line for line in cap.err.splitlines() if "warning" in line]
+    assert len(lines) == 1 and "160 uas field of view, not 200 uas" in lines[0]
+    assert json.loads((out / "metrics.json").read_text())["warnings"] == [lines[0].split("warning: ", 1)[1]]
