@@ -59,6 +59,7 @@ from priors.checkpoint import (
     load_state,
     load_tensors,
     optimizer_tensors,
+    read_checkpoint_json,
     save_tensors,
 )
 
@@ -201,22 +202,18 @@ class DPI:
     def _resume(self) -> None:
         if self.out is None:
             raise InterferoError("resume needs an output directory")
-        record = read_checkpoint_record(self.out)
-        remove_stale_checkpoints(self.out, keep=None if record is None else record["file"])
-        if record is None:
+        loaded = load_checkpoint(self.out, self.cfg.steps)
+        remove_stale_checkpoints(self.out, keep=None if loaded is None else loaded[0]["file"])
+        if loaded is None:
             return  # nothing to resume: a fresh start
-        jpath = self.out / f"{CHECKPOINT}.json"
+        record, tensors = loaded
         if record["flow"] != self.flow.config:
-            raise InterferoError(f"{jpath}: checkpoint was made with another flow ({record['flow']})")
-        if record["step"] > self.cfg.steps:
-            raise InterferoError(f"{jpath}: the checkpoint is at step {record['step']}, beyond --steps"
-                                 f" {self.cfg.steps}; give --steps >= {record['step']}, or --overwrite to start over")
-        tpath = self.out / record["file"]
-        tensors = checkpoint_tensors(self.out, record)
-        load_state(self.flow, {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}, str(tpath))
-        rng = tensors["rng"]
+            raise InterferoError(f"{self.out / (CHECKPOINT + '.json')}: checkpoint was made with another flow"
+                                 f" ({record['flow']})")
+        load_state(self.flow, {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")},
+                   str(self.out / record["file"]))
         load_optimizer(self.opt, tensors, record["optimizer"])
-        torch.set_rng_state(rng)
+        torch.set_rng_state(tensors["rng"])
         self.step = int(record["step"])
         self.history = record.get("history", [])
         self.skipped = int(record.get("skipped", 0))
@@ -327,20 +324,12 @@ def read_checkpoint_record(folder: str | Path) -> dict | None:
     checked: its fields have their types and the tensor file it names exists with its recorded SHA-256.
     None if there is none."""
     path = Path(folder) / f"{CHECKPOINT}.json"
-    if not path.is_file():
+    fields = {"file": str, "sha256": str, "step": int, "config": dict, "flow": dict, "optimizer": dict}
+    record = read_checkpoint_json(path, fields, "DPI checkpoint record")
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InterferoError(f"{path}: corrupted DPI checkpoint record ({err})") from None
-    expected = {"file": str, "sha256": str, "step": int, "config": dict, "flow": dict, "optimizer": dict}
-    if not isinstance(record, dict):
-        raise InterferoError(f"{path}: corrupted DPI checkpoint record (not an object)")
-    for key, kind in expected.items():
-        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
-            raise InterferoError(f"{path}: corrupted DPI checkpoint record ({key!r} missing or of the wrong type)")
-    if record["step"] < 0 or Path(record["file"]).name != record["file"] or "param_groups" not in record["optimizer"]:
-        raise InterferoError(f"{path}: corrupted DPI checkpoint record (bad step, tensor file or optimizer state)")
+    if record["step"] < 0 or "param_groups" not in record["optimizer"]:
+        raise InterferoError(f"{path}: corrupted DPI checkpoint record (bad step or optimizer state)")
     tpath = Path(folder) / record["file"]
     if not tpath.is_file():
         raise InterferoError(f"{path}: the checkpoint's tensor file {record['file']} is missing")
@@ -349,9 +338,13 @@ def read_checkpoint_record(folder: str | Path) -> dict | None:
     return record
 
 
-def checkpoint_tensors(folder: str | Path, record: dict) -> dict[str, torch.Tensor]:
-    """The tensors a checked record names, with a one-line error when the random-generator state or the
-    flow's weights are missing or malformed."""
+def load_checkpoint(folder: str | Path, steps: int | None = None) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """The checked record and tensors of the DPI checkpoint in ``folder`` (None without one): a one-line
+    error when the random-generator state or the flow's weights are missing or malformed, or when the
+    checkpoint is beyond ``steps``. ``reconstruct --resume`` calls it before writing anything."""
+    record = read_checkpoint_record(folder)
+    if record is None:
+        return None
     tpath = Path(folder) / record["file"]
     tensors = load_tensors(tpath)
     rng, own = tensors.get("rng"), torch.get_rng_state()
@@ -360,20 +353,10 @@ def checkpoint_tensors(folder: str | Path, record: dict) -> dict[str, torch.Tens
                              " size)")
     if not any(k.startswith("flow.") for k in tensors):
         raise InterferoError(f"{tpath}: corrupted DPI checkpoint (no flow weights)")
-    return tensors
-
-
-def check_checkpoint(folder: str | Path, steps: int) -> dict | None:
-    """Checks, before a resumed run writes anything, the checkpoint in ``folder``: its record, its tensors,
-    and that it is not beyond ``steps``. Returns the record (None without a checkpoint)."""
-    record = read_checkpoint_record(folder)
-    if record is None:
-        return None
-    checkpoint_tensors(folder, record)
-    if record["step"] > steps:
+    if steps is not None and record["step"] > steps:
         raise InterferoError(f"{folder}: the checkpoint is at step {record['step']}, beyond --steps {steps}; give"
                              f" --steps >= {record['step']}, or --overwrite to start over")
-    return record
+    return record, tensors
 
 
 def remove_stale_checkpoints(folder: Path, keep: str | None) -> None:

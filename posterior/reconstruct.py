@@ -57,7 +57,7 @@ from interfero.regrid import regrid
 from interfero.validation import check_memory, check_output_folder, clear_outputs, make_output_folder
 from priors.factory import build_prior, prior_kind
 
-from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, check_checkpoint, read_checkpoint_record
+from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, load_checkpoint, read_checkpoint_record
 from .flows import build_flow
 from .methods import method_config, run_method
 from .metrics import image_metrics, interval_coverage, reduced_chi2
@@ -134,7 +134,8 @@ def truth_prior_percentile(prior, truth: np.ndarray, seed: int = 0, n_reference:
 # what a finished reconstruct / restore leaves in its folder
 RUN_OUTPUTS = ("metrics.json", "samples.h5", "mean.fits", "std.fits", "measurement.fits", "report.png",
                "uv_coverage.png")
-RUN_CHECKPOINTS = (f"{CHECKPOINT}*", f".{CHECKPOINT}*", WARM_START_DIR)
+CHECKPOINT_FILES = (f"{CHECKPOINT}*", f".{CHECKPOINT}*")  # tensors, record, and interrupted writes
+RUN_CHECKPOINTS = (*CHECKPOINT_FILES, WARM_START_DIR)
 
 
 def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -152,8 +153,7 @@ def open_run_folder(out: Path, overwrite: bool = False, resume: bool = False) ->
     created = not out.exists()
     clear_outputs(out, RUN_OUTPUTS)
     if overwrite and not resume:
-        clear_outputs(out, (f"{CHECKPOINT}*", f".{CHECKPOINT}*", f"{WARM_START_DIR}/{CHECKPOINT}*",
-                            f"{WARM_START_DIR}/.{CHECKPOINT}*"))
+        clear_outputs(out, CHECKPOINT_FILES + tuple(f"{WARM_START_DIR}/{p}" for p in CHECKPOINT_FILES))
     make_output_folder(out)
     return created
 
@@ -190,10 +190,11 @@ def check_total_flux(total: float, flux: float, flux_sigma: float, out: Path, me
 
 
 def check_data_fit(op: InterferometryOperator, mean: np.ndarray, max_chi2: float, out: Path,
-                   method: str = "dpi") -> None:
-    """Refuses a posterior mean whose reduced chi^2 on any data product exceeds ``max_chi2`` (default 1000):
-    a fit that did not converge, or data the model cannot describe at all; never a result to write. Sound
-    fits of real data sit near 1; poorly converged baselines at tens to hundreds."""
+                   method: str = "dpi") -> dict[str, float]:
+    """The reduced chi^2 per data product of a posterior mean (``chi2_<product>``), refusing one above
+    ``max_chi2`` (default 1000) on any product: a fit that did not converge, or data the model cannot
+    describe at all; never a result to write. Sound fits of real data sit near 1; poorly converged
+    baselines at tens to hundreds."""
     x = torch.tensor(np.asarray(mean)[None], dtype=torch.float32).reshape(1, *op.image_shape)
     chi2 = reduced_chi2(op, x)
     bad = {k[5:]: v for k, v in chi2.items() if not (math.isfinite(v) and v <= max_chi2)}
@@ -202,6 +203,7 @@ def check_data_fit(op: InterferometryOperator, mean: np.ndarray, max_chi2: float
         kept = f"checkpoint kept in {out}" if method == "dpi" else "nothing written"
         raise InterferoError(f"{method} fit refused: reduced chi^2 {shown} is above --max-chi2 {max_chi2:g} (the fit"
                              f" did not converge, or the model cannot describe these data); {kept}")
+    return chi2
 
 
 def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float, init: torch.Tensor | None = None):
@@ -360,7 +362,7 @@ PRIOR_FREQUENCY_HZ = 230e9  # the synthetic black holes are drawn as the EHT see
 def prior_mismatch_warnings(rf_hz: float, flux_jy: float, prior) -> list[str]:
     """Where the data and a score prior trained on synthetic black holes disagree (one line each; warnings,
     not refusals): an observing frequency far from 230 GHz, a total flux outside the training images'."""
-    data = getattr(prior, "training_data", None) or {}
+    data = prior.training_data or {}
     if data.get("kind") != "blackholes":
         return []
     from priors.datasets.blackholes import flux_range
@@ -404,8 +406,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     s = settings or ReconstructSettings()
     out = check_run_folder(out, resume, overwrite)
     if resume and s.method == "dpi" and out.is_dir():  # checked before anything is written
-        check_checkpoint(out, s.steps)
-        check_checkpoint(out / WARM_START_DIR, 1 << 62)
+        load_checkpoint(out, s.steps)
+        load_checkpoint(out / WARM_START_DIR)
     t0 = time.perf_counter()
     if s.threads:
         torch.set_num_threads(int(s.threads))
@@ -423,7 +425,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     try:
         post, run_info = _fit(s, geom, flux, op, prior, out, resume, progress)
         check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out, s.method)
-        check_data_fit(op, post.mean, s.max_chi2, out, s.method)
+        chi2 = check_data_fit(op, post.mean, s.max_chi2, out, s.method)
     except BaseException:
         discard_if_empty(out, created)  # a DPI fit keeps its checkpoints; a refused baseline leaves nothing
         raise
@@ -437,7 +439,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                "preparation": {p: r.as_dict() for p, r in prep.items()},
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
                "n_samples": post.n_samples, "warnings": obs.meta.get("warnings", []), **run_info}
-    metrics |= reduced_chi2(op, mean)
+    metrics |= chi2
     ring = ring_samples(post.samples.reshape(post.n_samples, s.npix, s.npix), s.fov_uas)
     try:
         metrics["ring"] = summarize_ring(ring)

@@ -66,6 +66,28 @@ def write_prior(net: UNet, record: dict, stem) -> None:
     atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=2))
 
 
+def read_checkpoint_json(path, fields: dict[str, type], what: str) -> dict | None:
+    """A checkpoint's JSON record at ``path`` (None if there is none), with a one-line error naming ``what``
+    when it is not JSON, not an object, lacks one of ``fields`` (name -> type; ``bool`` is not an ``int``)
+    or names a tensor ``file`` outside its folder."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InterferoError(f"{path}: corrupted {what} ({err})") from None
+    if not isinstance(record, dict):
+        raise InterferoError(f"{path}: corrupted {what} (not an object)")
+    for key, kind in fields.items():
+        value = record.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InterferoError(f"{path}: corrupted {what} ({key!r} missing or of the wrong type)")
+    if "file" in record and Path(record["file"]).name != record["file"]:
+        raise InterferoError(f"{path}: corrupted {what} (its tensor file lies outside the folder)")
+    return record
+
+
 def read_record(stem) -> dict:
     stem = Path(stem)
     path = stem.with_suffix(".json")

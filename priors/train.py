@@ -73,6 +73,7 @@ from .checkpoint import (
     load_state,
     load_tensors,
     optimizer_tensors,
+    read_checkpoint_json,
     save_tensors,
     write_prior,
 )
@@ -304,20 +305,10 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------
     def _read_pointer(self) -> dict | None:
         path = self.out / "checkpoint.json"
-        if not path.is_file():
-            return None
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise InterferoError(f"{path}: corrupted checkpoint record ({err})") from None
-        expected = {"file": str, "step": int, "config": dict, "transform": dict, "image_size": int, "optimizer": dict}
-        if not isinstance(record, dict):
-            raise InterferoError(f"{path}: corrupted checkpoint record (not an object)")
-        for key, kind in expected.items():
-            if not isinstance(record.get(key), kind):
-                raise InterferoError(f"{path}: corrupted checkpoint record ({key!r} missing or of the wrong type)")
-        if "data" not in record["config"] or Path(record["file"]).name != record["file"]:
-            raise InterferoError(f"{path}: corrupted checkpoint record (no data path, or a file outside the folder)")
+        fields = {"file": str, "step": int, "config": dict, "transform": dict, "image_size": int, "optimizer": dict}
+        record = read_checkpoint_json(path, fields, "checkpoint record")
+        if record is not None and "data" not in record["config"]:
+            raise InterferoError(f"{path}: corrupted checkpoint record (no data path)")
         return record
 
     def _load(self, ckpt: dict) -> None:
