@@ -66,13 +66,6 @@ seed = number(int, 0, SEED_MAX)
 
 
 # ---- output paths ----------------------------------------------------------------------------------------------
-def _existing_ancestor(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists():
-        p = p.parent
-    return p
-
-
 def _check_writable(folder: Path, what: str) -> None:
     """Probes ``folder`` with a temporary file, removed at once and the folder's times restored (no trace):
     permissions alone do not tell whether ``/proc`` or a read-only mount takes a new file."""
@@ -89,10 +82,13 @@ def _check_writable(folder: Path, what: str) -> None:
         pass
 
 
-def _walk_to_existing(path: Path, flag: str) -> Path:
-    anc = _existing_ancestor(path)
+def _existing_folder_above(path: Path, what: str) -> Path:
+    """The nearest existing folder at or above ``path``; a one-line error when that nearest thing is a file."""
+    anc = path.absolute()
+    while not anc.exists():
+        anc = anc.parent
     if not anc.is_dir():
-        raise InterferoError(f"{flag} {path}: {anc} is a file, not a folder")
+        raise InterferoError(f"{what}: {anc} is a file, not a folder")
     return anc
 
 
@@ -106,7 +102,7 @@ def check_output_folder(path: str | Path | None, flag: str = "--out", products: 
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise InterferoError(f"{flag} {out} exists and is a file, not a folder")
-    _check_writable(_walk_to_existing(out, flag), f"{flag} {out}")
+    _check_writable(_existing_folder_above(out, f"{flag} {out}"), f"{flag} {out}")
     if out.is_dir() and not overwrite:
         earlier = sorted({p.name for pat in products for p in out.glob(pat)})
         if earlier:
@@ -152,15 +148,10 @@ def check_output_file(path: str | Path | None, flag: str = "--json", must_not_ex
     p = Path(path)
     if p.is_dir():
         raise InterferoError(f"{flag} {p} is a folder, not a file")
-    if not p.parent.absolute().is_dir():
-        anc = _existing_ancestor(p.parent)
-        if not anc.is_dir():
-            raise InterferoError(f"{flag} {p}: {anc} is a file, not a folder")
-        if not create_parent:
-            raise InterferoError(f"{flag} {p}: folder {p.parent} does not exist")
-        _check_writable(anc, f"{flag} {p}")
-        return p
-    _check_writable(p.parent.absolute(), f"{flag} {p}")
+    anc = _existing_folder_above(p.parent, f"{flag} {p}")
+    if anc != p.parent.absolute() and not create_parent:
+        raise InterferoError(f"{flag} {p}: folder {p.parent} does not exist")
+    _check_writable(anc, f"{flag} {p}")
     if must_not_exist and p.exists() and not overwrite:
         raise InterferoError(f"{flag} {p} exists; pass --overwrite to replace it, or choose another name")
     return p

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interfero.errors import InterferoError
+from interfero.validation import check_memory
 
 from .summary import Posterior, summarize
 
@@ -53,8 +54,6 @@ def batched_samples(draw: Callable[[int, torch.Generator], torch.Tensor], n: int
 def sampled_posterior(method: str, config, draw, image_shape: tuple[int, ...], progress: bool = False) -> Posterior:
     """The :class:`Posterior` of ``config.n_samples`` independent runs of ``draw`` (timed), refused up front
     when the samples of ``image_shape`` would not fit in memory."""
-    from interfero.validation import check_memory
-
     check_memory(32.0 * config.n_samples * math.prod(image_shape), f"{config.n_samples} {method} samples")
     t0 = time.perf_counter()
     x = batched_samples(draw, config.n_samples, config.batch, config.seed, method, progress)
