@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= outputs/demo
 
-.PHONY: demo test docs lint bench clean
+.PHONY: demo test docs lint bench bench-deepinv clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,17 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/forward.py
 	$(PY) benchmarks/priors.py
 
+# deepinv's DPS beside ours: a separate environment, because deepinv needs torchvision and PyPI's
+# torchvision does not load against torch's CPU wheel; torch and torchvision come from PyPI together here.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q torch torchvision -e '.[bench]'
+	touch $@
+
+bench-deepinv: $(BENCH_VENV)/.base
+	$(BENCH_VENV)/bin/python benchmarks/baselines.py --skip-methods --json outputs/bench_baselines.json
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) outputs .pytest_cache .ruff_cache

@@ -4,9 +4,13 @@
 
 1. DPS, ``--steps`` steps, batch ``--batch``, 32x32 deblurring: ours, beside the unconditional DDPM
    sampler on the same grid and network in the same process (``dps_vs_ddpm``: the cost of the guidance,
-   one backward pass through the network per step). ``dps_deepinv_s`` and ``dps_speed_ratio_vs_deepinv``
-   (ours / deepinv's DPS on the same network) are null, with the reason in ``deepinv``: deepinv 0.5
-   needs torchvision, whose wheel for torch 2.13 does not load against the CPU build of torch.
+   one backward pass through the network per step), and beside deepinv's ``DPS`` (its DDPM solver, VP
+   schedule, ``--steps`` steps, float32) driving the same network through a deepinv ``Denoiser`` adapter,
+   on the same blur and noise as a deepinv ``Blur`` physics: ``dps_deepinv_s`` and
+   ``dps_speed_ratio_vs_deepinv`` (ours / theirs). deepinv is optional (``pip install deepinv``); it needs
+   a torchvision that loads against the installed torch (not the case for torch's CPU wheel and
+   torchvision from PyPI: install torch and torchvision from PyPI together in a separate environment).
+   Without it both keys are null and ``deepinv`` says why.
 2. Each method's time per posterior sample on the same problem with its default settings
    (``*_s_per_sample``; PnP-ADMM and MAP give one point estimate).
 
@@ -36,7 +40,7 @@ from posterior.dps import DPSConfig, dps  # noqa: E402
 from posterior.methods import run_method  # noqa: E402
 from posterior.problem import InverseProblem  # noqa: E402
 from priors.pretrained import load_prior  # noqa: E402
-from priors.sampling import ddpm, time_grid  # noqa: E402
+from priors.sampling import ddpm, denoised, noise_time, time_grid  # noqa: E402
 
 
 def problem():
@@ -46,7 +50,7 @@ def problem():
     img = make_black_holes(1, 32, 160.0, seed=7, law="disk-lnflux")[0]
     op = GaussianBlur((1, 32, 32), 1.5, GaussianNoise(0.02 * float(img.max())))
     y = op.sample(torch.tensor(img), torch.Generator().manual_seed(0))
-    return InverseProblem(op, y, prior), prior
+    return InverseProblem(op, y, prior), prior, torch.tensor(img)
 
 
 def timed(fn, repeats: int) -> float:
@@ -59,13 +63,34 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(out)
 
 
-def deepinv_status() -> str:
-    """Why deepinv's DPS is not timed here: whether deepinv (an optional extra) imports at all."""
+def deepinv_dps(prior, truth: torch.Tensor, steps: int, batch: int):
+    """deepinv's DPS on the benchmark's blur and noise of ``truth``, driving ``prior``'s network: a function
+    that draws ``batch`` samples (images in the prior's units), or the reason it cannot run (deepinv missing
+    or not loading)."""
     try:
-        import deepinv  # noqa: F401
+        import deepinv as dinv
     except Exception as err:  # deepinv, or its torchvision, does not load
         return f"not timed: deepinv does not import here ({type(err).__name__}: {err})"
-    return "not timed: deepinv imports, but no adapter of this network to its denoiser interface is included"
+    sde, score = prior.sde, prior.score_model
+
+    class ScoreDenoiser(dinv.models.Denoiser):
+        """The score network as deepinv's denoiser of ``u = x0 + sigma n`` in [0, 1] units: the model's
+        units are ``z = 2 u - 1``, and ``z / alpha(t) = z0 + (std / alpha)(t) n`` sets the time."""
+
+        def forward(self, x, sigma, *args, **kwargs):
+            sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+            t = noise_time(sde, 2 * sig).to(torch.float32)
+            alpha = sde.coefficients(t)[0].reshape(-1, 1, 1, 1)
+            z0 = denoised(score, sde, alpha * (2 * x.to(torch.float32) - 1), t)
+            return ((z0 + 1) / 2).to(x.dtype)
+
+    u = (prior.to_z(truth.reshape(1, 1, 32, 32).float()) + 1) / 2  # deepinv's [0, 1] units
+    physics = dinv.physics.Blur(dinv.physics.functional.blur.gaussian_blur(sigma=(1.5, 1.5)), padding="circular",
+                                noise_model=dinv.physics.GaussianNoise(0.02 * float(u.max() - u.min())))
+    y = physics(u.expand(batch, -1, -1, -1))
+    model = dinv.sampling.DPS(ScoreDenoiser(), num_steps=steps, dtype=torch.float32,
+                              rng=torch.Generator().manual_seed(0))
+    return lambda: prior.from_z(2 * model(y, physics) - 1)
 
 
 def main() -> None:
@@ -76,7 +101,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--skip-methods", action="store_true", help="only the DPS timing")
     args = ap.parse_args()
-    pb, prior = problem()
+    pb, prior, truth = problem()
     res = {"torch_threads": torch.get_num_threads(), "machine": platform.machine(), "repeats": args.repeats,
            "steps": args.steps, "batch": args.batch, "image": "32x32"}
     cfg = DPSConfig(steps=args.steps, n_samples=args.batch, batch=args.batch)
@@ -85,11 +110,19 @@ def main() -> None:
     z = prior.sde.prior_sampling((args.batch, 1, 32, 32), generator=torch.Generator().manual_seed(0))
     res["ddpm_same_grid_s"] = timed(lambda: ddpm(prior.score_model, prior.sde, z, ts), args.repeats)
     res["dps_vs_ddpm"] = res["dps_ours_s"] / res["ddpm_same_grid_s"]
-    res["dps_deepinv_s"] = None
-    res["dps_speed_ratio_vs_deepinv"] = None
-    res["deepinv"] = deepinv_status()
+    theirs = deepinv_dps(prior, truth, args.steps, args.batch)
+    if isinstance(theirs, str):
+        res |= {"dps_deepinv_s": None, "dps_speed_ratio_vs_deepinv": None, "deepinv": theirs}
+        tail = f"deepinv: {theirs}"
+    else:
+        import deepinv
+
+        res["dps_deepinv_s"] = timed(theirs, args.repeats)
+        res["dps_speed_ratio_vs_deepinv"] = res["dps_ours_s"] / res["dps_deepinv_s"]
+        res["deepinv"] = f"deepinv {deepinv.__version__}, torch {torch.__version__}"
+        tail = f"deepinv {res['dps_deepinv_s']:.2f} s (ours / theirs {res['dps_speed_ratio_vs_deepinv']:.2f})"
     print(f"DPS {args.steps} steps, batch {args.batch}, 32x32: ours {res['dps_ours_s']:.2f} s; unconditional DDPM"
-          f" {res['ddpm_same_grid_s']:.2f} s (ratio {res['dps_vs_ddpm']:.2f}); deepinv: {res['deepinv']}")
+          f" {res['ddpm_same_grid_s']:.2f} s (ratio {res['dps_vs_ddpm']:.2f}); {tail}")
     if not args.skip_methods:
         print(f"{'method':>9s} {'s / sample':>11s} {'samples':>8s}")
         for name, opts in (("dps", {"n_samples": 8, "batch": 8}), ("ald", {"n_samples": 8, "batch": 8}),
