@@ -77,6 +77,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=count(2), default=d.samples, help="posterior samples written out")
     p.add_argument("--flow", default=d.flow_kind, choices=("realnvp", "glow"), help="flow architecture")
     p.add_argument("--blocks", type=count(), default=d.flow_blocks, help="coupling blocks of the flow")
+    p.add_argument("--flow-hidden", type=count(), default=d.flow_hidden,
+                   help="hidden channels (conv layout) or units (dense layout) of each coupling net")
+    p.add_argument("--flow-layout", default=d.flow_layout, choices=("auto", "conv", "dense"),
+                   help="couplings over squeezed images with 3x3 convolutions (conv; auto picks it for images) or"
+                        " over the flattened image with MLPs (dense: every pixel sees every other)")
     p.add_argument("--flow-output", default=None, choices=("softplus", "exp", "none"),
                    help="output transform of the flow: none (default for score priors; pixels may dip below"
                         " zero, as the prior's own noise level allows), softplus (default for tv/mem/tv+mem) or exp"
@@ -87,6 +92,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("sigmoid", "exp"),
                    help="scale map of the flow's couplings: sigmoid (bounded, contracting) or exp (RealNVP's,"
                         " unbounded)")
+    p.add_argument("--alpha", type=nonnegative(), default=d.alpha,
+                   help="Renyi order of the flow's objective: 1 = reverse KL (default), below 1 weights the samples"
+                        " where the flow is too narrow more (0 = the importance-weighted bound)")
     p.add_argument("--anneal", type=nonnegative(int), default=0,
                    help="steps of linear data-weight annealing of the first fit (0 = off)")
     p.add_argument("--seed", type=seed, default=d.seed)
@@ -201,8 +209,9 @@ def _reconstruct(args) -> None:
         npix=args.npix, fov_uas=args.fov, flux=args.flux, flux_sigma_frac=args.flux_sigma, sys_noise=args.sys_noise,
         avg=args.avg, combine_frequencies=args.combine_frequencies,
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
-        flow_blocks=args.blocks, flow_output=args.flow_output, flow_coupling=args.coupling_scale,
-        anneal_steps=args.anneal, warm_start_steps=args.warm_start, seed=args.seed,
+        flow_blocks=args.blocks, flow_hidden=args.flow_hidden, flow_layout=args.flow_layout,
+        flow_output=args.flow_output, flow_coupling=args.coupling_scale,
+        anneal_steps=args.anneal, alpha=args.alpha, warm_start_steps=args.warm_start, seed=args.seed,
         allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads, method=args.method, max_chi2=args.max_chi2,
         method_options=parse_options(args.opt),
     )

@@ -94,8 +94,10 @@ class ReconstructSettings:
     flow_output: str | None = None  # None: "none" for score priors, "softplus" for tv / mem / tv+mem
     flow_coupling: str = "sigmoid"
     flow_hidden: int = 32
+    flow_layout: str = "auto"  # conv couplings (auto for images) or dense: every pixel sees every other
     init_fwhm_uas: float = 50.0
     anneal_steps: int = 0
+    alpha: float = 1.0  # Renyi order of the final fit's objective (1 = reverse KL; posterior.dpi)
     warm_start_steps: int | None = None
     seed: int = 0
     allow_fov_mismatch: bool = False
@@ -207,13 +209,15 @@ def check_data_fit(op: InterferometryOperator, mean: np.ndarray, max_chi2: float
 
 
 def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float, init: torch.Tensor | None = None):
-    """The flow of a reconstruction: ``flow_kind`` with ``flow_blocks`` couplings (scale map ``flow_coupling``;
+    """The flow of a reconstruction: ``flow_kind`` with ``flow_blocks`` couplings of ``flow_hidden`` units in
+    ``flow_layout`` (conv or dense, :func:`posterior.flows.build_flow`) (scale map ``flow_coupling``;
     the default ``"sigmoid"`` is bounded, see docs/posterior.md), output transform ``flow_output``, started
     near ``init`` (``(1, npix, npix)``, Jy/pixel; default a ``init_fwhm_uas`` Gaussian blob of ``flux`` Jy),
     pixel scale ``flux / npix^2`` Jy."""
     if init is None:
         init = gaussian_blob(geom, flux, s.init_fwhm_uas)
-    return build_flow((1, s.npix, s.npix), kind=s.flow_kind, blocks=s.flow_blocks, hidden=s.flow_hidden,
+    return build_flow((1, s.npix, s.npix), kind=s.flow_kind, layout=s.flow_layout, blocks=s.flow_blocks,
+                      hidden=s.flow_hidden,
                       output=s.flow_output, coupling_scale=s.flow_coupling, scale=flux / s.npix**2, init=init,
                       init_spread=0.5, seed=s.seed)
 
@@ -282,9 +286,9 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
         k = k if done is None else int(done["step"])  # the final fit already started from this warm start
     target = DPITarget(op, op.data, prior)
 
-    def config(steps: int, anneal: int) -> DPIConfig:
+    def config(steps: int, anneal: int, alpha: float = 1.0) -> DPIConfig:
         return DPIConfig(steps=steps, batch=s.batch, lr=s.lr, n_samples=s.samples, seed=s.seed,
-                         anneal_steps=anneal, ckpt_every=max(10, min(100, steps // 5)))
+                         anneal_steps=anneal, alpha=alpha, ckpt_every=max(10, min(100, steps // 5)))
 
     def staged(first_step: int):
         return None if callback is None else (lambda dpi, terms: callback(dpi, terms, first_step))
@@ -299,7 +303,7 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
         torch.manual_seed(s.seed)
         init = warm.sample(256)[0].mean(0)
     torch.manual_seed(s.seed)
-    final = DPI(reconstruction_flow(s, geom, flux, init), target, config(s.steps, 0 if k else s.anneal_steps),
+    final = DPI(reconstruction_flow(s, geom, flux, init), target, config(s.steps, 0 if k else s.anneal_steps, s.alpha),
                 out=out, resume=resume, progress=progress, callback=staged(k)).fit()
     return PosteriorFit(final, warm)
 
@@ -322,6 +326,11 @@ def build_problem(obs_path, s: ReconstructSettings):
     # and the score network's (about 60 maps of 32 channels per ELBO draw and image)
     check_memory(4.0 * s.batch * s.npix**2 * (8 * s.flow_blocks * s.flow_hidden + 60 * 32 * s.elbo_draws),
                  f"a step with --batch {s.batch}, --blocks {s.flow_blocks} and --elbo-draws {s.elbo_draws}")
+    if s.flow_layout == "dense":  # weights, gradients and two Adam moments of MLPs over all pixels (and LU maps)
+        d = s.npix**2
+        per_block = 4 * d * s.flow_hidden + 2 * s.flow_hidden**2 + (d * d if s.flow_kind == "glow" else 0)
+        check_memory(16.0 * s.flow_blocks * per_block,
+                     f"a dense flow of {s.flow_blocks} blocks over {s.npix}x{s.npix} pixels")
     if s.method != "dpi" or s.method_options:
         method_config(s.method, s.method_options)  # unknown method or settings: refused before any work
     geom = ImageGeometry(s.npix, s.fov_uas)

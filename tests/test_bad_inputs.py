@@ -206,6 +206,8 @@ CASES = [
     ("sizes", "reconstruct-batch-1e9", lambda d: [*REC, "--batch", "1000000000", "--out", str(d / "o")]),
     ("sizes", "reconstruct-elbo-draws-1e9", lambda d: [*REC, "--elbo-draws", "1000000000", "--out", str(d / "o")]),
     ("sizes", "reconstruct-blocks-1e5", lambda d: [*REC, "--blocks", "100000", "--out", str(d / "o")]),
+    ("sizes", "reconstruct-dense-glow-256px",
+     lambda d: [*REC[:-3], "--npix", "256", "--flow", "glow", "--flow-layout", "dense", "--out", str(d / "o")]),
     ("sizes", "restore-opt-samples-1e9", lambda d: [*RST[:3], "--method", "sdedit", "--opt", "n_samples=1000000000",
                                                      _image(d), "--out", str(d / "o")]),
     ("sizes", "train-prior-num-res-blocks-1e6", lambda d: _train(d, "--num-res-blocks", "1000000")),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from interfero.errors import InterferoError
-from posterior.dpi import DPI, DPIConfig, DPITarget, exact_gaussian_posterior
+from posterior.dpi import DPI, DPIConfig, DPITarget, exact_gaussian_posterior, renyi_loss
 from posterior.flows import build_flow
 from posterior.validation import gaussian_dft_problem, grid_kl, mixture_toy_problem, operator_matrix
 from priors.classical import GaussianPrior
@@ -43,12 +43,15 @@ def test_operator_matrix_of_lowfreq_dft():
     assert np.allclose(a @ x.reshape(-1).numpy(), pb.operator(x).reshape(-1).numpy())
 
 
-def test_dpi_recovers_the_gaussian_posterior():
-    """Figure 5 check at 16x16 with the exact Gaussian prior: mean rel err < 5%, std rel err < 10%."""
-    pb = gaussian_dft_problem()
+@pytest.mark.parametrize("alpha, npix", [(1.0, 16), (0.5, 8)])
+def test_dpi_recovers_the_gaussian_posterior(alpha, npix):
+    """Figure 5 check with the exact Gaussian prior: mean rel err < 5%, std rel err < 10%; the Renyi objective
+    (alpha 0.5) has the same optimum when the flow can represent the posterior, but its weighted gradient is
+    noisier: checked at 8x8 with 1500 steps (500 leave its std 18% short; at 16x16 its mean 9% off)."""
+    pb = gaussian_dft_problem(npix=npix, fraction=0.25) if npix == 8 else gaussian_dft_problem()
     flow = build_flow(pb.prior.image_shape, kind="glow", layout="dense", blocks=4, hidden=128, output="none",
                       init=pb.prior.mean.float(), init_spread=0.1)
-    cfg = DPIConfig(steps=500, batch=64, lr=1e-3, n_samples=4096)
+    cfg = DPIConfig(steps=500 if alpha == 1 else 1500, batch=64, lr=1e-3, n_samples=4096, alpha=alpha)
     post = DPI(flow, DPITarget(pb.operator, pb.y.float(), pb.prior), cfg, progress=False).fit().posterior()
     m, s = post.mean.reshape(-1), post.std.reshape(-1)
     assert np.median(np.abs(m - pb.post_mean) / np.abs(pb.post_mean)) < 0.05
@@ -317,7 +320,20 @@ def test_all_non_finite_is_an_error(tmp_path):
         run.fit()
 
 
+def test_renyi_loss_limits():
+    """Reverse KL at alpha 1 (and as alpha -> 1), minus the log of the mean weight (IWAE) at alpha 0, and the
+    closed form of Gaussian log-weights for large batches: with l ~ N(m, v), log E exp(a l) = a m + a^2 v / 2."""
+    lw = torch.tensor([-3.0, 0.5, 2.0, -1.0], dtype=torch.float64)
+    assert float(renyi_loss(lw, 1.0)) == pytest.approx(-float(lw.mean()))
+    assert float(renyi_loss(lw, 1 - 1e-7)) == pytest.approx(-float(lw.mean()), abs=1e-5)
+    assert float(renyi_loss(lw, 0.0)) == pytest.approx(-np.log(np.mean(np.exp(lw.numpy()))))
+    big = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.5 - 1.0
+    assert float(renyi_loss(big, 0.5)) == pytest.approx(-(-1.0 + 0.5 * 0.25 / 2), abs=2e-3)
+
+
 def test_bad_dpi_settings():
+    with pytest.raises(InterferoError, match="alpha"):
+        DPIConfig(alpha=-0.5).validate()
     with pytest.raises(InterferoError, match="steps"):
         DPIConfig(steps=0).validate()
     with pytest.raises(InterferoError, match="refine_steps"):

@@ -150,6 +150,19 @@ def test_classical_regulariser_prior(grmhd, tmp_path, capsys):
     assert not (tmp_path / "neg").exists()
 
 
+def test_dense_flow_layout_is_built_and_recorded(grmhd, tmp_path, capsys):
+    """``--flow-layout dense --flow-hidden 16``: MLP couplings over all pixels, recorded in the checkpoint (a
+    resume with the conv layout is another flow)."""
+    out = tmp_path / "dense"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--flow-layout", "dense", "--flow-hidden",
+                    "16", "--out", out)
+    assert code == 0, cap.err
+    flow = json.loads((out / "dpi-checkpoint.json").read_text())["flow"]
+    assert flow["layout"] == "dense" and flow["hidden"] == 16
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--resume", "--out", out)
+    assert code == 2 and "checkpoint was made with another flow" in cap.err
+
+
 def test_resume_continues_from_the_checkpoint(grmhd, tmp_path, capsys):
     out = tmp_path / "rec"
     assert run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", out)[0] == 0
