@@ -146,6 +146,33 @@ def test_toy2d_script_writes_its_figures(tmp_path):
     assert (tmp_path / "toy2d_exact.png").stat().st_size > 10_000
 
 
+def test_prior_fit_script_compares_the_flow_with_the_training_law(tmp_path):
+    """``scripts/prior_fit.py``: the reference is the training law plus the prior's jitter std(eps) * scale
+    (0.00124 Jy/px for the default prior: docs/posterior.md), its flux the law's (median 1.4 Jy)."""
+    out = tmp_path / "pf.json"
+    cmd = [sys.executable, "scripts/prior_fit.py", "--steps", "3", "--n", "64", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["jitter_jy_per_px"] == pytest.approx(0.00124, rel=0.02)
+    ref = res["training_draws_with_jitter"]
+    assert 1.0 < ref["flux_mean"] < 2.2 and ref["pixel_std_mean"] > res["jitter_jy_per_px"]
+    assert all(np.isfinite(v) for v in res["flow"].values())
+
+
+def test_reconstruct_flow_on_the_exact_gaussian_posterior_runs():
+    """``validate_gaussian_posterior.run(flow_kind="reconstruct")`` builds reconstruct's flow (conv couplings)
+    and scores it against the closed form (std ratio reported)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import validate_gaussian_posterior as vgp
+    finally:
+        sys.path.pop(0)
+    res = vgp.run(steps=3, samples=256, flow_kind="reconstruct", batch=4, lr=2e-3)
+    assert res["flow"] == "reconstruct" and res["steps"] == 3
+    assert np.isfinite(res["mean_rel_err"]) and 0 < res["std_ratio"] < 100
+
+
 def _small_dpi(out, steps, resume=False, callback=None):
     pb = gaussian_dft_problem(npix=8, prior=GaussianPrior(torch.zeros(1, 8, 8), 0.1 * torch.eye(64)))
     flow = build_flow((1, 8, 8), kind="realnvp", blocks=2, hidden=8, output="none")
