@@ -40,7 +40,7 @@ from posterior.dps import DPSConfig, dps  # noqa: E402
 from posterior.methods import run_method  # noqa: E402
 from posterior.problem import InverseProblem  # noqa: E402
 from priors.pretrained import load_prior  # noqa: E402
-from priors.sampling import ddpm, denoised, noise_time, time_grid  # noqa: E402
+from priors.sampling import ddpm, time_grid  # noqa: E402
 
 
 def problem():
@@ -71,18 +71,15 @@ def deepinv_dps(prior, truth: torch.Tensor, steps: int, batch: int):
         import deepinv as dinv
     except Exception as err:  # deepinv, or its torchvision, does not load
         return f"not timed: deepinv does not import here ({type(err).__name__}: {err})"
-    sde, score = prior.sde, prior.score_model
 
     class ScoreDenoiser(dinv.models.Denoiser):
-        """The score network as deepinv's denoiser of ``u = x0 + sigma n`` in [0, 1] units: the model's
-        units are ``z = 2 u - 1``, and ``z / alpha(t) = z0 + (std / alpha)(t) n`` sets the time."""
+        """The prior's denoiser (:meth:`ScorePrior.denoise`) in deepinv's [0, 1] units ``u = (z + 1) / 2``
+        of the model's units ``z``: noise ``sigma`` in ``u`` is ``2 sigma scale`` in data units."""
 
         def forward(self, x, sigma, *args, **kwargs):
             sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
-            t = noise_time(sde, 2 * sig).to(torch.float32)
-            alpha = sde.coefficients(t)[0].reshape(-1, 1, 1, 1)
-            z0 = denoised(score, sde, alpha * (2 * x.to(torch.float32) - 1), t)
-            return ((z0 + 1) / 2).to(x.dtype)
+            x0 = prior.denoise(prior.from_z(2 * x.to(torch.float32) - 1), 2 * sig * prior.scale)
+            return ((prior.to_z(x0) + 1) / 2).to(x.dtype)
 
     u = (prior.to_z(truth.reshape(1, 1, 32, 32).float()) + 1) / 2  # deepinv's [0, 1] units
     physics = dinv.physics.Blur(dinv.physics.functional.blur.gaussian_blur(sigma=(1.5, 1.5)), padding="circular",

@@ -49,14 +49,13 @@ def run(steps: int, samples: int, prior: str = "exact", score_method: str = "elb
     if flow_kind == "glow-dense":
         flow = build_flow(pb.prior.image_shape, kind="glow", layout="dense", blocks=4, hidden=128, output="none",
                           init=pb.prior.mean.float(), init_spread=0.1, seed=seed)
-    else:  # reconstruct's flow; its output scale is the mean pixel value, as reconstruct's flux / npix^2
-        from posterior.reconstruct import ReconstructSettings
+    else:  # reconstruct's own flow, started at the prior mean; its pixel scale flux / npix^2 is the mean pixel
+        from interfero.io import ImageGeometry
+        from posterior.reconstruct import ReconstructSettings, reconstruction_flow
 
-        d = ReconstructSettings()
-        flow = build_flow(pb.prior.image_shape, kind=d.flow_kind, layout=d.flow_layout, blocks=d.flow_blocks,
-                          hidden=d.flow_hidden, output="none", coupling_scale=d.flow_coupling,
-                          scale=float(pb.prior.mean.abs().mean()), init=pb.prior.mean.float(), init_spread=0.5,
-                          seed=seed)
+        n = pb.prior.image_shape[-1]
+        flow = reconstruction_flow(ReconstructSettings(npix=n, flow_output="none", seed=seed), ImageGeometry(n, 1.0),
+                                   float(pb.prior.mean.abs().sum()), init=pb.prior.mean.float().reshape(1, n, n))
     cfg = DPIConfig(steps=steps, batch=batch, lr=lr, n_samples=samples, seed=seed)
     t0 = time.perf_counter()
     dpi = DPI(flow, DPITarget(pb.operator, pb.y.float(), p), cfg, progress=progress).fit()
