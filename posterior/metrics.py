@@ -169,3 +169,18 @@ def interval_coverage(intervals: dict[str, tuple[np.ndarray, np.ndarray]], truth
         inside = (aligned >= lo) & (aligned <= hi)
         out[f"truth_coverage_{name}"] = float(inside[region].mean())
     return out
+
+
+def error_against_std(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, shift_px=(0.0, 0.0),
+                      region_frac: float = 0.1) -> dict:
+    """How far the posterior mean is from the truth in units of its own std, over the source pixels that
+    :func:`interval_coverage` scores (truth aligned the same way): ``truth_rms_error`` and
+    ``posterior_rms_std`` (Jy/pixel) and ``truth_median_abs_z``, the median of ``|mean - truth| / std``
+    (0.67 for a calibrated Gaussian posterior; 10 means intervals ten times too narrow)."""
+    m, sd = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    aligned, region = aligned_truth(np.asarray(truth, dtype=np.float64), shift_px, region_frac)
+    if m.shape != aligned.shape or sd.shape != aligned.shape:
+        raise InterferoError(f"mean {m.shape} and std {sd.shape} must have the truth's shape {aligned.shape}")
+    err, sd = (m - aligned)[region], sd[region]
+    return {"truth_rms_error": float(np.sqrt(np.mean(err**2))), "posterior_rms_std": float(np.sqrt(np.mean(sd**2))),
+            "truth_median_abs_z": float(np.median(np.abs(err) / np.maximum(sd, np.finfo(float).tiny)))}

@@ -60,7 +60,7 @@ from priors.factory import build_prior, prior_kind
 from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, load_checkpoint, read_checkpoint_record
 from .flows import build_flow
 from .methods import method_config, run_method
-from .metrics import image_metrics, interval_coverage, reduced_chi2
+from .metrics import error_against_std, image_metrics, interval_coverage, reduced_chi2
 from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
@@ -461,6 +461,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
             metrics |= interval_coverage({"68": (post.lo68.reshape(n2), post.hi68.reshape(n2)),
                                           "95": (post.lo95.reshape(n2), post.hi95.reshape(n2))},
                                          truth_img, metrics["nxcorr_shift_px"])
+            metrics |= error_against_std(post.mean.reshape(n2), post.std.reshape(n2), truth_img,
+                                         metrics["nxcorr_shift_px"])
         metrics["truth"] = str(truth)
         # what the featureless starting blob already scores: nxcorr is only meaningful above it
         blob = gaussian_blob(geom, flux, s.init_fwhm_uas)[0].numpy().astype(np.float64)

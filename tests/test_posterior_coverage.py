@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interfero.errors import InterferoError
-from posterior.metrics import interval_coverage, nxcorr
+from posterior.metrics import error_against_std, interval_coverage, nxcorr
 from posterior.summary import summarize
 
 
@@ -63,3 +63,18 @@ def test_coverage_bad_input():
         interval_coverage({}, t * np.nan)
     with pytest.raises(InterferoError, match="region_frac"):
         interval_coverage({}, t, region_frac=1.5)
+
+
+def test_error_against_std_in_closed_form():
+    """A mean off the truth by 0.5 std on every pixel: median |z| 0.5, rms error 0.5 std; only source pixels
+    (truth >= 10% of its peak) count, so a wild background pixel changes nothing."""
+    truth = np.zeros((8, 8))
+    truth[2:6, 2:6] = 1.0
+    std = np.full((8, 8), 0.2)
+    mean = truth + 0.5 * std
+    mean[0, 0] = 50.0  # background: outside the scored region
+    r = error_against_std(mean, std, truth)
+    assert r["truth_median_abs_z"] == pytest.approx(0.5)
+    assert r["truth_rms_error"] == pytest.approx(0.1) and r["posterior_rms_std"] == pytest.approx(0.2)
+    with pytest.raises(InterferoError, match="shape"):
+        error_against_std(mean[:4], std, truth)

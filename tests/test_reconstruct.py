@@ -59,6 +59,7 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
     assert warm["step"] == 2 and warm["flow"]["output"] == "softplus"
     assert json.loads((out / "dpi-checkpoint.json").read_text())["flow"]["output"] == "none"
     assert 0 <= m["truth_coverage_68"] <= m["truth_coverage_95"] <= 1 and m["coverage_pixels"] > 0
+    assert m["truth_rms_error"] > 0 and m["posterior_rms_std"] > 0 and m["truth_median_abs_z"] > 0
     # a 50 uas Gaussian of the right flux already scores 0.91 after 10 uas blurring on this truth
     assert m["init_blob_nxcorr_blur10"] == pytest.approx(0.914, abs=0.01)
     assert m["flux_from"] == "zero-baseline amplitude"
