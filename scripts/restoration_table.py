@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +49,15 @@ def test_images(n: int) -> np.ndarray:
     return make_black_holes(n, 32, 160.0, seed=SEED, law="disk-lnflux")[0][:, 0].astype(np.float64)
 
 
-def task_data(task: str, images: np.ndarray):
-    """The task's operator (one for all images: its noise std is the task's percentage of the test set's
-    median peak) and each image's data."""
+def task_data(task: str, images: np.ndarray, peak: float, first: int = 0):
+    """The task's operator (one for all images: its noise std is the task's percentage of ``peak``, the
+    test set's median peak) and each image's data (test images ``first, first + 1, ...``)."""
     from posterior.restore import DEFAULT_NOISE, RestoreSettings, noise_sigma, task_operator
 
-    peak = float(np.median(images.reshape(len(images), -1).max(1)))
-    op = task_operator(RestoreSettings(task=task, seed=0), (1, 32, 32), noise_sigma(DEFAULT_NOISE[task], [peak]))
+    op = task_operator(RestoreSettings(task=task, seed=0), (1, 32, 32),
+                       noise_sigma(DEFAULT_NOISE[task], [peak]))
     ys = [op.sample(torch.tensor(img, dtype=torch.float32)[None, None], torch.Generator().manual_seed(SEED + i))
-          for i, img in enumerate(images)]
+          for i, img in enumerate(images, start=first)]
     return op, ys
 
 
@@ -74,16 +75,18 @@ def scores(samples: np.ndarray, img: np.ndarray, with_samples: bool) -> dict:
     return row
 
 
-def run_cases(task: str, method: str, images: np.ndarray, samples: int, budget: str, threads: int) -> list[dict]:
-    """Rows of one task and method over ``images``. The sampling baselines run every image's independent runs
-    in one batch (same operator; the data repeated per run); DPI, PnP-ADMM and TV-MAP run image by image."""
+def run_cases(task: str, method: str, images: np.ndarray, peak: float, samples: int, budget: str,
+              threads: int, first: int = 0) -> list[dict]:
+    """Rows of one task and method over ``images`` (test images ``first, first + 1, ...``). The sampling
+    baselines run every image's independent runs in one batch (same operator; the data repeated per run);
+    DPI, PnP-ADMM and TV-MAP run image by image."""
     from posterior.methods import run_method
     from posterior.problem import InverseProblem
     from priors.classical import image_regulariser
     from priors.pretrained import load_prior
 
     torch.set_num_threads(threads)
-    op, ys = task_data(task, images)
+    op, ys = task_data(task, images, peak, first)
     opts = dict(SHORT[method]) if budget == "short" else {}
     name = "map" if method == "tv-map" else method
     rows = []
@@ -99,7 +102,7 @@ def run_cases(task: str, method: str, images: np.ndarray, samples: int, budget: 
             rows.append({"image": i, "task": task, "method": method, "seconds": seconds, "options": opts,
                          "batched_images": n} | scores(post.samples[i * samples:(i + 1) * samples], images[i], True))
         return rows
-    for i, img in enumerate(images):
+    for i, img in enumerate(images, start=first):
         if method == "tv-map":
             ref = torch.full((1, 32, 32), max(float(img.sum()), 1e-6) / 1024, dtype=torch.float64)
             prior = image_regulariser("tv", ref, 1000.0)
@@ -107,7 +110,7 @@ def run_cases(task: str, method: str, images: np.ndarray, samples: int, budget: 
             prior = load_prior("default", elbo={"draws": 2, "importance": True})  # as restore and reconstruct
         o = opts | ({"n_samples": samples * 4, "seed": i} if name == "dpi" else {})
         t0 = time.perf_counter()
-        post = run_method(name, InverseProblem(op, ys[i], prior), o)
+        post = run_method(name, InverseProblem(op, ys[i - first], prior), o)
         rows.append({"image": i, "task": task, "method": method, "seconds": time.perf_counter() - t0,
                      "options": o} | scores(post.samples.reshape(post.n_samples, -1), img, name == "dpi"))
     return rows
@@ -141,6 +144,15 @@ def markdown(tab: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cached(path: Path, run) -> list[dict]:
+    """The rows saved at ``path``, or ``run()``'s, saved there atomically."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = run()
+    atomic_write_text(path, json.dumps(rows))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True)
@@ -164,16 +176,19 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     images = test_images(args.n)
+    peak = float(np.median(images.reshape(len(images), -1).max(1)))
     rows = []
     for t in tasks:
         for m in methods:
-            f = work / f"{t}-{m}-n{args.n}-s{args.samples}-{args.budget}.json"
-            if f.is_file():
-                new = json.loads(f.read_text())
+            if m == "dpi":  # one flow per image: saved image by image
+                new = []
+                for i in range(min(args.dpi_n, args.n)):
+                    new += cached(work / f"{t}-{m}-image{i}-s{args.samples}-{args.budget}.json",
+                                  partial(run_cases, t, m, images[i:i + 1], peak, args.samples, args.budget,
+                                          args.threads, first=i))
             else:
-                imgs = images[: args.dpi_n] if m == "dpi" else images
-                new = run_cases(t, m, imgs, args.samples, args.budget, args.threads)
-                atomic_write_text(f, json.dumps(new))
+                new = cached(work / f"{t}-{m}-n{args.n}-s{args.samples}-{args.budget}.json",
+                             partial(run_cases, t, m, images, peak, args.samples, args.budget, args.threads))
             rows += new
             c = table(new, [t], [m])[t][m]
             print(f"{t:>15} {m:>8}: {c['n_images']} images, PSNR {c['psnr']:.2f}, SSIM {c['ssim']:.3f},"
