@@ -95,6 +95,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=nonnegative(), default=d.alpha,
                    help="Renyi order of the flow's objective: 1 = reverse KL (default), below 1 weights the samples"
                         " where the flow is too narrow more (0 = the importance-weighted bound)")
+    p.add_argument("--ensemble", type=count(), default=d.ensemble, metavar="K",
+                   help="fit K flows with seeds SEED, SEED+1, ... and pool their samples (an equal-weight mixture;"
+                        " K times the time): one flow settles on one of the images the data allow")
     p.add_argument("--anneal", type=nonnegative(int), default=0,
                    help="steps of linear data-weight annealing of the first fit (0 = off)")
     p.add_argument("--seed", type=seed, default=d.seed)
@@ -211,7 +214,8 @@ def _reconstruct(args) -> None:
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_hidden=args.flow_hidden, flow_layout=args.flow_layout,
         flow_output=args.flow_output, flow_coupling=args.coupling_scale,
-        anneal_steps=args.anneal, alpha=args.alpha, warm_start_steps=args.warm_start, seed=args.seed,
+        anneal_steps=args.anneal, alpha=args.alpha, ensemble=args.ensemble, warm_start_steps=args.warm_start,
+        seed=args.seed,
         allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads, method=args.method, max_chi2=args.max_chi2,
         method_options=parse_options(args.opt),
     )

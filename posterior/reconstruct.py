@@ -29,6 +29,11 @@ DPI checkpoints (``dpi-checkpoint.*``, and ``warm-start/dpi-checkpoint.*`` for t
 to the folder while running and kept after it, so an interrupted run continues with ``resume=True`` (CLI:
 ``--resume``), and a finished one can be extended with a larger ``steps``.
 
+``ensemble`` K > 1 fits K flows independently (seeds ``seed, seed + 1, ...``; the first is the K = 1 fit,
+the others checkpoint in ``component-<k>/``) and pools their samples in equal numbers: an equal-weight
+mixture (:func:`pool_components`). One reverse-KL flow settles on one of the images the data allow; the
+mixture holds the spread between such fits.
+
 Total flux: closure phases and log closure amplitudes do not constrain it, so
 a Gaussian total-flux term is added, centred on ``flux`` Jy if given, else on
 the zero-baseline flux measured by the data (the median amplitude of the
@@ -64,9 +69,11 @@ from .metrics import error_against_std, image_metrics, interval_coverage, reduce
 from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
+from .summary import Posterior
 
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
 WARM_START_DIR = "warm-start"  # its checkpoint folder inside the output folder
+COMPONENT_DIR = "component-{k}"  # checkpoint folder of ensemble member k >= 1
 
 
 @dataclass
@@ -98,6 +105,7 @@ class ReconstructSettings:
     init_fwhm_uas: float = 50.0
     anneal_steps: int = 0
     alpha: float = 1.0  # Renyi order of the final fit's objective (1 = reverse KL; posterior.dpi)
+    ensemble: int = 1  # independent flow fits pooled as an equal-weight mixture (pool_components)
     warm_start_steps: int | None = None
     seed: int = 0
     allow_fov_mismatch: bool = False
@@ -137,7 +145,12 @@ def truth_prior_percentile(prior, truth: np.ndarray, seed: int = 0, n_reference:
 RUN_OUTPUTS = ("metrics.json", "samples.h5", "mean.fits", "std.fits", "measurement.fits", "report.png",
                "uv_coverage.png")
 CHECKPOINT_FILES = (f"{CHECKPOINT}*", f".{CHECKPOINT}*")  # tensors, record, and interrupted writes
-RUN_CHECKPOINTS = (*CHECKPOINT_FILES, WARM_START_DIR)
+RUN_CHECKPOINTS = (*CHECKPOINT_FILES, WARM_START_DIR, COMPONENT_DIR.format(k="*"))
+
+
+def fit_folders(out: Path, ensemble: int) -> list[Path]:
+    """Checkpoint folders of the final fits of the ensemble members (the first is ``out`` itself)."""
+    return [out] + [out / COMPONENT_DIR.format(k=k) for k in range(1, ensemble)]
 
 
 def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -155,7 +168,9 @@ def open_run_folder(out: Path, overwrite: bool = False, resume: bool = False) ->
     created = not out.exists()
     clear_outputs(out, RUN_OUTPUTS)
     if overwrite and not resume:
-        clear_outputs(out, CHECKPOINT_FILES + tuple(f"{WARM_START_DIR}/{p}" for p in CHECKPOINT_FILES))
+        comp = COMPONENT_DIR.format(k="*")
+        clear_outputs(out, tuple(f"{d}{p}" for d in ("", f"{WARM_START_DIR}/", f"{comp}/", f"{comp}/{WARM_START_DIR}/")
+                                 for p in CHECKPOINT_FILES))
     make_output_folder(out)
     return created
 
@@ -333,6 +348,11 @@ def build_problem(obs_path, s: ReconstructSettings):
                      f"a dense flow of {s.flow_blocks} blocks over {s.npix}x{s.npix} pixels")
     if s.method != "dpi" or s.method_options:
         method_config(s.method, s.method_options)  # unknown method or settings: refused before any work
+    if s.ensemble < 1 or (s.ensemble > 1 and s.method != "dpi"):
+        raise InterferoError(f"--ensemble must be >= 1 and is for --method dpi only, got {s.ensemble} with"
+                             f" --method {s.method}")
+    if s.samples < 2 * s.ensemble:
+        raise InterferoError(f"--samples {s.samples} is too few for --ensemble {s.ensemble}: each member needs 2")
     geom = ImageGeometry(s.npix, s.fov_uas)
     paths = [obs_path] if isinstance(obs_path, (str, Path)) else list(obs_path)
     prepared = [prepare_observation(read_uvfits(p), s.avg, s.sys_noise, compact_flux=s.flux) for p in paths]
@@ -388,15 +408,69 @@ def prior_mismatch_warnings(rf_hz: float, flux_jy: float, prior) -> list[str]:
     return out
 
 
+def pool_components(posteriors: list[Posterior], align: bool) -> tuple[Posterior, list[list[float]]]:
+    """The equal-weight mixture of ensemble members' posteriors (their samples pooled; each member's
+    count should be equal or differ by one). With ``align`` (data that do not fix the absolute position:
+    closure phases, closure and plain amplitudes) each member's samples are first moved by the opposite of
+    its mean's :func:`~posterior.metrics.nxcorr` shift against the first member's mean (linear
+    interpolation), so the pooled spread is that of the images, not of their positions. Returns the
+    pooled posterior (no ``log_q``: the pooled samples have no single flow density) and each member's
+    shift ``(dy, dx)`` in pixels."""
+    from scipy import ndimage
+
+    from .metrics import nxcorr
+    from .summary import summarize
+
+    ref = posteriors[0].mean.reshape(posteriors[0].mean.shape[-2:])
+    pooled, shifts = [], []
+    for post in posteriors:
+        x = post.samples
+        sh = (0.0, 0.0)
+        if align and post is not posteriors[0]:
+            sh = nxcorr(ref, post.mean.reshape(ref.shape))[1]
+            axes = (0.0,) * (x.ndim - 2)
+            x = ndimage.shift(x, (*axes, -sh[0], -sh[1]), order=1, mode="constant")
+        pooled.append(x)
+        shifts.append([float(sh[0]), float(sh[1])])
+    return summarize(np.concatenate(pooled)), shifts
+
+
+def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
+    """DPI, one flow or an ensemble of ``s.ensemble`` independently seeded flows (pooled)."""
+    posts, fits, members = [], [], []
+    for k, folder in enumerate(fit_folders(out, s.ensemble)):
+        if progress and s.ensemble > 1:
+            print(f"ensemble member {k + 1} of {s.ensemble} (seed {s.seed + k})", flush=True)
+        n_k = s.samples // s.ensemble + (k < s.samples % s.ensemble)
+        fit = fit_posterior(replace(s, seed=s.seed + k, samples=n_k), geom, flux, op, prior, out=folder,
+                            resume=resume, progress=progress)
+        fits.append(fit)
+        posts.append(fit.final.posterior())
+        members.append({"seed": s.seed + k, "n_samples": n_k, "steps": fit.final.step, "fit_seconds": fit.seconds,
+                        "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None})
+    first = fits[0]
+    if s.ensemble == 1:
+        post = posts[0]
+    else:
+        post, shifts = pool_components(posts, align="vis" not in op.products)
+        post.diagnostics = posts[0].diagnostics | {"ensemble": members}
+        for m, sh in zip(members, shifts):
+            m["shift_px"] = sh
+    seconds = sum(f.seconds for f in fits)
+    post.diagnostics |= {"history": first.history, "seconds": seconds, "skipped_steps": first.skipped,
+                         "warm_start_steps": first.warm_steps}
+    run_info = {"steps": first.final.step, "warm_start_steps": first.warm_steps,
+                "skipped_steps": sum(f.skipped for f in fits), "rollbacks": sum(f.rollbacks for f in fits),
+                "fit_seconds": seconds, "ensemble": s.ensemble}
+    if s.ensemble > 1:
+        run_info["ensemble_members"] = members
+    return post, run_info
+
+
 def _fit(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
     """The chosen method on the built problem: (Posterior, what to record of the run)."""
     if s.method == "dpi":
-        fit = fit_posterior(s, geom, flux, op, prior, out=out, resume=resume, progress=progress)
-        post = fit.final.posterior()
-        post.diagnostics |= {"history": fit.history, "seconds": fit.seconds, "skipped_steps": fit.skipped,
-                             "warm_start_steps": fit.warm_steps}
-        run_info = {"steps": fit.final.step, "warm_start_steps": fit.warm_steps, "skipped_steps": fit.skipped,
-                    "rollbacks": fit.rollbacks, "fit_seconds": fit.seconds}
+        post, run_info = _fit_dpi(s, geom, flux, op, prior, out, resume, progress)
     else:
         problem = InverseProblem(op, op.data, prior, init=gaussian_blob(geom, flux, s.init_fwhm_uas)[None])
         options = dict(s.method_options)
@@ -415,8 +489,9 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     s = settings or ReconstructSettings()
     out = check_run_folder(out, resume, overwrite)
     if resume and s.method == "dpi" and out.is_dir():  # checked before anything is written
-        load_checkpoint(out, s.steps)
-        load_checkpoint(out / WARM_START_DIR)
+        for folder in fit_folders(out, s.ensemble):
+            load_checkpoint(folder, s.steps)
+            load_checkpoint(folder / WARM_START_DIR)
     t0 = time.perf_counter()
     if s.threads:
         torch.set_num_threads(int(s.threads))

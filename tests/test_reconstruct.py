@@ -184,6 +184,58 @@ def test_resume_continues_from_the_checkpoint(grmhd, tmp_path, capsys):
     assert len(cap.err.strip().splitlines()) == 1
 
 
+def test_ensemble_pools_independent_fits_and_resumes(grmhd, tmp_path, capsys):
+    args = [a if a != "4" else "6" for a in TINY]  # 6 samples: 3 per member
+    one, ens = tmp_path / "one", tmp_path / "ens"
+    assert run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY[:4], "--samples", "3", *TINY[6:],
+               "--out", one)[0] == 0
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *args, "--ensemble", "2", "--out", ens)
+    assert code == 0, cap.err
+    m = json.loads((ens / "metrics.json").read_text())
+    assert m["ensemble"] == 2 and m["n_samples"] == 6
+    members = m["ensemble_members"]
+    assert [x["seed"] for x in members] == [0, 1] and [x["n_samples"] for x in members] == [3, 3]
+    assert members[0]["shift_px"] == [0.0, 0.0]
+    assert json.loads((ens / "component-1" / "dpi-checkpoint.json").read_text())["step"] == 2
+    # member 0 is the single fit with the same seed: its samples come first, unmoved
+    with h5py.File(one / "samples.h5") as a, h5py.File(ens / "samples.h5") as b:
+        np.testing.assert_array_equal(b["samples"][:3], a["samples"][:])
+        assert not np.allclose(b["samples"][3:], a["samples"][:])
+    # both members continue from their checkpoints
+    longer = [a if a != "2" or i != 1 else "4" for i, a in enumerate(args)]
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *longer, "--ensemble", "2", "--resume", "--out", ens)
+    assert code == 0, cap.err
+    for folder in (ens, ens / "component-1"):
+        assert json.loads((folder / "dpi-checkpoint.json").read_text())["step"] == 4
+
+
+def test_pooled_members_form_the_equal_weight_mixture():
+    from scipy import ndimage
+
+    from posterior.reconstruct import pool_components
+    from posterior.summary import summarize
+
+    rng = np.random.default_rng(0)
+    base = np.zeros((16, 16))
+    base[5:9, 6:11] = 1.0
+    a = base + 0.01 * rng.standard_normal((400, 1, 16, 16))
+    moved = ndimage.shift(base, (1.0, -2.0), order=1)
+    b = 1.5 * moved + 0.02 * rng.standard_normal((400, 1, 16, 16))
+    pa, pb = summarize(a), summarize(b)
+    pooled, shifts = pool_components([pa, pb], align=False)
+    x = np.concatenate([a, b])
+    # mixture of equal weights: mean of the means, variance = mean of the variances + variance of the means
+    np.testing.assert_allclose(pooled.mean, 0.5 * (a.mean(0) + b.mean(0)), atol=1e-12)
+    var = 0.5 * (a.var(0) + b.var(0)) + 0.25 * (a.mean(0) - b.mean(0)) ** 2
+    np.testing.assert_allclose(pooled.std**2, var * len(x) / (len(x) - 1), rtol=1e-9)
+    assert shifts == [[0.0, 0.0], [0.0, 0.0]] and pooled.log_q is None
+    aligned, shifts = pool_components([pa, pb], align=True)
+    assert shifts[1] == pytest.approx([1.0, -2.0], abs=0.05)
+    # aligned, the spread between the members is their brightness only, not their positions
+    inside = base > 0
+    assert np.sqrt(np.mean(aligned.std[0][inside] ** 2)) < 0.3 < np.sqrt(np.mean(pooled.std[0][inside] ** 2))
+
+
 def test_zero_baseline_flux_and_blob(grmhd):
     obs = read_uvfits(grmhd / "obs.uvfits")
     assert zero_baseline_flux(obs) == pytest.approx(1.995, rel=0.05)
@@ -220,6 +272,9 @@ def test_systematic_noise_inflates_the_closure_sigmas(grmhd):
         (["--sys-noise", "-0.1"], "--sys-noise must be a fraction"),
         (["--sys-noise", "nan"], "--sys-noise must be a fraction"),
         (["--warm-start", "-1"], "--warm-start: must be >= 0"),
+        (["--ensemble", "0"], "--ensemble: must be >= 1"),
+        (["--ensemble", "3"], "--samples 4 is too few for --ensemble 3"),
+        (["--ensemble", "2", "--method", "map"], "is for --method dpi only"),
     ],
 )
 def test_bad_settings_are_one_line_errors(grmhd, tmp_path, capsys, extra, message):
