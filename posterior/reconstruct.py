@@ -408,16 +408,15 @@ def prior_mismatch_warnings(rf_hz: float, flux_jy: float, prior) -> list[str]:
     return out
 
 
-def pool_components(posteriors: list[Posterior], align: bool) -> tuple[Posterior, list[list[float]]]:
+def pool_components(posteriors: list[Posterior], align: bool) -> tuple[Posterior, list[list[int]]]:
     """The equal-weight mixture of ensemble members' posteriors (their samples pooled; each member's
     count should be equal or differ by one). With ``align`` (data that do not fix the absolute position:
     closure phases, closure and plain amplitudes) each member's samples are first moved by the opposite of
-    its mean's :func:`~posterior.metrics.nxcorr` shift against the first member's mean (linear
-    interpolation), so the pooled spread is that of the images, not of their positions. Returns the
-    pooled posterior (no ``log_q``: the pooled samples have no single flow density) and each member's
-    shift ``(dy, dx)`` in pixels."""
-    from scipy import ndimage
-
+    its mean's :func:`~posterior.metrics.nxcorr` shift against the first member's mean, rounded to whole
+    pixels (a whole-pixel move changes no closure quantity; interpolating a fraction of a pixel would
+    smooth the images and spoil their fit to the longest baselines), so the pooled spread is that of the
+    images, not of their positions (up to half a pixel). Returns the pooled posterior (no ``log_q``: the
+    pooled samples have no single flow density) and each member's shift ``(dy, dx)`` in pixels."""
     from .metrics import nxcorr
     from .summary import summarize
 
@@ -425,13 +424,12 @@ def pool_components(posteriors: list[Posterior], align: bool) -> tuple[Posterior
     pooled, shifts = [], []
     for post in posteriors:
         x = post.samples
-        sh = (0.0, 0.0)
+        sh = (0, 0)
         if align and post is not posteriors[0]:
-            sh = nxcorr(ref, post.mean.reshape(ref.shape))[1]
-            axes = (0.0,) * (x.ndim - 2)
-            x = ndimage.shift(x, (*axes, -sh[0], -sh[1]), order=1, mode="constant")
+            sh = tuple(int(round(v)) for v in nxcorr(ref, post.mean.reshape(ref.shape))[1])
+            x = np.roll(x, (-sh[0], -sh[1]), axis=(-2, -1))
         pooled.append(x)
-        shifts.append([float(sh[0]), float(sh[1])])
+        shifts.append([sh[0], sh[1]])
     return summarize(np.concatenate(pooled)), shifts
 
 
