@@ -65,11 +65,11 @@ from priors.factory import build_prior, prior_kind
 from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, load_checkpoint, read_checkpoint_record
 from .flows import build_flow
 from .methods import method_config, run_method
-from .metrics import error_against_std, image_metrics, interval_coverage, reduced_chi2
+from .metrics import error_against_std, image_metrics, interval_coverage, nxcorr, reduced_chi2
 from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
-from .summary import Posterior
+from .summary import Posterior, summarize
 
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
 WARM_START_DIR = "warm-start"  # its checkpoint folder inside the output folder
@@ -417,9 +417,6 @@ def pool_components(posteriors: list[Posterior], align: bool) -> tuple[Posterior
     smooth the images and spoil their fit to the longest baselines), so the pooled spread is that of the
     images, not of their positions (up to half a pixel). Returns the pooled posterior (no ``log_q``: the
     pooled samples have no single flow density) and each member's shift ``(dy, dx)`` in pixels."""
-    from .metrics import nxcorr
-    from .summary import summarize
-
     ref = posteriors[0].mean.reshape(posteriors[0].mean.shape[-2:])
     pooled, shifts = [], []
     for post in posteriors:
