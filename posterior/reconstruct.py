@@ -441,8 +441,10 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
                             resume=resume, progress=progress)
         fits.append(fit)
         posts.append(fit.final.posterior())
+        mean_k = torch.tensor(posts[-1].mean, dtype=torch.float32).reshape(1, *op.image_shape)
         members.append({"seed": s.seed + k, "n_samples": n_k, "steps": fit.final.step, "fit_seconds": fit.seconds,
-                        "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None})
+                        "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None}
+                       | reduced_chi2(op, mean_k))
     first = fits[0]
     if s.ensemble == 1:
         post = posts[0]

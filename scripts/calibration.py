@@ -1,7 +1,8 @@
 """Calibration of the default reconstruction's uncertainty: coverage of known truths by its intervals.
 
     python scripts/calibration.py --n N --json OUT.json [--out DIR] [--arrays EHT2017,EHT2017-JCMT-PV-SPT]
-        [--sets in_distribution,grmhd_like] [--steps 600] [--samples 256] [--ensemble 1] [--jobs 2]
+        [--sets in_distribution,grmhd_like] [--steps 600] [--batch 16] [--samples 256] [--ensemble 1]
+        [--jobs 2]
         [--png OUT.png]
 
 Two test sets of ``--n`` truths each (32x32 over 160 uas, Jy/pixel):
@@ -20,7 +21,7 @@ Each truth is observed with each array of ``--arrays`` (names edited as in
 ``interfero simulate --array``; default all EHT 2017 sites and 5 stations,
 ALMA APEX LMT SMA SMT), 24 h of Sgr A*, 60 s every 10 min, thermal noise,
 seeded by the case, then reconstructed with the defaults (``--steps``,
-``--samples``; ``--ensemble``: independent flow fits pooled, as ``interfero reconstruct
+``--batch``, ``--samples``; ``--ensemble``: independent flow fits pooled, as ``interfero reconstruct
 --ensemble``). Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun skips finished cases (resumable).
@@ -105,8 +106,8 @@ def run_case(job: dict) -> dict:
     obs = simulate(truth, GEOM, job["array"], seed=job["seed"])
     write_uvfits(obs, folder / "obs.uvfits")
     write_fits_image(truth, GEOM, folder / "truth.fits")
-    s = ReconstructSettings(steps=job["steps"], samples=job["samples"], seed=job["seed"], threads=1,
-                            ensemble=job.get("ensemble", 1))
+    s = ReconstructSettings(steps=job["steps"], batch=job["batch"], samples=job["samples"], seed=job["seed"],
+                            threads=1, ensemble=job["ensemble"])
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
@@ -203,12 +204,13 @@ def main() -> None:
     p.add_argument("--arrays", default="EHT2017,EHT2017-JCMT-PV-SPT")
     p.add_argument("--sets", default=",".join(SETS))
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=16, help="flow samples per DPI step (of each ensemble member)")
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--ensemble", type=int, default=1, help="independent flow fits pooled per case")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=20261130)
     args = p.parse_args()
-    for name in ("n", "steps", "jobs", "ensemble"):
+    for name in ("n", "steps", "batch", "jobs", "ensemble"):
         if getattr(args, name) < 1:
             raise InterferoError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.samples < 2:
@@ -225,7 +227,8 @@ def main() -> None:
         for arr in arrays:
             for i, t in enumerate(imgs):
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
-                             "steps": args.steps, "samples": args.samples, "ensemble": args.ensemble,
+                             "steps": args.steps, "batch": args.batch, "samples": args.samples,
+                             "ensemble": args.ensemble,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     results: list[dict] = []
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
@@ -237,8 +240,8 @@ def main() -> None:
                 continue
             print(f"{head} coverage 68/95 {r['coverage_68']:.2f}/{r['coverage_95']:.2f}, diameter in 68%"
                   f" {r.get('ring_diameter_in68')}, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
-    out: dict = {"settings": {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "samples", "ensemble",
-                                                               "seed")}}
+    out: dict = {"settings": {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "batch", "samples",
+                                                               "ensemble", "seed")}}
     for s in sets:
         out[s] = {a: aggregate([r for r in results if r["set"] == s and r["array"] == a]) for a in arrays}
     atomic_write_text(args.json, json.dumps(out, indent=2))

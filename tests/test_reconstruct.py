@@ -196,6 +196,10 @@ def test_ensemble_pools_independent_fits_and_resumes(grmhd, tmp_path, capsys):
     members = m["ensemble_members"]
     assert [x["seed"] for x in members] == [0, 1] and [x["n_samples"] for x in members] == [3, 3]
     assert members[0]["shift_px"] == [0, 0]
+    # each member's own data fit: member 0's mean is the single fit's, so are its chi^2
+    single = json.loads((one / "metrics.json").read_text())
+    for key in ("chi2_cphase", "chi2_logcamp"):
+        assert members[0][key] == pytest.approx(single[key], rel=1e-5)
     assert json.loads((ens / "component-1" / "dpi-checkpoint.json").read_text())["step"] == 2
     # member 0 is the single fit with the same seed: its samples come first, unmoved
     with h5py.File(one / "samples.h5") as a, h5py.File(ens / "samples.h5") as b:
