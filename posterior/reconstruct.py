@@ -69,7 +69,7 @@ from .metrics import error_against_std, image_metrics, interval_coverage, nxcorr
 from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
-from .summary import Posterior, summarize
+from .summary import Posterior, summarize_fits
 
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
 WARM_START_DIR = "warm-start"  # its checkpoint folder inside the output folder
@@ -415,8 +415,10 @@ def pool_components(posteriors: list[Posterior], align: bool) -> tuple[Posterior
     its mean's :func:`~posterior.metrics.nxcorr` shift against the first member's mean, rounded to whole
     pixels (a whole-pixel move changes no closure quantity; interpolating a fraction of a pixel would
     smooth the images and spoil their fit to the longest baselines), so the pooled spread is that of the
-    images, not of their positions (up to half a pixel). Returns the pooled posterior (no ``log_q``: the
-    pooled samples have no single flow density) and each member's shift ``(dy, dx)`` in pixels."""
+    images, not of their positions (up to half a pixel). The mean, std and intervals combine the members
+    by Rubin's rules (:func:`~posterior.summary.summarize_fits`). Returns the pooled posterior (no
+    ``log_q``: the pooled samples have no single flow density) and each member's shift ``(dy, dx)`` in
+    pixels."""
     ref = posteriors[0].mean.reshape(posteriors[0].mean.shape[-2:])
     pooled, shifts = [], []
     for post in posteriors:
@@ -427,7 +429,7 @@ def pool_components(posteriors: list[Posterior], align: bool) -> tuple[Posterior
             x = np.roll(x, (-sh[0], -sh[1]), axis=(-2, -1))
         pooled.append(x)
         shifts.append([sh[0], sh[1]])
-    return summarize(np.concatenate(pooled)), shifts
+    return summarize_fits(pooled), shifts
 
 
 def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
@@ -523,7 +525,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     metrics |= chi2
     ring = ring_samples(post.samples.reshape(post.n_samples, s.npix, s.npix), s.fov_uas)
     try:
-        metrics["ring"] = summarize_ring(ring)
+        metrics["ring"] = summarize_ring(ring, post.fit_sizes)
     except InterferoError as err:  # no ring in the samples (a point source, a bar): say so, do not fail the run
         metrics["ring"] = {"error": str(err)}
     if truth_img is not None:

@@ -21,6 +21,10 @@ median and equal-tailed 68% / 95% intervals:
   quantiles, so an interval across north stays narrow (e.g. 340-370 deg, not
   10-350); the samples' circular mean is in [0, 360), the bounds may not be.
 
+The pooled samples of several independent fits (``reconstruct --ensemble``) are summarised instead by
+Rubin's rules over the fits (:mod:`posterior.summary`): ``median`` is then the combined mean and the
+bounds the t intervals.
+
 Samples whose extraction fails (no positive flux) are counted in ``n_failed``;
 a feature that is undefined on a sample (no visibility null, no finite width) leaves
 that sample out of that feature's summary, whose ``n`` says how many it used.
@@ -33,14 +37,18 @@ import numpy as np
 from interfero.errors import InterferoError
 from interfero.features import RingExtractor
 
+from .summary import combined_interval, split_fits
+
 QUANTILES = {"lo95": 0.025, "lo68": 0.16, "median": 0.5, "hi68": 0.84, "hi95": 0.975}
 FEATURES = {"diameter_uas": "null_diameter", "peak_diameter_uas": "diameter", "width_uas": "width",
             "pa_deg": "pa", "asymmetry": "asymmetry", "x0_uas": "x0", "y0_uas": "y0"}
 
 
-def _unwrap_degrees(a: np.ndarray) -> np.ndarray:
-    """Angles (deg) moved by multiples of 360 into the half-turn around their circular mean."""
-    mean = np.degrees(np.angle(np.mean(np.exp(1j * np.radians(a))))) % 360.0
+def _unwrap_degrees(a: np.ndarray, around: np.ndarray | None = None) -> np.ndarray:
+    """Angles (deg) moved by multiples of 360 into the half-turn around the circular mean of ``around``
+    (default: of themselves)."""
+    ref = a if around is None else around
+    mean = np.degrees(np.angle(np.mean(np.exp(1j * np.radians(ref))))) % 360.0
     return mean + (a - mean + 180.0) % 360.0 - 180.0
 
 
@@ -76,16 +84,31 @@ def ring_posterior(images: np.ndarray, fov_uas: float) -> dict:
     return summarize_ring(ring_samples(images, fov_uas))
 
 
-def summarize_ring(feats: dict[str, np.ndarray]) -> dict:
-    """:func:`ring_posterior` of features already measured (:func:`ring_samples`)."""
+def fits_summary(groups: list[np.ndarray]) -> dict[str, float]:
+    """:func:`interval_summary` of K >= 2 independent fits' values by Rubin's rules (``median``: the combined
+    mean)."""
+    lo68, hi68 = combined_interval(groups, 0.68)
+    lo95, hi95 = combined_interval(groups, 0.95)
+    return {"lo95": float(lo95), "lo68": float(lo68), "median": float(np.mean([g.mean() for g in groups])),
+            "hi68": float(hi68), "hi95": float(hi95), "n": int(sum(len(g) for g in groups))}
+
+
+def summarize_ring(feats: dict[str, np.ndarray], fit_sizes: list[int] | None = None) -> dict:
+    """:func:`ring_posterior` of features already measured (:func:`ring_samples`); with ``fit_sizes`` (the
+    samples are the pooled draws of independent fits, in order) combined over the fits by Rubin's rules,
+    using the fits on which the feature is defined on at least 2 samples (at least 2 such fits)."""
     extracted = np.isfinite(feats["x0_uas"])
     n = len(extracted)
     out: dict = {}
     for k, v in feats.items():
-        v = v[np.isfinite(v)]
-        if len(v) < 2:
-            raise InterferoError(f"ring extraction failed: {k} is undefined on {n - len(v)} of {n} samples")
-        out[k] = interval_summary(_unwrap_degrees(v) if k == "pa_deg" else v)
+        ok = np.isfinite(v)
+        if ok.sum() < 2:
+            raise InterferoError(f"ring extraction failed: {k} is undefined on {n - ok.sum()} of {n} samples")
+        if k == "pa_deg":  # NaN stays NaN
+            v = _unwrap_degrees(v, around=v[ok])
+        groups = [] if fit_sizes is None else [g[np.isfinite(g)] for g in split_fits(v, fit_sizes)]
+        groups = [g for g in groups if len(g) >= 2]
+        out[k] = fits_summary(groups) if len(groups) >= 2 else interval_summary(v[ok])
     out["n_samples"] = int(extracted.sum())
     out["n_failed"] = int((~extracted).sum())
     return out

@@ -78,3 +78,53 @@ def test_error_against_std_in_closed_form():
     assert r["truth_rms_error"] == pytest.approx(0.1) and r["posterior_rms_std"] == pytest.approx(0.2)
     with pytest.raises(InterferoError, match="shape"):
         error_against_std(mean[:4], std, truth)
+
+
+@pytest.mark.parametrize("k", [2, 3, 6])
+def test_combined_fits_cover_at_the_nominal_rate_where_pooled_quantiles_cannot(k):
+    """K narrow fits centred on independent draws of the posterior N(mu, s^2), and a truth drawn from the
+    same posterior (simulation-based calibration): Rubin's t intervals cover the truth at their nominal
+    level; the pooled samples' quantiles hold it only within the range of the K centres, (K - 1) / (K + 1)."""
+    from posterior.summary import combined_fits, combined_interval, summarize_fits
+
+    rng = np.random.default_rng(k)
+    n_pix, s, w = 20000, 1.0, 0.01
+    mu = rng.normal(0.0, 5.0, n_pix)
+    truth = mu + s * rng.standard_normal(n_pix)
+    groups = [(mu + s * rng.standard_normal(n_pix)) + w * rng.standard_normal((40, n_pix)) for _ in range(k)]
+    # the closed form by hand against the module's
+    m = np.array([g.mean(0) for g in groups])
+    within = np.mean([g.var(0, ddof=1) for g in groups], 0)
+    between = ((m - m.mean(0)) ** 2).sum(0) / (k - 1)
+    mean, sd, nu = combined_fits(groups)
+    np.testing.assert_allclose(mean, m.mean(0), atol=1e-12)
+    np.testing.assert_allclose(sd**2, within + (1 + 1 / k) * between, rtol=1e-12)
+    np.testing.assert_allclose(nu, (k - 1) * (1 + within / ((1 + 1 / k) * between)) ** 2, rtol=1e-12)
+    for level in (0.68, 0.95):
+        lo, hi = combined_interval(groups, level)
+        cover = np.mean((truth >= lo) & (truth <= hi))
+        assert cover == pytest.approx(level, abs=4 * math.sqrt(level * (1 - level) / n_pix))
+        pooled = summarize(np.concatenate(groups)[:, None])
+        qlo, qhi = (pooled.lo95, pooled.hi95) if level == 0.95 else (pooled.lo68, pooled.hi68)
+        assert np.mean((truth >= qlo[0]) & (truth <= qhi[0])) < (k - 1) / (k + 1) + 0.02
+    post = summarize_fits([g[:, None] for g in groups])
+    assert post.fit_sizes == [40] * k and post.samples.shape == (40 * k, 1, n_pix)
+    np.testing.assert_allclose(post.std[0], sd, rtol=1e-12)
+
+
+def test_combined_fits_bad_input_and_agreeing_fits():
+    from posterior.summary import combined_interval, split_fits, summarize_fits
+
+    x = np.arange(10.0)
+    with pytest.raises(InterferoError, match="at least 2"):
+        combined_interval([x], 0.68)
+    with pytest.raises(InterferoError, match="add up"):
+        split_fits(x, [4, 4])
+    with pytest.raises(InterferoError, match="level"):
+        combined_interval([x, x], 1.0)
+    with pytest.raises(InterferoError, match="NaN"):
+        summarize_fits([x, np.full(3, np.nan)])
+    # identical fits: no between-fit variance, the normal interval of the within-fit spread
+    g = np.random.default_rng(1).standard_normal(1000)
+    lo, hi = combined_interval([g, g], 0.95)
+    assert (hi - lo) / 2 == pytest.approx(1.959964 * g.std(ddof=1), rel=1e-6)

@@ -76,3 +76,26 @@ def test_null_diameter_is_the_thin_ring_null_and_ignores_blurring(npix):
     assert blurred.diameter < sharp.diameter - 1.5  # the peak moves inwards
     gauss = np.exp(-0.5 * (ex.r / 10.0) ** 2)  # a Gaussian profile's transform is a Gaussian: no null
     assert np.isnan(ex._null_diameter(gauss))
+
+
+def test_ring_features_of_independent_fits_combine_by_rubins_rules(crescents):
+    """Two fits of 60 crescents each, one around 40 uas and one around 44: the diameter interval is Rubin's
+    t interval over the fits' values, and the position angles (either side of north) stay unwrapped."""
+    from posterior.ring import ring_samples, summarize_ring
+    from posterior.summary import combined_interval
+
+    imgs, d, pa = crescents
+    order = np.argsort(d)
+    imgs = np.concatenate([imgs[order[:60]], imgs[order[60:]]])
+    feats = ring_samples(imgs, GEOM.fov_uas)
+    post = summarize_ring(feats, [60, 60])
+    groups = [feats["diameter_uas"][:60], feats["diameter_uas"][60:]]
+    for level, lo, hi in ((0.68, "lo68", "hi68"), (0.95, "lo95", "hi95")):
+        want = combined_interval(groups, level)
+        assert (post["diameter_uas"][lo], post["diameter_uas"][hi]) == pytest.approx(want, rel=1e-12)
+    assert post["diameter_uas"]["median"] == pytest.approx(np.mean([g.mean() for g in groups]))
+    # two fits this far apart: wider than the one-fit quantiles of the same 120 values (t with ~1 dof)
+    single = summarize_ring(feats)
+    assert post["diameter_uas"]["hi95"] - post["diameter_uas"]["lo95"] > single["diameter_uas"]["hi95"] - \
+        single["diameter_uas"]["lo95"]
+    assert 300 < post["pa_deg"]["median"] < 400 and post["pa_deg"]["hi68"] - post["pa_deg"]["lo68"] < 120
