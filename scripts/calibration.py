@@ -197,7 +197,7 @@ def plot(result: dict, path: Path) -> None:
     a.set_title("reliability of the per-pixel intervals")
     a.legend(fontsize=7)
     b.axhline(1.0, color="k", ls=":", lw=0.8)
-    b.set_xlabel("rank of the truth among the samples")
+    b.set_xlabel("rank of the truth among the samples (ensemble: its t CDF, Rubin's rules)")
     b.set_ylabel("density (flat = calibrated)")
     b.set_title("rank histogram (source pixels)")
     fig.tight_layout()
