@@ -23,7 +23,8 @@ median and equal-tailed 68% / 95% intervals:
 
 The pooled samples of several independent fits (``reconstruct --ensemble``) are summarised instead by
 Rubin's rules over the fits (:mod:`posterior.summary`): ``median`` is then the combined mean and the
-bounds the t intervals.
+bounds the t intervals, for the diameters and the width on the log scale (so that, like the quantiles
+of one fit, they stay positive: fits that disagree widely give a wide interval, not a negative bound).
 
 Samples whose extraction fails (no positive flux) are counted in ``n_failed``;
 a feature that is undefined on a sample (no visibility null, no finite width) leaves
@@ -40,6 +41,7 @@ from interfero.features import RingExtractor
 from .summary import combined_interval, split_fits
 
 QUANTILES = {"lo95": 0.025, "lo68": 0.16, "median": 0.5, "hi68": 0.84, "hi95": 0.975}
+POSITIVE = ("diameter_uas", "peak_diameter_uas", "width_uas")  # combined over fits on the log scale
 FEATURES = {"diameter_uas": "null_diameter", "peak_diameter_uas": "diameter", "width_uas": "width",
             "pa_deg": "pa", "asymmetry": "asymmetry", "x0_uas": "x0", "y0_uas": "y0"}
 
@@ -108,7 +110,13 @@ def summarize_ring(feats: dict[str, np.ndarray], fit_sizes: list[int] | None = N
             v = _unwrap_degrees(v, around=v[ok])
         groups = [] if fit_sizes is None else [g[np.isfinite(g)] for g in split_fits(v, fit_sizes)]
         groups = [g for g in groups if len(g) >= 2]
-        out[k] = fits_summary(groups) if len(groups) >= 2 else interval_summary(v[ok])
+        if len(groups) < 2:
+            out[k] = interval_summary(v[ok])
+        elif k in POSITIVE and all(np.all(g > 0) for g in groups):
+            logs = fits_summary([np.log(g) for g in groups])
+            out[k] = {q: (float(np.exp(x)) if q != "n" else x) for q, x in logs.items()}
+        else:
+            out[k] = fits_summary(groups)
     out["n_samples"] = int(extracted.sum())
     out["n_failed"] = int((~extracted).sum())
     return out

@@ -89,11 +89,16 @@ def test_ring_features_of_independent_fits_combine_by_rubins_rules(crescents):
     imgs = np.concatenate([imgs[order[:60]], imgs[order[60:]]])
     feats = ring_samples(imgs, GEOM.fov_uas)
     post = summarize_ring(feats, [60, 60])
-    groups = [feats["diameter_uas"][:60], feats["diameter_uas"][60:]]
+    groups = [feats["diameter_uas"][:60], feats["diameter_uas"][60:]]  # combined on the log scale
     for level, lo, hi in ((0.68, "lo68", "hi68"), (0.95, "lo95", "hi95")):
-        want = combined_interval(groups, level)
-        assert (post["diameter_uas"][lo], post["diameter_uas"][hi]) == pytest.approx(want, rel=1e-12)
-    assert post["diameter_uas"]["median"] == pytest.approx(np.mean([g.mean() for g in groups]))
+        want = np.exp(combined_interval([np.log(g) for g in groups], level))
+        assert (post["diameter_uas"][lo], post["diameter_uas"][hi]) == pytest.approx(tuple(want), rel=1e-12)
+        assert post["diameter_uas"][lo] > 0
+    assert post["diameter_uas"]["median"] == pytest.approx(np.exp(np.mean([np.log(g).mean() for g in groups])))
+    pa = [feats["pa_deg"][:60], feats["pa_deg"][60:]]  # either side of north: on one branch, then combined
+    pa = [np.where(g > 180, g - 360, g) for g in pa]
+    lo68, hi68 = combined_interval(pa, 0.68)
+    assert post["pa_deg"]["hi68"] - post["pa_deg"]["lo68"] == pytest.approx(hi68 - lo68, rel=1e-9)
     # two fits this far apart: wider than the one-fit quantiles of the same 120 values (t with ~1 dof)
     single = summarize_ring(feats)
     assert post["diameter_uas"]["hi95"] - post["diameter_uas"]["lo95"] > single["diameter_uas"]["hi95"] - \
