@@ -33,7 +33,8 @@ def write_json(obj: dict, path) -> None:
 
 
 def write_samples_h5(post: Posterior, path, metadata: dict) -> None:
-    """``samples`` ``(N, C, H, W)``, ``mean``, ``std``, intervals, ``log_q`` and the loss history; ``metadata``
+    """``samples`` ``(N, C, H, W)``, ``mean``, ``std``, intervals, ``log_q`` (one flow) or ``fit_sizes`` (an
+    ensemble: how many samples each fit gave, in order) and the loss history; ``metadata``
     (operator, prior, settings) as JSON in the file attributes."""
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
@@ -42,6 +43,8 @@ def write_samples_h5(post: Posterior, path, metadata: dict) -> None:
                 f.create_dataset(k, data=getattr(post, k))
             if post.log_q is not None:
                 f.create_dataset("log_q", data=post.log_q)
+            if post.fit_sizes is not None:  # pooled samples of independent fits, in this order
+                f.create_dataset("fit_sizes", data=np.asarray(post.fit_sizes, dtype=np.int64))
             hist = post.diagnostics.get("history", [])
             if hist:
                 keys = sorted(hist[0])

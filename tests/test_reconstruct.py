@@ -205,6 +205,7 @@ def test_ensemble_pools_independent_fits_and_resumes(grmhd, tmp_path, capsys):
     with h5py.File(one / "samples.h5") as a, h5py.File(ens / "samples.h5") as b:
         np.testing.assert_array_equal(b["samples"][:3], a["samples"][:])
         assert not np.allclose(b["samples"][3:], a["samples"][:])
+        assert b["fit_sizes"][:].tolist() == [3, 3] and "log_q" not in b and "fit_sizes" not in a
     # both members continue from their checkpoints
     longer = [a if a != "2" or i != 1 else "4" for i, a in enumerate(args)]
     code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *longer, "--ensemble", "2", "--resume", "--out", ens)
