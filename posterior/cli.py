@@ -97,8 +97,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                         " where the flow is too narrow more (0 = the importance-weighted bound)")
     p.add_argument("--ensemble", type=count(), default=d.ensemble, metavar="K",
                    help="fit K flows with seeds SEED, SEED+1, ... and pool their samples, with mean, std and intervals"
-                        " combined by Rubin's rules (K times the time; 3 gives calibrated intervals on simulated"
-                        " truths): one flow settles on one of the images the data allow")
+                        " combined by Rubin's rules (K times the time; 3 brings the intervals near their nominal"
+                        " coverage on simulated truths): one flow settles on one of the images the data allow")
     p.add_argument("--anneal", type=nonnegative(int), default=0,
                    help="steps of linear data-weight annealing of the first fit (0 = off)")
     p.add_argument("--seed", type=seed, default=d.seed)
