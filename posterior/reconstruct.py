@@ -206,14 +206,18 @@ def check_total_flux(total: float, flux: float, flux_sigma: float, out: Path, me
         raise InterferoError(f"{what}, the flux term asks {flux:.4g} +- {flux_sigma:.2g} Jy; {hint}")
 
 
+def image_chi2(op: InterferometryOperator, image: np.ndarray) -> dict[str, float]:
+    """Reduced chi^2 per data product (``chi2_<product>``) of one image (Jy/pixel, any shape of its pixels)."""
+    return reduced_chi2(op, torch.tensor(np.asarray(image), dtype=torch.float32).reshape(1, *op.image_shape))
+
+
 def check_data_fit(op: InterferometryOperator, mean: np.ndarray, max_chi2: float, out: Path,
                    method: str = "dpi") -> dict[str, float]:
     """The reduced chi^2 per data product of a posterior mean (``chi2_<product>``), refusing one above
     ``max_chi2`` (default 1000) on any product: a fit that did not converge, or data the model cannot
     describe at all; never a result to write. Sound fits of real data sit near 1; poorly converged
     baselines at tens to hundreds."""
-    x = torch.tensor(np.asarray(mean)[None], dtype=torch.float32).reshape(1, *op.image_shape)
-    chi2 = reduced_chi2(op, x)
+    chi2 = image_chi2(op, mean)
     bad = {k[5:]: v for k, v in chi2.items() if not (math.isfinite(v) and v <= max_chi2)}
     if bad:
         shown = ", ".join(f"{k} {v:.3g}" for k, v in bad.items())
@@ -443,10 +447,9 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
                             resume=resume, progress=progress)
         fits.append(fit)
         posts.append(fit.final.posterior())
-        mean_k = torch.tensor(posts[-1].mean, dtype=torch.float32).reshape(1, *op.image_shape)
         members.append({"seed": s.seed + k, "n_samples": n_k, "steps": fit.final.step, "fit_seconds": fit.seconds,
                         "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None}
-                       | reduced_chi2(op, mean_k))
+                       | image_chi2(op, posts[-1].mean))
     first = fits[0]
     if s.ensemble == 1:
         post = posts[0]

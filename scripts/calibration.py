@@ -121,10 +121,10 @@ def run_case(job: dict) -> dict:
         return res
     with h5py.File(folder / "rec" / "samples.h5", "r") as f:
         samples = f["samples"][:, 0].astype(float)
+        sizes = f["fit_sizes"][:].tolist() if "fit_sizes" in f else None
     shift = m["nxcorr_shift_px"]
     aligned, region = aligned_truth(truth, shift)
-    sizes = [e["n_samples"] for e in m.get("ensemble_members", [])]
-    if len(sizes) > 1:  # intervals as reconstruct makes them for an ensemble: Rubin's rules over the fits
+    if sizes:  # intervals as reconstruct makes them for an ensemble: Rubin's rules over the fits
         groups = split_fits(samples, sizes)
         ranks = combined_cdf([g[:, region] for g in groups], aligned[region])
         bounds = {str(lv): combined_interval(groups, lv) for lv in LEVELS}
@@ -205,6 +205,8 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
+    from posterior.reconstruct import ReconstructSettings
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, required=True, help="truths per test set")
     p.add_argument("--json", required=True)
@@ -212,9 +214,10 @@ def main() -> None:
     p.add_argument("--out", default="outputs/calibration")
     p.add_argument("--arrays", default="EHT2017,EHT2017-JCMT-PV-SPT")
     p.add_argument("--sets", default=",".join(SETS))
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=16, help="flow samples per DPI step (of each ensemble member)")
-    p.add_argument("--samples", type=int, default=256)
+    d = ReconstructSettings()
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch, help="flow samples per DPI step (of each ensemble member)")
+    p.add_argument("--samples", type=int, default=d.samples)
     p.add_argument("--ensemble", type=int, default=1, help="independent flow fits pooled per case")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=20261130)
