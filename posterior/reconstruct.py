@@ -30,9 +30,11 @@ to the folder while running and kept after it, so an interrupted run continues w
 ``--resume``), and a finished one can be extended with a larger ``steps``.
 
 ``ensemble`` K > 1 fits K flows independently (seeds ``seed, seed + 1, ...``; the first is the K = 1 fit,
-the others checkpoint in ``component-<k>/``) and pools their samples in equal numbers: an equal-weight
-mixture (:func:`pool_components`). One reverse-KL flow settles on one of the images the data allow; the
-mixture holds the spread between such fits.
+the others checkpoint in ``component-<k>/``) and pools their samples in equal numbers
+(:func:`pool_components`), with mean, std and intervals combined by Rubin's rules. One reverse-KL flow
+settles on one of the images the data allow, and its intervals hold the truth far less often than their
+level; the spread between independent fits restores it. DPI's default is ``ENSEMBLE`` = 3 fits of 400
+steps each (docs/results.md, "Calibration"); the baselines (``method`` other than dpi) are single runs.
 
 Total flux: closure phases and log closure amplitudes do not constrain it, so
 a Gaussian total-flux term is added, centred on ``flux`` Jy if given, else on
@@ -74,6 +76,7 @@ from .summary import Posterior, summarize_fits
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
 WARM_START_DIR = "warm-start"  # its checkpoint folder inside the output folder
 COMPONENT_DIR = "component-{k}"  # checkpoint folder of ensemble member k >= 1
+ENSEMBLE = 3  # default number of independent DPI fits pooled (module docstring)
 
 
 @dataclass
@@ -92,7 +95,7 @@ class ReconstructSettings:
     sys_noise: float | str = "auto"  # fraction of |V|, or auto (interfero.preparation)
     combine_frequencies: bool = False  # several files at different frequencies (bands) may form one posterior
     avg: str = "auto"  # coherent averaging: auto, scan, none or seconds (interfero.preparation)
-    steps: int = 600
+    steps: int = 400  # of each ensemble member
     batch: int = 16
     lr: float = 2e-3
     samples: int = 256
@@ -105,7 +108,7 @@ class ReconstructSettings:
     init_fwhm_uas: float = 50.0
     anneal_steps: int = 0
     alpha: float = 1.0  # Renyi order of the final fit's objective (1 = reverse KL; posterior.dpi)
-    ensemble: int = 1  # independent flow fits pooled as an equal-weight mixture (pool_components)
+    ensemble: int | None = None  # independent flow fits pooled (pool_components); None: ENSEMBLE for dpi, else 1
     warm_start_steps: int | None = None
     seed: int = 0
     allow_fov_mismatch: bool = False
@@ -117,6 +120,8 @@ class ReconstructSettings:
     def __post_init__(self) -> None:
         if self.flow_output is None:  # a classical prior's flow stays positive; a score prior's p_eps needs both signs
             self.flow_output = "softplus" if prior_kind(self.prior).positive_images else "none"
+        if self.ensemble is None:  # the baselines are single runs
+            self.ensemble = ENSEMBLE if self.method == "dpi" else 1
 
 
 def gaussian_blob(geom: ImageGeometry, flux: float, fwhm_uas: float) -> torch.Tensor:

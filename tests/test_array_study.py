@@ -13,7 +13,7 @@ from posterior.cli import main
 from posterior.reconstruct import ReconstructSettings
 
 DEMO_TRUTH = Path(__file__).resolve().parents[1] / "data" / "demo" / "crescent_grf_64.fits"
-TINY = ReconstructSettings(steps=2, batch=2, samples=4, elbo_draws=1, flow_blocks=2, threads=2,
+TINY = ReconstructSettings(steps=2, batch=2, samples=4, elbo_draws=1, flow_blocks=2, threads=2, ensemble=1,
                            max_chi2=1e30)  # 2-step fits do not converge; the chi^2 guard is tested elsewhere
 
 

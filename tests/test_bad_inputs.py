@@ -112,7 +112,7 @@ def _finished_run() -> Path:
     refused (its total flux is off) but keeps its checkpoints, which is all the resume cases need."""
     if not _BASE_RUN:
         base = Path(tempfile.mkdtemp(prefix="interfero-bad-inputs-")) / "run"
-        main([*REC[:2], "--steps", "4", "--samples", "2", "--quiet", "--out", str(base)])
+        main([*REC[:2], "--steps", "4", "--samples", "2", "--ensemble", "1", "--quiet", "--out", str(base)])
         assert (base / "dpi-checkpoint.json").is_file()
         _BASE_RUN.append(base)
     return _BASE_RUN[0]
@@ -154,7 +154,7 @@ def _training_run(d: Path, record: dict) -> str:
 # ---- the catalogue: (category, id, argv builder) -----------------------------------------------------------------
 SIM = ["simulate", "--model", "ring", "--npix", "16"]
 MKD = ["make-dataset", "blackholes", "--n", "4", "--npix", "16"]
-REC = ["reconstruct", DEMO, "--steps", "2", "--samples", "2", "--quiet"]
+REC = ["reconstruct", DEMO, "--steps", "2", "--samples", "2", "--ensemble", "1", "--quiet"]
 RST = ["restore", "--simulate", "--quiet", "--method", "pnp-admm"]
 
 

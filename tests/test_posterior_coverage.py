@@ -128,3 +128,36 @@ def test_combined_fits_bad_input_and_agreeing_fits():
     g = np.random.default_rng(1).standard_normal(1000)
     lo, hi = combined_interval([g, g], 0.95)
     assert (hi - lo) / 2 == pytest.approx(1.959964 * g.std(ddof=1), rel=1e-6)
+
+
+def _calibration_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "calibration.py"
+    spec = importlib.util.spec_from_file_location("calibration_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_calibration_case_bootstrap_brackets_the_pooled_coverage():
+    cal = _calibration_script()
+    # equal cases: no spread; two kinds of case: the 90% range lies within theirs and holds the pooled value
+    assert cal.case_bootstrap([0.7] * 5, np.ones(5)) == [pytest.approx(0.7), pytest.approx(0.7)]
+    values, weights = [0.5, 0.9] * 10, np.array([1.0, 3.0] * 10)
+    lo, hi = cal.case_bootstrap(values, weights)
+    pooled = np.average(values, weights=weights)  # 0.8
+    assert 0.5 < lo < pooled < hi < 0.9
+    # about +-1.645 standard errors of the weighted mean over 20 cases (delta method): +-0.05
+    assert hi - lo == pytest.approx(0.10, abs=0.03)
+
+
+def test_calibration_resumes_only_with_the_same_settings(tmp_path):
+    cal = _calibration_script()
+    settings = {"n": 3, "arrays": "EHT2017", "sets": "in_distribution", "steps": 400, "batch": 16,
+                "samples": 256, "ensemble": 3, "seed": 1}
+    cal.check_run_settings(tmp_path, settings)
+    cal.check_run_settings(tmp_path, settings | {"n": 50})  # more cases of the same run
+    with pytest.raises(InterferoError, match=r"other settings \(ensemble, steps: 3, 400\); use another --out"):
+        cal.check_run_settings(tmp_path, settings | {"steps": 600, "ensemble": 1})

@@ -22,7 +22,7 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 # a 2-step fit does not converge: its data fit is absurd, so the chi^2 guard (tested on its own) is lifted
 TINY = ["--steps", "2", "--batch", "2", "--samples", "4", "--elbo-draws", "1", "--blocks", "2", "--quiet",
-        "--threads", "2", "--max-chi2", "1e30"]
+        "--threads", "2", "--max-chi2", "1e30", "--ensemble", "1"]
 
 
 def run(capsys, *argv):
@@ -387,3 +387,12 @@ def test_a_field_of_view_mismatch_allowed_is_a_recorded_warning(grmhd, tmp_path,
     lines = [line for line in cap.err.splitlines() if "warning" in line]
     assert len(lines) == 1 and "160 uas field of view, not 200 uas" in lines[0]
     assert json.loads((out / "metrics.json").read_text())["warnings"] == [lines[0].split("warning: ", 1)[1]]
+
+
+def test_default_is_an_ensemble_of_three_fits_and_baselines_run_once(grmhd):
+    from posterior.reconstruct import ENSEMBLE, ReconstructSettings, build_problem
+
+    assert ENSEMBLE == 3 and ReconstructSettings().ensemble == 3
+    assert ReconstructSettings(method="map").ensemble == 1 and ReconstructSettings(ensemble=2).ensemble == 2
+    with pytest.raises(InterferoError, match="--ensemble must be >= 1 and is for --method dpi only"):
+        build_problem(grmhd / "obs.uvfits", ReconstructSettings(method="dps", ensemble=2))
