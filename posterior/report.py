@@ -79,6 +79,19 @@ def _imshow(ax, img, geom: ImageGeometry, title: str, cmap="afmhot", fig=None):
 REL_STD_FLOOR = 0.05  # the std/mean panel masks pixels fainter than this fraction of the peak
 
 
+def shown_samples(fit_sizes: list[int], k: int) -> list[tuple[int, str]]:
+    """Which of the pooled samples the report shows (at most ``k``), and their titles: taken in turn from
+    each fit (``fit_sizes``: the samples of each, in order), so an ensemble's panels show every fit."""
+    starts = np.concatenate([[0], np.cumsum(fit_sizes)[:-1]])
+    out = []
+    for j in range(max(fit_sizes)):
+        for f, (start, size) in enumerate(zip(starts, fit_sizes)):
+            if j < size and len(out) < k:
+                label = f"sample {j}" if len(fit_sizes) == 1 else f"fit {f}, sample {j}"
+                out.append((int(start + j), label))
+    return out
+
+
 def plot_report(post: Posterior, geom: ImageGeometry, path, residuals: dict[str, np.ndarray] | None = None,
                 truth: np.ndarray | None = None, title: str = "", ring: dict[str, np.ndarray] | None = None) -> None:
     """Mean, std, std/mean, (truth), 8 samples, normalised data residuals per product, loss curve, and
@@ -98,10 +111,11 @@ def plot_report(post: Posterior, geom: ImageGeometry, path, residuals: dict[str,
         top.append((truth, "truth (regridded)", "afmhot"))
     for i, (img, t, cm) in enumerate(top):
         _imshow(fig.add_subplot(gs[0, i]), img, geom, t, cm, fig)
-    k = min(8, post.n_samples)
-    for i in range(k):
+    shown = shown_samples(post.fit_sizes or [post.n_samples], 8)
+    k = len(shown)
+    for i, (j, label) in enumerate(shown):
         ax = fig.add_subplot(gs[1 + i // 6, i % 6])
-        _imshow(ax, post.samples[i].reshape(n, n), geom, f"sample {i}")
+        _imshow(ax, post.samples[j].reshape(n, n), geom, label)
     row = 2 if k <= 6 else 3
     col = k % 6 if k <= 6 else k - 6
     for name, r in residuals.items():

@@ -99,3 +99,13 @@ def test_metric_errors():
         nxcorr(np.ones((4, 4)), np.arange(16.0).reshape(4, 4))
     with pytest.raises(InterferoError, match="NaN"):
         nxcorr(np.full((4, 4), np.nan), np.ones((4, 4)))
+
+
+def test_report_shows_samples_of_every_fit():
+    from posterior.report import shown_samples
+
+    assert shown_samples([256], 8) == [(i, f"sample {i}") for i in range(8)]
+    shown = shown_samples([3, 2, 2], 8)  # 7 pooled samples of three fits: all of them, fits in turn
+    assert [j for j, _ in shown] == [0, 3, 5, 1, 4, 6, 2]
+    assert shown[1][1] == "fit 1, sample 0" and shown[-1][1] == "fit 0, sample 2"
+    assert [j for j, _ in shown_samples([86, 85, 85], 4)] == [0, 86, 171, 1]
