@@ -396,3 +396,28 @@ def test_default_is_an_ensemble_of_three_fits_and_baselines_run_once(grmhd):
     assert ReconstructSettings(method="map").ensemble == 1 and ReconstructSettings(ensemble=2).ensemble == 2
     with pytest.raises(InterferoError, match="--ensemble must be >= 1 and is for --method dpi only"):
         build_problem(grmhd / "obs.uvfits", ReconstructSettings(method="dps", ensemble=2))
+
+
+def test_pooling_registers_members_by_their_data_misfit():
+    """With a misfit, a member moves by the whole-pixel shift (within a pixel of the nxcorr one) under
+    which the mean of the members fits best: here a misfit that wants the pair's mean on the first
+    member's grid, where nxcorr's rounding of a half-pixel offset would pick the other side."""
+    from posterior.reconstruct import pool_components
+    from posterior.summary import summarize
+
+    rng = np.random.default_rng(1)
+    c = np.arange(16) + 0.5 - 8
+    blob = np.exp(-0.5 * (c[:, None] ** 2 + c[None, :] ** 2) / 1.5**2)
+    half = np.exp(-0.5 * ((c[:, None] - 0.6) ** 2 + (c[None, :] + 0.6) ** 2) / 1.5**2)  # moved (0.6, -0.6)
+    a = blob + 0.01 * rng.standard_normal((50, 1, 16, 16))
+    b = half + 0.01 * rng.standard_normal((50, 1, 16, 16))
+    pa, pb = summarize(a), summarize(b)
+    assert pool_components([pa, pb], align=True)[1][1] == [1, -1]  # nxcorr, rounded
+    target = 0.5 * (blob + np.roll(half, (0, 1), axis=(0, 1)))  # the misfit's best pair mean: b moved by (0, 1)
+
+    def misfit(img):
+        return float(((img.reshape(16, 16) - target) ** 2).sum())
+
+    pooled, shifts = pool_components([pa, pb], align=True, misfit=misfit)
+    assert shifts == [[0, 0], [0, -1]]
+    np.testing.assert_array_equal(pooled.samples[50:], np.roll(b, (0, 1), axis=(-2, -1)))
