@@ -1,7 +1,8 @@
 """ehtim's RML imager next to our DPI posterior mean, on the same closure data.
 
     python scripts/compare_rml.py OBS.uvfits [--truth T.fits] [--stations AA,AP,LM,SM] [--dpi DIR]
-        [--steps N] [--ensemble K] [--methods dpi,dps,ald,map] [--opt METHOD:NAME=VALUE ...] [--out DIR] [--json OUT.json]
+        [--steps N] [--ensemble K] [--methods dpi,dps,ald,map] [--opt METHOD:NAME=VALUE ...] [--out DIR]
+        [--json OUT.json]
 
 RML (eht-imaging 1.3.2, imported, ``ttype='direct'``: its default NFFT path
 needs pynfft): closure phases + log closure amplitudes, total-flux and
