@@ -433,19 +433,17 @@ def pool_components(posteriors: list[Posterior], align: bool, misfit=None) -> tu
     the members by Rubin's rules (:func:`~posterior.summary.summarize_fits`). Returns the pooled
     posterior (no ``log_q``: the pooled samples have no single flow density) and each member's shift
     ``(dy, dx)`` in pixels."""
-    ref = posteriors[0].mean
-    plane = ref.reshape(ref.shape[-2:])
+    plane = posteriors[0].mean.reshape(posteriors[0].mean.shape[-2:])
     pooled, shifts, means = [], [], []
     for post in posteriors:
         x, sh = post.samples, (0, 0)
         if align and post is not posteriors[0]:
             base = tuple(int(round(v)) for v in nxcorr(plane, post.mean.reshape(plane.shape))[1])
-            moves = [base]
+            sh = base
             if misfit is not None:
                 moves = [(base[0] + a, base[1] + b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
-            scores = [misfit(np.mean(means + [np.roll(post.mean, (-m[0], -m[1]), axis=(-2, -1))], 0))
-                      if len(moves) > 1 else 0.0 for m in moves]
-            sh = moves[int(np.argmin(scores))]
+                sh = min(moves, key=lambda m: misfit(np.mean(means + [np.roll(post.mean, (-m[0], -m[1]),
+                                                                             axis=(-2, -1))], 0)))
             x = np.roll(x, (-sh[0], -sh[1]), axis=(-2, -1))
         pooled.append(x)
         means.append(np.roll(post.mean, (-sh[0], -sh[1]), axis=(-2, -1)))
