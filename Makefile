@@ -20,7 +20,7 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(VENV)/bin/interfero reconstruct data/demo/eht2017_crescent_grf.uvfits --prior default --data cphase,logcamp \
-		--npix 32 --fov 160 --sys-noise 0.005 --steps 300 --samples 256 --truth data/demo/crescent_grf_64.fits --overwrite --out $(OUT)
+		--npix 32 --fov 160 --sys-noise 0.005 --samples 256 --truth data/demo/crescent_grf_64.fits --overwrite --out $(OUT)
 
 test: $(VENV)/.test
 	$(PY) -m ruff check .

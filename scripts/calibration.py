@@ -1,7 +1,7 @@
 """Calibration of the default reconstruction's uncertainty: coverage of known truths by its intervals.
 
     python scripts/calibration.py --n N --json OUT.json [--out DIR] [--arrays EHT2017,EHT2017-JCMT-PV-SPT]
-        [--sets in_distribution,grmhd_like] [--steps 400] [--batch 16] [--samples 256] [--ensemble 3]
+        [--sets in_distribution,grmhd_like] [--steps 1000] [--batch 16] [--samples 256] [--ensemble 3]
         [--jobs 2]
         [--png OUT.png]
 
