@@ -1,7 +1,8 @@
 """Calibration of the default reconstruction's uncertainty: coverage of known truths by its intervals.
 
     python scripts/calibration.py --n N --json OUT.json [--out DIR] [--arrays EHT2017,EHT2017-JCMT-PV-SPT]
-        [--sets in_distribution,grmhd_like] [--steps 1000] [--batch 16] [--samples 256] [--ensemble 3]
+        [--sets in_distribution,grmhd_like] [--steps 1000] [--elbo-draws 1] [--batch 16] [--samples 256]
+        [--ensemble 3]
         [--jobs 2]
         [--png OUT.png]
 
@@ -21,7 +22,7 @@ Each truth is observed with each array of ``--arrays`` (names edited as in
 ``interfero simulate --array``; default all EHT 2017 sites and 5 stations,
 ALMA APEX LMT SMA SMT), 24 h of Sgr A*, 60 s every 10 min, thermal noise,
 seeded by the case, then reconstructed with the defaults (``--steps``,
-``--batch``, ``--samples``; ``--ensemble``: independent flow fits pooled, as ``interfero reconstruct
+``--elbo-draws``, ``--batch``, ``--samples``; ``--ensemble``: independent flow fits pooled, as ``interfero reconstruct
 --ensemble``). Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``; ``--n`` may grow) skips
@@ -114,8 +115,8 @@ def run_case(job: dict) -> dict:
     obs = simulate(truth, GEOM, job["array"], seed=job["seed"])
     write_uvfits(obs, folder / "obs.uvfits")
     write_fits_image(truth, GEOM, folder / "truth.fits")
-    s = ReconstructSettings(steps=job["steps"], batch=job["batch"], samples=job["samples"], seed=job["seed"],
-                            threads=1, ensemble=job["ensemble"])
+    s = ReconstructSettings(steps=job["steps"], elbo_draws=job["elbo_draws"], batch=job["batch"],
+                            samples=job["samples"], seed=job["seed"], threads=1, ensemble=job["ensemble"])
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
@@ -258,15 +259,16 @@ def main() -> None:
     p.add_argument("--sets", default=",".join(SETS))
     d = ReconstructSettings()
     p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--elbo-draws", type=int, default=d.elbo_draws, help="ELBO draws per image and DPI step")
     p.add_argument("--batch", type=int, default=d.batch, help="flow samples per DPI step (of each ensemble member)")
     p.add_argument("--samples", type=int, default=d.samples)
     p.add_argument("--ensemble", type=int, default=d.ensemble, help="independent flow fits pooled per case")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=20261201)
     args = p.parse_args()
-    for name in ("n", "steps", "batch", "jobs", "ensemble"):
+    for name in ("n", "steps", "elbo_draws", "batch", "jobs", "ensemble"):
         if getattr(args, name) < 1:
-            raise InterferoError(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise InterferoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {args.samples}")
     from interfero.arrays import load_array
@@ -281,10 +283,12 @@ def main() -> None:
         for arr in arrays:
             for i, t in enumerate(imgs):
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
-                             "steps": args.steps, "batch": args.batch, "samples": args.samples,
+                             "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch,
+                             "samples": args.samples,
                              "ensemble": args.ensemble,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
-    settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "batch", "samples", "ensemble", "seed")}
+    settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "samples",
+                                        "ensemble", "seed")}
     check_run_settings(Path(args.out), settings)
     results: list[dict] = []
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
