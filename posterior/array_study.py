@@ -4,8 +4,10 @@
 with each array of a list, reconstructs each observation with the same
 settings, and compares the posteriors:
 
-- per array: the mean posterior std (Jy/pixel, averaged over the image), the
-  ring diameter's 68% interval and its width (uas), nxcorr after 10 uas
+- per array: the mean posterior std (Jy/pixel, averaged over the image) and
+  its two parts under Rubin's rules (``mean_within_fit_std_jy``: each flow
+  fit's own spread; ``mean_between_fit_std_jy``: the spread between the
+  fits' means, zero for one fit), the ring diameter's 68% interval and its width (uas), nxcorr after 10 uas
   blurring against the truth, the closure chi^2, and a rank (1 = best by
   nxcorr after blurring; ties by the smaller mean std);
 - one figure (``arrays.png``): the truth, then per array the posterior mean
@@ -99,8 +101,10 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
         mean, _ = read_fits_image(folder / "mean.fits")
         std, _ = read_fits_image(folder / "std.fits")
         posts[a] = (mean, std)
+        within, between = _std_parts(folder / "samples.h5")
         d = m.get("ring", {}).get("diameter_uas")
         rows[a] = {"stations": list(arr.names), "n_sites": n_sites(arr), "mean_std_jy": float(std.mean()),
+                   "mean_within_fit_std_jy": within, "mean_between_fit_std_jy": between,
                    "nxcorr_blur10": m["nxcorr_blur10"], "nxcorr": m["nxcorr"],
                    "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
                    "ring_diameter_median_uas": d["median"] if d else None,
@@ -121,14 +125,29 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
     return result
 
 
+def _std_parts(samples_h5: Path) -> tuple[float, float]:
+    """Pixel means of the posterior std's two parts (``posterior.summary.std_parts``): each fit's own spread
+    and the spread between the fits (0 for one fit), Jy/pixel."""
+    import h5py
+
+    from .summary import split_fits, std_parts
+
+    with h5py.File(samples_h5, "r") as f:
+        samples = f["samples"][:]
+        sizes = f["fit_sizes"][:] if "fit_sizes" in f else [len(samples)]
+    within, between = std_parts(split_fits(samples, sizes))
+    return float(within.mean()), float(between.mean())
+
+
 def markdown(rows: dict[str, dict]) -> str:
-    lines = ["| rank | array | sites | mean std (Jy/px) | nxcorr (10 uas blur) | ring diameter 68% (uas) |"
-             " chi^2 cphase / logcamp |", "|---|---|---|---|---|---|---|"]
+    lines = ["| rank | array | sites | mean std (Jy/px): total (fits' own / between fits) | nxcorr (10 uas blur) |"
+             " ring diameter 68% (uas) | chi^2 cphase / logcamp |", "|---|---|---|---|---|---|---|"]
     for a in sorted(rows, key=lambda k: rows[k]["rank"]):
         r = rows[a]
         iv = r["ring_diameter_interval_uas"]
         ring = f"{iv[0]:.1f}-{iv[1]:.1f}" if iv else "no ring"
-        lines.append(f"| {r['rank']} | {a} | {r['n_sites']} | {r['mean_std_jy']:.2e} | {r['nxcorr_blur10']:.3f} |"
+        parts = f"({r['mean_within_fit_std_jy']:.1e} / {r['mean_between_fit_std_jy']:.1e})"
+        lines.append(f"| {r['rank']} | {a} | {r['n_sites']} | {r['mean_std_jy']:.2e} {parts} | {r['nxcorr_blur10']:.3f} |"
                      f" {ring} | {r['chi2_cphase']:.2f} / {r['chi2_logcamp']:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -91,6 +91,18 @@ def combined_fits(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     return m.mean(0), np.sqrt(w + inflated), nu
 
 
+def std_parts(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The two parts of Rubin's total variance ``T = W + (1 + 1/K) B`` over K >= 1 fits' samples ``(n_k, ...)``,
+    as standard deviations of the samples' trailing shape: ``sqrt(W)``, the fits' own spread, and
+    ``sqrt((1 + 1/K) B)``, the spread between their means (zeros for one fit). Their squares add up to the
+    squared total std of :func:`combined_fits`."""
+    w = np.mean([np.var(g, 0, ddof=1) for g in groups], 0)
+    if len(groups) < 2:
+        return np.sqrt(w), np.zeros_like(w)
+    b = np.stack([np.mean(g, 0) for g in groups]).var(0, ddof=1)
+    return np.sqrt(w), np.sqrt((1 + 1 / len(groups)) * b)
+
+
 def combined_interval(groups: list[np.ndarray], level: float) -> tuple[np.ndarray, np.ndarray]:
     """The equal-tailed ``level`` interval (0 < level < 1) of Rubin's rules over K >= 2 fits' samples."""
     if not 0 < level < 1:

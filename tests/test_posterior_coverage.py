@@ -85,7 +85,7 @@ def test_combined_fits_cover_at_the_nominal_rate_where_pooled_quantiles_cannot(k
     """K narrow fits centred on independent draws of the posterior N(mu, s^2), and a truth drawn from the
     same posterior (simulation-based calibration): Rubin's t intervals cover the truth at their nominal
     level; the pooled samples' quantiles hold it only within the range of the K centres, (K - 1) / (K + 1)."""
-    from posterior.summary import combined_fits, combined_interval, summarize_fits
+    from posterior.summary import combined_fits, combined_interval, std_parts, summarize_fits
 
     rng = np.random.default_rng(k)
     n_pix, s, w = 20000, 1.0, 0.01
@@ -100,6 +100,11 @@ def test_combined_fits_cover_at_the_nominal_rate_where_pooled_quantiles_cannot(k
     np.testing.assert_allclose(mean, m.mean(0), atol=1e-12)
     np.testing.assert_allclose(sd**2, within + (1 + 1 / k) * between, rtol=1e-12)
     np.testing.assert_allclose(nu, (k - 1) * (1 + within / ((1 + 1 / k) * between)) ** 2, rtol=1e-12)
+    own, spread = std_parts(groups)  # the two parts: here the fits' width w, and the spread of their centres
+    np.testing.assert_allclose(own**2 + spread**2, sd**2, rtol=1e-12)
+    assert np.median(own) == pytest.approx(w, rel=0.05) and np.median(spread) > 50 * w
+    np.testing.assert_allclose(std_parts(groups[:1])[0], groups[0].std(0, ddof=1), rtol=1e-12)
+    assert not std_parts(groups[:1])[1].any()
     for level in (0.68, 0.95):
         lo, hi = combined_interval(groups, level)
         cover = np.mean((truth >= lo) & (truth <= hi))
