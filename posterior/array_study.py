@@ -147,8 +147,8 @@ def markdown(rows: dict[str, dict]) -> str:
         iv = r["ring_diameter_interval_uas"]
         ring = f"{iv[0]:.1f}-{iv[1]:.1f}" if iv else "no ring"
         parts = f"({r['mean_within_fit_std_jy']:.1e} / {r['mean_between_fit_std_jy']:.1e})"
-        lines.append(f"| {r['rank']} | {a} | {r['n_sites']} | {r['mean_std_jy']:.2e} {parts} | {r['nxcorr_blur10']:.3f} |"
-                     f" {ring} | {r['chi2_cphase']:.2f} / {r['chi2_logcamp']:.2f} |")
+        lines.append(f"| {r['rank']} | {a} | {r['n_sites']} | {r['mean_std_jy']:.2e} {parts} |"
+                     f" {r['nxcorr_blur10']:.3f} | {ring} | {r['chi2_cphase']:.2f} / {r['chi2_logcamp']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
