@@ -1,8 +1,8 @@
 """ehtim's RML imager next to our DPI posterior mean, on the same closure data.
 
     python scripts/compare_rml.py OBS.uvfits [--truth T.fits] [--stations AA,AP,LM,SM] [--dpi DIR]
-        [--steps N] [--ensemble K] [--methods dpi,dps,ald,map] [--opt METHOD:NAME=VALUE ...] [--out DIR]
-        [--json OUT.json]
+        [--steps N] [--elbo-draws D] [--ensemble K] [--methods dpi,dps,ald,map] [--opt METHOD:NAME=VALUE ...]
+        [--out DIR] [--json OUT.json]
 
 RML (eht-imaging 1.3.2, imported, ``ttype='direct'``: its default NFFT path
 needs pynfft): closure phases + log closure amplitudes, total-flux and
@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--reg-weight", type=float, default=ReconstructSettings().reg_weight,
                     help="weight of a tv / mem / tv+mem prior (nats)")
     ap.add_argument("--steps", type=int, default=ReconstructSettings().steps)
+    ap.add_argument("--elbo-draws", type=int, default=ReconstructSettings().elbo_draws,
+                    help="ELBO draws per image and DPI step")
     ap.add_argument("--ensemble", type=int, help="independent DPI fits pooled (default: reconstruct's)")
     ap.add_argument("--flux", type=float)
     ap.add_argument("--methods", default="dpi", help="comma-separated methods of reconstruct --method")
@@ -112,7 +114,8 @@ def main() -> None:
     for method in methods:
         folder = Path(args.dpi) if (method == "dpi" and args.dpi) else out / method
         if not (method == "dpi" and args.dpi):
-            s = ReconstructSettings(steps=args.steps, flux=args.flux, prior=args.prior, reg_weight=args.reg_weight,
+            s = ReconstructSettings(steps=args.steps, elbo_draws=args.elbo_draws, flux=args.flux, prior=args.prior,
+                                    reg_weight=args.reg_weight,
                                     method=method, method_options=options[method], samples=args.samples,
                                     ensemble=args.ensemble if method == "dpi" else None)
             try:
