@@ -81,5 +81,12 @@ def test_command_lines_parse(page):
             script = ROOT / argv[1]
             assert script.is_file(), f"{page.name}: no script {argv[1]}"
             source = script.read_text()
-            for flag in (a.split("=")[0] for a in argv[2:] if a.startswith("--")):
+            own, passed_on = (argv[2:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv[2:], [])
+            for flag in (a.split("=")[0] for a in own if a.startswith("--")):
                 assert f'"{flag}"' in source, f"{page.name}: {argv[1]} has no option {flag}"
+            if passed_on:  # after `--`: reconstruct's flags, which the script passes on
+                assert '"--"' in source, f"{page.name}: {argv[1]} passes nothing on after --"
+                try:
+                    parser.parse_args(["reconstruct", "obs.uvfits", "--out", "o", *passed_on])
+                except SystemExit as stop:
+                    raise AssertionError(f"{page.name}: `{' '.join(passed_on)}` are no reconstruct flags") from stop
