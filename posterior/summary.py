@@ -82,10 +82,7 @@ def combined_fits(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     k = len(groups)
     if k < 2:
         raise InterferoError(f"combining fits needs at least 2, got {k}")
-    m = np.stack([np.mean(g, 0) for g in groups])
-    w = np.mean([np.var(g, 0, ddof=1) for g in groups], 0)
-    b = m.var(0, ddof=1)
-    inflated = (1 + 1 / k) * b
+    m, w, inflated = _rubin_terms(groups)
     with np.errstate(divide="ignore", invalid="ignore"):
         nu = np.where(inflated > 0, (k - 1) * (1 + w / np.where(inflated > 0, inflated, 1.0)) ** 2, np.inf)
     return m.mean(0), np.sqrt(w + inflated), nu
@@ -96,11 +93,17 @@ def std_parts(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     as standard deviations of the samples' trailing shape: ``sqrt(W)``, the fits' own spread, and
     ``sqrt((1 + 1/K) B)``, the spread between their means (zeros for one fit). Their squares add up to the
     squared total std of :func:`combined_fits`."""
+    _, w, inflated = _rubin_terms(groups)
+    return np.sqrt(w), np.sqrt(inflated)
+
+
+def _rubin_terms(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fits' means ``(K, ...)``, the within-fit variance ``W`` and the inflated between-fit variance
+    ``(1 + 1/K) B`` (zeros for one fit)."""
+    m = np.stack([np.mean(g, 0) for g in groups])
     w = np.mean([np.var(g, 0, ddof=1) for g in groups], 0)
-    if len(groups) < 2:
-        return np.sqrt(w), np.zeros_like(w)
-    b = np.stack([np.mean(g, 0) for g in groups]).var(0, ddof=1)
-    return np.sqrt(w), np.sqrt((1 + 1 / len(groups)) * b)
+    inflated = (1 + 1 / len(groups)) * m.var(0, ddof=1) if len(groups) > 1 else np.zeros_like(w)
+    return m, w, inflated
 
 
 def combined_interval(groups: list[np.ndarray], level: float) -> tuple[np.ndarray, np.ndarray]:
