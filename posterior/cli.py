@@ -160,6 +160,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--out", required=True, help="output folder")
     a.add_argument("--overwrite", action="store_true", help="replace an earlier study's results in --out")
+    a.add_argument("--resume", action="store_true",
+                   help="continue an interrupted study in --out from its reconstructions' checkpoints")
     a.set_defaults(func=_array_study)
 
 
@@ -200,7 +202,8 @@ def _array_study(args) -> None:
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
     s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, ensemble=args.ensemble,
                                 seed=args.seed, threads=args.threads, max_chi2=args.max_chi2)
-    res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite)
+    res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite,
+                      resume=args.resume)
     if args.json:
         write_output_text(Path(args.json), json.dumps(res, indent=2))
     print(markdown(res["arrays"]), end="")

@@ -56,3 +56,33 @@ def test_array_study_of_a_prior_draw(tmp_path):
 
     truth, geom = read_fits_image(tmp_path / "p" / "truth.fits")  # the draw is written as the study's truth
     assert truth.shape == (32, 32) and geom.fov_uas == 160.0 and truth.sum() > 0
+
+
+def test_blurred_std_is_the_std_of_blurred_samples(tmp_path):
+    import h5py
+
+    from posterior.metrics import blur_circular
+
+    res = array_study(str(DEMO_TRUTH), ["EHT2017"], tmp_path / "b", TINY, progress=False)
+    row = res["arrays"]["EHT2017"]
+    with h5py.File(tmp_path / "b" / "EHT2017" / "samples.h5", "r") as f:  # one fit (TINY): a plain std
+        x = f["samples"][:].astype(np.float64).reshape(-1, 32, 32)
+    blurred = np.stack([blur_circular(p, 10.0, 5.0) for p in x])
+    assert row["mean_std_blur10_jy"] == pytest.approx(blurred.std(0, ddof=1).mean(), rel=1e-6)
+    assert row["mean_std_blur10_jy"] < row["mean_std_jy"]  # blurring averages pixel-scale scatter away
+
+
+def test_array_study_resumes_from_its_reconstructions(tmp_path, capsys):
+    out = tmp_path / "r"
+    first = array_study(str(DEMO_TRUTH), ["EHT2017"], out, TINY, progress=False)
+    code = main(["array-study", "--truth", str(DEMO_TRUTH), "--arrays", "EHT2017", "--out", str(out)])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err  # an earlier study is not silently replaced
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("EHT2017/**/dpi-checkpoint-*.safetensors")}
+    assert stamps
+    again = array_study(str(DEMO_TRUTH), ["EHT2017"], out, TINY, progress=False, resume=True)
+    a, b = first["arrays"]["EHT2017"], again["arrays"]["EHT2017"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the finished fit reloaded, not refit
+    assert b["mean_std_jy"] == pytest.approx(a["mean_std_jy"], rel=1e-6)
+    assert b["nxcorr_blur10"] == pytest.approx(a["nxcorr_blur10"], rel=1e-6)
+    with pytest.raises(Exception, match="give one of them"):
+        array_study(str(DEMO_TRUTH), ["EHT2017"], out, TINY, progress=False, resume=True, overwrite=True)
