@@ -17,6 +17,7 @@ from interfero.validation import check_output_file, count, nonnegative, positive
 from priors import cli as priors_cli
 
 from . import reconstruct as rec
+from .array_study import STUDY_STEPS
 from .methods import METHODS
 
 
@@ -148,7 +149,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated arrays: EHT2017, EHT2018, ngEHT, edited with +STATION / -STATION"
                         " (EHT2017-JCMT-SMT-APEX), or station-table files")
     a.add_argument("--prior", default=d.prior, help="prior of the reconstructions (and of --truth prior)")
-    a.add_argument("--steps", type=count(), default=d.steps, help="DPI steps per reconstruction")
+    a.add_argument("--steps", type=count(), default=STUDY_STEPS,
+                   help=f"DPI steps per fit (default {STUDY_STEPS}: twice reconstruct's, for the richest arrays)")
     a.add_argument("--samples", type=count(2), default=d.samples, help="posterior samples per reconstruction")
     a.add_argument("--ensemble", type=count(), default=d.ensemble, metavar="K",
                    help="independent DPI fits pooled per reconstruction (as reconstruct --ensemble)")
