@@ -15,7 +15,8 @@ settings, and compares the posteriors:
   blurring against the truth, the closure chi^2, and a rank (1 = best by
   nxcorr after blurring; ties by the smaller mean std);
 - one figure (``arrays.png``): the truth, then per array the posterior mean
-  (top) and std (bottom, one colour scale for all arrays);
+  (top), its std and the std after 10 uas blurring (each row one colour
+  scale for all arrays);
 - ``arrays.json`` (``{"arrays": {"<array as given>": {...}}}``) and
   ``arrays.md`` (the ranking table).
 
@@ -116,12 +117,12 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
                         overwrite=overwrite, resume=resume)
         mean, _ = read_fits_image(folder / "mean.fits")
         std, _ = read_fits_image(folder / "std.fits")
-        posts[a] = (mean, std)
         within, between, blurred = _std_parts(folder / "samples.h5", rec_geom.psize_uas)
+        posts[a] = (mean, std, blurred)
         d = m.get("ring", {}).get("diameter_uas")
         rows[a] = {"stations": list(arr.names), "n_sites": n_sites(arr), "mean_std_jy": float(std.mean()),
                    "mean_within_fit_std_jy": within, "mean_between_fit_std_jy": between,
-                   "mean_std_blur10_jy": blurred,
+                   "mean_std_blur10_jy": float(blurred.mean()),
                    "nxcorr_blur10": m["nxcorr_blur10"], "nxcorr": m["nxcorr"],
                    "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
                    "ring_diameter_median_uas": d["median"] if d else None,
@@ -141,10 +142,10 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
     return result
 
 
-def _std_parts(samples_h5: Path, psize_uas: float) -> tuple[float, float, float]:
+def _std_parts(samples_h5: Path, psize_uas: float) -> tuple[float, float, np.ndarray]:
     """Pixel means of the posterior std's two parts (``posterior.summary.std_parts``): each fit's own spread
-    and the spread between the fits (0 for one fit), and of the total std of the samples blurred by
-    :data:`STD_BLUR_UAS` (pixels of ``psize_uas``); Jy/pixel."""
+    and the spread between the fits (0 for one fit), and the map of the total std of the samples blurred
+    by :data:`STD_BLUR_UAS` (pixels of ``psize_uas``); Jy/pixel."""
     import h5py
 
     from .metrics import blur_circular
@@ -157,7 +158,7 @@ def _std_parts(samples_h5: Path, psize_uas: float) -> tuple[float, float, float]
     planes = samples.reshape(-1, *samples.shape[-2:])
     blurred = np.stack([blur_circular(p, STD_BLUR_UAS, psize_uas) for p in planes]).reshape(samples.shape)
     w_b, b_b = std_parts(split_fits(blurred, sizes))
-    return float(within.mean()), float(between.mean()), float(np.sqrt(w_b**2 + b_b**2).mean())
+    return float(within.mean()), float(between.mean()), np.sqrt(w_b**2 + b_b**2).reshape(samples.shape[-2:])
 
 
 def markdown(rows: dict[str, dict]) -> str:
@@ -186,17 +187,23 @@ def _plot(truth: np.ndarray, posts: dict, geom: ImageGeometry, rows: dict, path:
     n = len(posts)
     half = geom.fov_uas / 2
     ext = (half, -half, -half, half)
-    fig, axes = plt.subplots(2, n + 1, figsize=(3.2 * (n + 1), 6.2), squeeze=False)
+    fig, axes = plt.subplots(3, n + 1, figsize=(3.2 * (n + 1), 9.3), squeeze=False)
     axes[0, 0].imshow(truth, origin="upper", extent=ext, cmap="afmhot")
     axes[0, 0].set_title("truth (regridded)", fontsize=9)
     axes[1, 0].axis("off")
+    axes[2, 0].axis("off")
     vmax = max(p[1].max() for p in posts.values())
-    for j, (a, (mean, std)) in enumerate(posts.items(), start=1):
+    vmax_blur = max(p[2].max() for p in posts.values())
+    for j, (a, (mean, std, blurred)) in enumerate(posts.items(), start=1):
         axes[0, j].imshow(mean, origin="upper", extent=ext, cmap="afmhot")
         axes[0, j].set_title(f"{a}\nmean, nxcorr {rows[a]['nxcorr_blur10']:.3f}", fontsize=8)
         im = axes[1, j].imshow(std, origin="upper", extent=ext, cmap="viridis", vmin=0, vmax=vmax)
         axes[1, j].set_title(f"std, mean {rows[a]['mean_std_jy']:.1e} Jy/px", fontsize=8)
+        im_b = axes[2, j].imshow(blurred, origin="upper", extent=ext, cmap="viridis", vmin=0, vmax=vmax_blur)
+        axes[2, j].set_title(f"std after {STD_BLUR_UAS:g} uas blur, mean {rows[a]['mean_std_blur10_jy']:.1e}",
+                             fontsize=8)
     for ax in axes.ravel():
         ax.tick_params(labelsize=6)
     fig.colorbar(im, ax=axes[1, 1:].tolist(), fraction=0.02, label="posterior std (Jy/px)")
+    fig.colorbar(im_b, ax=axes[2, 1:].tolist(), fraction=0.02, label=f"std, {STD_BLUR_UAS:g} uas blur (Jy/px)")
     save_figure(fig, path)
