@@ -28,10 +28,11 @@ truth's RA/Dec (Sgr A* by default), 230 GHz, 24 h, 60 s integrations every
 default ones with fits of :data:`STUDY_STEPS` steps (twice the default's):
 the arrays differ a lot in how much data they give, and with 1000 steps the
 fits of a 13-site array still disagree at closure chi^2 ~1.4. The total-flux
-term is centred on the truth's flux for every array (arrays without intra-site baselines cannot
-measure it), unless the settings give one. With ``resume`` each array's
-reconstruction continues from its checkpoints (a finished one is only
-re-sampled), so an interrupted study loses at most one fit's progress.
+term is centred on the truth's flux for every array (arrays without
+intra-site baselines cannot measure it), unless the settings give one. With
+``resume`` each array's reconstruction continues from its checkpoints (a
+finished one is only re-sampled), so an interrupted study loses at most one
+fit's progress.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from interfero.errors import InterferoError
 from posterior.array_study import array_study
 from posterior.cli import main
 from posterior.reconstruct import ReconstructSettings
@@ -84,5 +85,5 @@ def test_array_study_resumes_from_its_reconstructions(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the finished fit reloaded, not refit
     assert b["mean_std_jy"] == pytest.approx(a["mean_std_jy"], rel=1e-6)
     assert b["nxcorr_blur10"] == pytest.approx(a["nxcorr_blur10"], rel=1e-6)
-    with pytest.raises(Exception, match="give one of them"):
+    with pytest.raises(InterferoError, match="give one of them"):
         array_study(str(DEMO_TRUTH), ["EHT2017"], out, TINY, progress=False, resume=True, overwrite=True)
