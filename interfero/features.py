@@ -63,6 +63,8 @@ class RingExtractor:
         n_angles, n_radii: rays and samples per ray.
         search_uas: half-size of the centre search box around the centroid (uas).
         rho_max: longest baseline searched for the profile's first visibility null (wavelengths).
+        r_min_px, r_min_uas: the smallest ring radius searched, the larger of ``r_min_px`` pixels and
+            ``r_min_uas`` (7.5 uas on 5 uas pixels: the default prior's rings, 20-60 uas across, all fit).
     """
 
     def __init__(
@@ -74,13 +76,15 @@ class RingExtractor:
         n_radii: int = 120,
         search_uas: float = 15.0,
         rho_max: float = 20e9,
+        r_min_px: float = 1.5,
+        r_min_uas: float = 6.0,
     ) -> None:
         self.npix, self.fov = int(npix), float(fov_uas)
         self.psize = self.fov / self.npix
         self.r = np.linspace(0.0, r_max or 0.45 * self.fov, n_radii)
         self.theta = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)  # east of north
         self.search = float(search_uas)
-        self.r_min = max(2.5 * self.psize, 8.0)  # uas: peaks nearer the centre are not a ring (fine grids: 8 uas)
+        self.r_min = max(r_min_px * self.psize, r_min_uas)  # uas: peaks nearer the centre are not a ring
         self.k0 = max(int(np.searchsorted(self.r, self.r_min)), 1)  # first radius sample searched for a peak
         # Hankel transform of a radial profile sampled at self.r: V(rho) = 2 pi int I(r) J0(2 pi rho r) r dr
         self.rho = np.linspace(0.0, rho_max, 800)
