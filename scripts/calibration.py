@@ -4,7 +4,7 @@
         [--sets in_distribution,grmhd_like] [--steps 1000] [--elbo-draws 1] [--batch 16] [--samples 256]
         [--ensemble 3]
         [--jobs 2]
-        [--png OUT.png]
+        [--png OUT.png] [--rescore]
 
 Two test sets of ``--n`` truths each (32x32 over 160 uas, Jy/pixel):
 
@@ -26,7 +26,9 @@ seeded by the case, then reconstructed with the defaults (``--steps``,
 --ensemble``). Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``; ``--n`` may grow) skips
-finished cases (resumable). The JSON is rewritten after every case, so an
+finished cases (resumable); ``--rescore`` scores the finished cases anew from
+their saved samples (ring features with the current extractor) without
+refitting. The JSON is rewritten after every case, so an
 interrupted run reports the cases it finished.
 
 Per set and array: pixel coverage of the 68% / 95% intervals (source pixels,
@@ -93,22 +95,24 @@ def truths(kind: str, n: int, seed: int) -> np.ndarray:
 
 
 def run_case(job: dict) -> dict:
-    """Simulate, reconstruct and score one case (in a worker process, one torch thread)."""
-    import h5py
+    """Simulate, reconstruct and score one case (in a worker process, one torch thread); with
+    ``job["rescore"]`` a finished case is scored anew from its saved samples (:func:`score_case`)."""
     import torch
 
-    from interfero.features import RingExtractor
     from interfero.simulate import simulate
-    from posterior.metrics import aligned_truth, interval_coverage
     from posterior.reconstruct import ReconstructSettings, reconstruct
-    from posterior.ring import feature_coverage
-    from posterior.summary import combined_cdf, combined_interval, split_fits
 
     torch.set_num_threads(1)
     folder = Path(job["folder"])
     done = folder / "case.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        old = json.loads(done.read_text())
+        if not job.get("rescore") or "error" in old:
+            return old
+        m = json.loads((folder / "rec" / "metrics.json").read_text())
+        res = score_case(job, folder, m, old["seconds"], rescore=True)
+        atomic_write_text(done, json.dumps(res, indent=1))
+        return res
     folder.mkdir(parents=True, exist_ok=True)
     truth = np.asarray(job["truth"])
     t0 = time.perf_counter()
@@ -125,6 +129,22 @@ def run_case(job: dict) -> dict:
                "seconds": time.perf_counter() - t0}
         atomic_write_text(done, json.dumps(res, indent=1))
         return res
+    res = score_case(job, folder, m, time.perf_counter() - t0)
+    atomic_write_text(done, json.dumps(res, indent=1))
+    return res
+
+
+def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool = False) -> dict:
+    """The scores of a reconstructed case from its saved samples and ``metrics.json`` ``m``; with ``rescore``
+    the ring features are measured anew on the samples with the current extractor (the fits are kept)."""
+    import h5py
+
+    from interfero.features import RingExtractor
+    from posterior.metrics import aligned_truth, interval_coverage
+    from posterior.ring import feature_coverage, ring_samples, summarize_ring
+    from posterior.summary import combined_cdf, combined_interval, split_fits
+
+    truth = np.asarray(job["truth"])
     with h5py.File(folder / "rec" / "samples.h5", "r") as f:
         samples = f["samples"][:, 0].astype(float)
         sizes = f["fit_sizes"][:].tolist() if "fit_sizes" in f else None
@@ -141,8 +161,14 @@ def run_case(job: dict) -> dict:
     cov = interval_coverage(bounds, truth, shift)
     inside = {lv: cov[f"truth_coverage_{lv}"] for lv in bounds}
     true_ring = RingExtractor(GEOM.npix, GEOM.fov_uas)(truth)
-    d = m.get("ring", {}).get("diameter_uas")
-    res = {"case": job["case"], "array": job["array"], "set": job["set"], "seconds": time.perf_counter() - t0,
+    ring = m.get("ring", {})
+    if rescore:
+        try:
+            ring = summarize_ring(ring_samples(samples, GEOM.fov_uas), sizes)
+        except InterferoError:
+            ring = {}
+    d = ring.get("diameter_uas")
+    res = {"case": job["case"], "array": job["array"], "set": job["set"], "seconds": seconds,
            "fit_seconds": m["fit_seconds"],
            "coverage_68": m["truth_coverage_68"], "coverage_95": m["truth_coverage_95"],
            "coverage_pixels": m["coverage_pixels"], "levels": inside,
@@ -150,10 +176,10 @@ def run_case(job: dict) -> dict:
            "nxcorr_blur10": m["nxcorr_blur10"], "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
            "true_diameter_uas": true_ring.null_diameter}
     if d is not None and np.isfinite(true_ring.null_diameter):
-        cov = feature_coverage(m["ring"], {"diameter_uas": true_ring.null_diameter})["diameter_uas"]
+        cov = feature_coverage(ring, {"diameter_uas": true_ring.null_diameter})["diameter_uas"]
         res["ring_diameter_in68"], res["ring_diameter_in95"] = cov["in68"], cov["in95"]
         res["diameter_median_uas"] = d["median"]
-    atomic_write_text(done, json.dumps(res, indent=1))
+        res["diameter_interval68_uas"] = [d["lo68"], d["hi68"]]
     return res
 
 
@@ -265,6 +291,9 @@ def main() -> None:
     p.add_argument("--ensemble", type=int, default=d.ensemble, help="independent flow fits pooled per case")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=20261201)
+    p.add_argument("--rescore", action="store_true",
+                   help="score the finished cases anew from their saved samples (ring features with the current"
+                        " extractor) without refitting; unfinished cases are run")
     args = p.parse_args()
     for name in ("n", "steps", "elbo_draws", "batch", "jobs", "ensemble"):
         if getattr(args, name) < 1:
@@ -285,7 +314,7 @@ def main() -> None:
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
                              "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch,
                              "samples": args.samples,
-                             "ensemble": args.ensemble,
+                             "ensemble": args.ensemble, "rescore": args.rescore,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "samples",
                                         "ensemble", "seed")}

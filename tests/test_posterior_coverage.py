@@ -166,3 +166,40 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
     cal.check_run_settings(tmp_path, settings | {"n": 50})  # more cases of the same run
     with pytest.raises(InterferoError, match=r"other settings \(ensemble, steps: 3, 400\); use another --out"):
         cal.check_run_settings(tmp_path, settings | {"steps": 600, "ensemble": 1})
+
+
+def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path):
+    """A finished case rescored: the ring features come from its saved samples with the current extractor
+    (Rubin's rules over its fits), the pixel scores from its metrics; no fit is run."""
+    import json
+
+    import h5py
+
+    from interfero.models import render
+    from posterior.ring import ring_samples, summarize_ring
+
+    cal = _calibration_script()
+    rng = np.random.default_rng(0)
+    diam = [40.0 + rng.normal(0, 1.5) + k for k in range(3) for _ in range(8)]
+    samples = np.stack([render("ring", cal.GEOM, flux=1.0, diameter=d, width=8) for d in diam])[:, None]
+    truth = render("ring", cal.GEOM, flux=1.0, diameter=41.0, width=8)
+    folder = tmp_path / "case_000"
+    (folder / "rec").mkdir(parents=True)
+    with h5py.File(folder / "rec" / "samples.h5", "w") as f:
+        f["samples"] = samples
+        f["fit_sizes"] = [8, 8, 8]
+    metrics = {"nxcorr_shift_px": [0, 0], "fit_seconds": 12.0, "truth_coverage_68": 0.7, "truth_coverage_95": 0.9,
+               "coverage_pixels": 100, "nxcorr_blur10": 0.99, "chi2_cphase": 1.0, "chi2_logcamp": 1.1,
+               "ring": {"diameter_uas": {"median": 20.0, "lo68": 19.0, "hi68": 21.0, "lo95": 18.0, "hi95": 22.0}}}
+    (folder / "rec" / "metrics.json").write_text(json.dumps(metrics))
+    stale = {"case": 0, "array": "EHT2017", "set": "in_distribution", "seconds": 30.0, "ring_diameter_in68": False}
+    (folder / "case.json").write_text(json.dumps(stale))
+    job = {"case": 0, "array": "EHT2017", "set": "in_distribution", "truth": truth.tolist(), "folder": str(folder)}
+    assert cal.run_case(job) == stale  # finished and not rescored: as it was
+    res = cal.run_case(job | {"rescore": True})
+    ring = summarize_ring(ring_samples(samples, cal.GEOM.fov_uas), [8, 8, 8])["diameter_uas"]
+    assert res["diameter_median_uas"] == pytest.approx(ring["median"])
+    assert res["diameter_interval68_uas"] == [pytest.approx(ring["lo68"]), pytest.approx(ring["hi68"])]
+    assert ring["lo68"] < res["true_diameter_uas"] < ring["hi68"] and res["ring_diameter_in68"] is True
+    assert res["seconds"] == 30.0 and res["fit_seconds"] == 12.0 and res["coverage_68"] == 0.7
+    assert json.loads((folder / "case.json").read_text()) == json.loads(json.dumps(res))
