@@ -26,7 +26,7 @@ seeded by the case, then reconstructed with the defaults (``--steps``,
 --ensemble``). Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``; ``--n`` may grow) skips
-finished cases (resumable); ``--rescore`` scores the finished cases anew from
+finished cases (resumable; a case another live run holds is refused); ``--rescore`` scores the finished cases anew from
 their saved samples (ring features with the current extractor) without
 refitting. The JSON is rewritten after every case, so an
 interrupted run reports the cases it finished.
@@ -49,9 +49,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +101,6 @@ def run_case(job: dict) -> dict:
     ``job["rescore"]`` a finished case is scored anew from its saved samples (:func:`score_case`)."""
     import torch
 
-    from interfero.simulate import simulate
-    from posterior.reconstruct import ReconstructSettings, reconstruct
-
     torch.set_num_threads(1)
     folder = Path(job["folder"])
     done = folder / "case.json"
@@ -114,6 +113,48 @@ def run_case(job: dict) -> dict:
         atomic_write_text(done, json.dumps(res, indent=1))
         return res
     folder.mkdir(parents=True, exist_ok=True)
+    with case_claim(folder):
+        return _fit_case(job, folder)
+
+
+@contextmanager
+def case_claim(folder: Path):
+    """Hold ``folder/running.pid`` while this process runs the case: a second run into the same ``--out`` (whose
+    fits would overwrite this one's checkpoints) is refused; a claim left by a process that died is taken over."""
+    lock = folder / "running.pid"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        text = lock.read_text().strip()
+        pid = int(text) if text.isdigit() else 0
+        if pid > 0 and pid != os.getpid() and _alive(pid):
+            raise InterferoError(f"{folder} is being run by process {pid}: one calibration run per --out") from None
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fit_case(job: dict, folder: Path) -> dict:
+    """Simulate, reconstruct (resuming from the case's checkpoints) and score one case."""
+    from interfero.simulate import simulate
+    from posterior.reconstruct import ReconstructSettings, reconstruct
+
+    done = folder / "case.json"
     truth = np.asarray(job["truth"])
     t0 = time.perf_counter()
     obs = simulate(truth, GEOM, job["array"], seed=job["seed"])

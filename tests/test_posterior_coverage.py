@@ -203,3 +203,21 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path):
     assert ring["lo68"] < res["true_diameter_uas"] < ring["hi68"] and res["ring_diameter_in68"] is True
     assert res["seconds"] == 30.0 and res["fit_seconds"] == 12.0 and res["coverage_68"] == 0.7
     assert json.loads((folder / "case.json").read_text()) == json.loads(json.dumps(res))
+
+
+def test_calibration_refuses_a_case_another_live_run_holds(tmp_path):
+    import os
+    import subprocess
+
+    cal = _calibration_script()
+    lock = tmp_path / "running.pid"
+    lock.write_text(str(os.getppid()))  # a live process (pytest's parent) holds the case
+    with pytest.raises(InterferoError, match=rf"being run by process {os.getppid()}: one calibration run per --out"):
+        with cal.case_claim(tmp_path):
+            pass
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # left by a process that died: taken over, and released after
+    with cal.case_claim(tmp_path):
+        assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()
