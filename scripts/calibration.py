@@ -37,11 +37,14 @@ diameter's 68% / 95% intervals (truth: the same extractor on the regridded
 truth), the rank of the truth among the samples per source pixel (a
 histogram, flat when calibrated; for an ensemble the truth's place in the
 combined t distribution of Rubin's rules, as reconstruct's intervals are
-made), empirical coverage at nominal levels 10-95%
-(reliability diagram, ``--png``), and per-case run times (``seconds_per_case``: this run's wall
-clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed case keeps). ``coverage_68_interval``
-and ``coverage_95_interval``: the central 90% of the pooled coverage when the cases
-are resampled (how far the finite test set leaves it uncertain).
+made), empirical coverage at nominal levels 10-95% (reliability diagram,
+``--png``), each case's ring diameter: truth, posterior median and 68%
+interval (``ring_diameters_uas``: ``[case, truth, median, lo68, hi68]``; the
+PNG's third panel), and per-case run times (``seconds_per_case``: this run's
+wall clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed
+case keeps). ``coverage_68_interval`` and ``coverage_95_interval``: the
+central 90% of the pooled coverage when the cases are resampled (how far the
+finite test set leaves it uncertain).
 """
 
 from __future__ import annotations
@@ -248,6 +251,8 @@ def aggregate(cases: list[dict]) -> dict:
            "ring_diameter_coverage_68": float(np.mean([c["ring_diameter_in68"] for c in ring])) if ring else None,
            "ring_diameter_coverage_95": float(np.mean([c["ring_diameter_in95"] for c in ring])) if ring else None,
            "ring_cases": len(ring),
+           "ring_diameters_uas": [[c["case"], c["true_diameter_uas"], c["diameter_median_uas"],
+                                   *c.get("diameter_interval68_uas", [None, None])] for c in ring],
            "coverage_68_interval": case_bootstrap([c["coverage_68"] for c in cases], w),
            "coverage_95_interval": case_bootstrap([c["coverage_95"] for c in cases], w),
            "reliability": {lv: float(np.average([c["levels"][lv] for c in cases], weights=w))
@@ -270,7 +275,7 @@ def plot(result: dict, path: Path) -> None:
 
     from interfero.plotting import save_figure
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.8))
     a.plot([0, 1], [0, 1], "k:", lw=0.8)
     for s in SETS:
         for arr, r in result.get(s, {}).items():
@@ -281,6 +286,10 @@ def plot(result: dict, path: Path) -> None:
                    "o-", ms=3, label=f"{s}, {arr} (n={r['n_cases']})")
             h = np.asarray(r["rank_hist"], dtype=float)
             b.step(np.linspace(0, 1, len(h) + 1)[:-1], h / h.sum() * len(h), where="post", label=f"{s}, {arr}")
+            d = np.array([row[1:] for row in r.get("ring_diameters_uas", []) if None not in row], dtype=float)
+            if len(d):
+                c.errorbar(d[:, 0], d[:, 1], yerr=[d[:, 1] - d[:, 2], d[:, 3] - d[:, 1]], fmt="o", ms=3, capsize=2,
+                           label=f"{s}, {arr}")
     a.set_xlabel("nominal interval level")
     a.set_ylabel("fraction of source pixels inside")
     a.set_title("reliability of the per-pixel intervals")
@@ -289,6 +298,13 @@ def plot(result: dict, path: Path) -> None:
     b.set_xlabel("rank of the truth among the samples (ensemble: its t CDF, Rubin's rules)")
     b.set_ylabel("density (flat = calibrated)")
     b.set_title("rank histogram (source pixels)")
+    lim = c.get_xlim() + c.get_ylim()
+    lo, hi = min(lim), max(lim)
+    c.plot([lo, hi], [lo, hi], "k:", lw=0.8)
+    c.set_xlabel("true ring diameter (visibility null, uas)")
+    c.set_ylabel("posterior median and 68% interval (uas)")
+    c.set_title("ring diameter per case")
+    c.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -221,3 +221,23 @@ def test_calibration_refuses_a_case_another_live_run_holds(tmp_path):
     with cal.case_claim(tmp_path):
         assert lock.read_text() == str(os.getpid())
     assert not lock.exists()
+
+
+def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters():
+    cal = _calibration_script()
+    levels = {"0.68": 0.5, "0.95": 0.9}
+    base = {"set": "in_distribution", "array": "EHT2017", "levels": levels, "rank_hist": [1, 2], "nxcorr_blur10": 0.9,
+            "seconds": 10.0, "fit_seconds": 8.0, "true_diameter_uas": 40.0}
+    cases = [base | {"case": 0, "coverage_68": 0.5, "coverage_95": 0.9, "coverage_pixels": 10,
+                     "ring_diameter_in68": True, "ring_diameter_in95": True, "diameter_median_uas": 41.0,
+                     "diameter_interval68_uas": [39.0, 43.0]},
+             base | {"case": 1, "coverage_68": 0.8, "coverage_95": 1.0, "coverage_pixels": 30,
+                     "ring_diameter_in68": False, "ring_diameter_in95": True, "diameter_median_uas": 35.0,
+                     "diameter_interval68_uas": [33.0, 37.0]},
+             {"case": 2, "set": "in_distribution", "array": "EHT2017", "error": "diverged", "seconds": 1.0}]
+    r = cal.aggregate(cases)
+    assert r["n_cases"] == 2 and r["n_refused"] == 1
+    assert r["coverage_68"] == pytest.approx((0.5 * 10 + 0.8 * 30) / 40)
+    assert r["ring_diameter_coverage_68"] == 0.5 and r["ring_diameter_coverage_95"] == 1.0
+    assert r["ring_diameters_uas"] == [[0, 40.0, 41.0, 39.0, 43.0], [1, 40.0, 35.0, 33.0, 37.0]]
+    assert r["rank_hist"] == [2, 4]
