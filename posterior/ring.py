@@ -80,10 +80,11 @@ def ring_samples(images: np.ndarray, fov_uas: float) -> dict[str, np.ndarray]:
     return out
 
 
-def ring_posterior(images: np.ndarray, fov_uas: float) -> dict:
+def ring_posterior(images: np.ndarray, fov_uas: float, fit_sizes: list[int] | None = None) -> dict:
     """``{"diameter_uas": {"median", "lo68", "hi68", "lo95", "hi95"}, "width_uas": ..., "pa_deg": ...,
-    "asymmetry": ..., "x0_uas": ..., "y0_uas": ..., "n_samples", "n_failed"}`` from posterior samples."""
-    return summarize_ring(ring_samples(images, fov_uas))
+    "asymmetry": ..., "x0_uas": ..., "y0_uas": ..., "n_samples", "n_failed"}`` from posterior samples
+    (with ``fit_sizes``: the pooled samples of independent fits, combined as :func:`summarize_ring` does)."""
+    return summarize_ring(ring_samples(images, fov_uas), fit_sizes)
 
 
 def fits_summary(groups: list[np.ndarray]) -> dict[str, float]:

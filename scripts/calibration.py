@@ -26,10 +26,11 @@ seeded by the case, then reconstructed with the defaults (``--steps``,
 --ensemble``). Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``; ``--n`` may grow) skips
-finished cases (resumable; a case another live run holds is refused); ``--rescore`` scores the finished cases anew from
-their saved samples (ring features with the current extractor) without
-refitting. The JSON is rewritten after every case, so an
-interrupted run reports the cases it finished.
+finished cases (resumable; a case another live run holds is refused).
+``--rescore`` scores the finished cases anew from their saved samples (ring
+features with the current extractor) without refitting. The JSON is
+rewritten after every case, so an interrupted run reports the cases it
+finished.
 
 Per set and array: pixel coverage of the 68% / 95% intervals (source pixels,
 truth aligned by the nxcorr shift, pooled over cases), coverage of the ring
@@ -144,11 +145,11 @@ def case_claim(folder: Path):
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: existence check only; PermissionError means it exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
@@ -185,7 +186,7 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
 
     from interfero.features import RingExtractor
     from posterior.metrics import aligned_truth, interval_coverage
-    from posterior.ring import feature_coverage, ring_samples, summarize_ring
+    from posterior.ring import feature_coverage, ring_posterior
     from posterior.summary import combined_cdf, combined_interval, split_fits
 
     truth = np.asarray(job["truth"])
@@ -208,9 +209,9 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
     ring = m.get("ring", {})
     if rescore:
         try:
-            ring = summarize_ring(ring_samples(samples, GEOM.fov_uas), sizes)
-        except InterferoError:
-            ring = {}
+            ring = ring_posterior(samples, GEOM.fov_uas, sizes)
+        except InterferoError as err:  # no ring in the samples: as reconstruct records it
+            ring = {"error": str(err)}
     d = ring.get("diameter_uas")
     res = {"case": job["case"], "array": job["array"], "set": job["set"], "seconds": seconds,
            "fit_seconds": m["fit_seconds"],
