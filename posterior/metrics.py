@@ -7,7 +7,9 @@
   (microarcseconds), flux-conserving (as ehtim's ``blur_circ``).
 - :func:`image_metrics`: PSNR, SSIM (scikit-image), nxcorr unblurred and after
   10/15/20 uas blurring; it says which grid and blurs it used.
-- :func:`reduced_chi2`: per data product, ehtim's definitions (from the operator).
+- :func:`reduced_chi2`: per data product, ehtim's definitions (from the operator);
+  :func:`sample_chi2` and :func:`summarize_sample_chi2`: the same for every
+  posterior sample (a posterior predictive check).
 - :func:`interval_coverage`: the fraction of the truth's source pixels inside
   the posterior's per-pixel 68% / 95% intervals (calibration of the
   uncertainty maps), after aligning the truth by the nxcorr shift.
@@ -134,6 +136,37 @@ def reduced_chi2(operator, x) -> dict[str, float]:
     """Reduced chi^2 per data product of an interferometry operator for one image ``(1, 1, N, N)`` tensor."""
     chi = operator.chi2(x)
     return {f"chi2_{k}": float(v.reshape(-1)[0]) for k, v in chi.items()}
+
+
+def sample_chi2(operator, samples: np.ndarray, chunk: int = 64) -> dict[str, np.ndarray]:
+    """Reduced chi^2 per data product of each posterior sample (images ``(n, ...)`` of the operator's
+    image shape, Jy/pixel): ``{"<product>": (n,) array}``."""
+    import torch
+
+    x = np.asarray(samples)
+    n = x.shape[0]
+    if n < 1:
+        raise InterferoError("no samples to score")
+    x = x.reshape(n, *operator.image_shape)
+    out: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for i in range(0, n, chunk):
+            chi = operator.chi2(torch.tensor(x[i:i + chunk], dtype=torch.float32))
+            for k, v in chi.items():
+                out.setdefault(k, []).append(v.double().numpy().reshape(-1))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def summarize_sample_chi2(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """``{"<product>": {"median", "p10", "p90"}}`` of per-sample reduced chi^2 (:func:`sample_chi2`).
+
+    Samples of a posterior that describes the data fit them about as well as the truth does: for a
+    linear model with Gaussian noise and prior, the mean's expected chi^2 is ``m - p`` (``m`` data,
+    ``p`` data-constrained parameters) and a sample's ``m``, the truth's, so a reduced chi^2 near 1. A
+    mean fitting at ~1 whose samples fit far worse is a posterior too wide in the directions the data
+    measure."""
+    return {k: {"median": float(np.median(v)), "p10": float(np.quantile(v, 0.1)),
+                "p90": float(np.quantile(v, 0.9))} for k, v in values.items()}
 
 
 def aligned_truth(truth: np.ndarray, shift_px=(0.0, 0.0), region_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:

@@ -67,7 +67,15 @@ from priors.factory import build_prior, prior_kind
 from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, load_checkpoint, read_checkpoint_record
 from .flows import build_flow
 from .methods import method_config, run_method
-from .metrics import error_against_std, image_metrics, interval_coverage, nxcorr, reduced_chi2
+from .metrics import (
+    error_against_std,
+    image_metrics,
+    interval_coverage,
+    nxcorr,
+    reduced_chi2,
+    sample_chi2,
+    summarize_sample_chi2,
+)
 from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
@@ -421,7 +429,8 @@ def pool_components(posteriors: list[Posterior], align: bool, misfit=None) -> tu
     """The equal-weight mixture of ensemble members' posteriors (their samples pooled; each member's
     count should be equal or differ by one). With ``align`` (data that do not fix the absolute position:
     closure phases, closure and plain amplitudes) each member's samples are first moved by whole pixels
-    onto the first member's position (a whole-pixel move changes no closure quantity; interpolating a
+    onto the first member's position (a whole-pixel move changes no closure quantity of emission inside
+    the field, though the move is circular: flux at one edge re-enters at the other; interpolating a
     fraction of a pixel would smooth the images and spoil their fit to the longest baselines), so the
     pooled spread is that of the images, not of their positions (up to half a pixel). The move is the
     member mean's :func:`~posterior.metrics.nxcorr` shift against the first member's mean, rounded; with
@@ -453,7 +462,7 @@ def pool_components(posteriors: list[Posterior], align: bool, misfit=None) -> tu
 
 def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
     """DPI, one flow or an ensemble of ``s.ensemble`` independently seeded flows (pooled)."""
-    posts, fits, members = [], [], []
+    posts, fits, members, sample_fits = [], [], [], []
     for k, folder in enumerate(fit_folders(out, s.ensemble)):
         if progress and s.ensemble > 1:
             print(f"ensemble member {k + 1} of {s.ensemble} (seed {s.seed + k})", flush=True)
@@ -462,9 +471,11 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
                             resume=resume, progress=progress)
         fits.append(fit)
         posts.append(fit.final.posterior())
+        sample_fits.append(sample_chi2(op, posts[-1].samples))  # before any alignment move (pool_components)
         members.append({"seed": s.seed + k, "n_samples": n_k, "steps": fit.final.step, "fit_seconds": fit.seconds,
                         "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None}
-                       | image_chi2(op, posts[-1].mean))
+                       | image_chi2(op, posts[-1].mean)
+                       | {"chi2_samples_median": {p: float(np.median(v)) for p, v in sample_fits[-1].items()}})
     first = fits[0]
     if s.ensemble == 1:
         post = posts[0]
@@ -479,7 +490,9 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
                          "warm_start_steps": first.warm_steps}
     run_info = {"steps": first.final.step, "warm_start_steps": first.warm_steps,
                 "skipped_steps": sum(f.skipped for f in fits), "rollbacks": sum(f.rollbacks for f in fits),
-                "fit_seconds": seconds, "ensemble": s.ensemble}
+                "fit_seconds": seconds, "ensemble": s.ensemble,
+                "chi2_samples": summarize_sample_chi2({p: np.concatenate([f[p] for f in sample_fits])
+                                                       for p in sample_fits[0]})}
     if s.ensemble > 1:
         run_info["ensemble_members"] = members
     return post, run_info
@@ -498,6 +511,8 @@ def _fit(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume
         post = run_method(s.method, problem, options, progress=progress)
         run_info = {"method_settings": post.diagnostics["config"], "fit_seconds": post.diagnostics["seconds"],
                     "point_estimate": bool(post.diagnostics.get("point_estimate", False))}
+        if post.n_samples > 1:
+            run_info["chi2_samples"] = summarize_sample_chi2(sample_chi2(op, post.samples))
     return post, run_info
 
 

@@ -241,3 +241,65 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     assert r["ring_diameter_coverage_68"] == 0.5 and r["ring_diameter_coverage_95"] == 1.0
     assert r["ring_diameters_uas"] == [[0, 40.0, 41.0, 39.0, 43.0], [1, 40.0, 35.0, 33.0, 37.0]]
     assert r["rank_hist"] == [2, 4]
+
+
+def _linear_gaussian_problem(small_obs):
+    """Complex visibilities of 8x8 images (the small observation's uv points and sigmas) as a real linear
+    model ``y = A x + n``: ``A`` (2M, 64), per-component noise std ``sigma`` (2M,)."""
+    import torch
+
+    from interfero.io import ImageGeometry
+    from interfero.operators.closure import InterferometryOperator
+
+    geom = ImageGeometry(8, 160.0)
+    op = InterferometryOperator(small_obs, geom, products=("vis",))
+    with torch.no_grad():
+        a = op.vis_op(torch.eye(64, dtype=torch.float64).reshape(64, 1, 8, 8)).numpy().T  # (M, 64) complex
+    sigma = np.concatenate([small_obs.sigma, small_obs.sigma])
+    return geom, np.concatenate([a.real, a.imag]), sigma
+
+
+def test_sample_chi2_of_exact_gaussian_posterior_samples_matches_the_closed_form(small_obs):
+    """Linear model, Gaussian prior and noise: per-sample reduced chi^2 of exact posterior draws against
+    its closed form given the data, ``(|y - A m|^2_W + tr(W A S A^T)) / 2M``; averaged over data drawn
+    from the model that is 1 (the truth's), while the mean's is ``(2M - p) / 2M``, ``p = tr(W A S A^T)``."""
+    from dataclasses import replace
+
+    import torch
+
+    from interfero.operators.closure import InterferometryOperator
+    from posterior.metrics import reduced_chi2, sample_chi2, summarize_sample_chi2
+
+    s0 = 0.02  # Jy/pixel prior std: some pixel combinations measured, others left to the prior
+    geom, a, sigma = _linear_gaussian_problem(small_obs)
+    w = 1.0 / sigma**2
+    cov = np.linalg.inv(np.eye(64) / s0**2 + a.T @ (w[:, None] * a))
+    p = float(np.trace((w[:, None] * a) @ cov @ a.T))
+    m2 = a.shape[0]
+    assert 10 < p < 54  # neither prior- nor data-dominated
+    rng = np.random.default_rng(3)
+    # the closed form averaged over data drawn from the model is 1 (no sampling involved)
+    forms = []
+    for _ in range(400):
+        x = s0 * rng.standard_normal(64)
+        y = a @ x + sigma * rng.standard_normal(m2)
+        mean = cov @ (a.T @ (w * y))
+        forms.append((np.sum(w * (y - a @ mean) ** 2) + p) / m2)
+    assert np.mean(forms) == pytest.approx(1.0, abs=0.01)
+    # one data set: exact posterior draws scored by sample_chi2 against the closed form
+    x = s0 * rng.standard_normal(64)
+    y = a @ x + sigma * rng.standard_normal(m2)
+    mean = cov @ (a.T @ (w * y))
+    draws = mean + rng.standard_normal((4000, 64)) @ np.linalg.cholesky(cov).T
+    m = m2 // 2
+    obs = replace(small_obs, vis=y[:m] + 1j * y[m:])
+    op = InterferometryOperator(obs, geom, products=("vis",))
+    chi = sample_chi2(op, draws.reshape(4000, 1, 8, 8))["vis"]
+    expected = (np.sum(w * (y - a @ mean) ** 2) + p) / m2
+    assert chi.mean() == pytest.approx(expected, rel=0.01)
+    assert chi.mean() > 1.3 * np.sum(w * (y - a @ mean) ** 2) / m2  # the samples fit worse than their mean
+    one = reduced_chi2(op, torch.tensor(draws[7].reshape(1, 1, 8, 8)))["chi2_vis"]
+    assert chi[7] == pytest.approx(one, rel=1e-5)
+    summ = summarize_sample_chi2({"vis": chi})["vis"]
+    assert summ["p10"] < summ["median"] < summ["p90"]
+    assert summ["median"] == pytest.approx(np.median(chi))

@@ -14,7 +14,8 @@ from interfero.errors import InterferoError
 from interfero.io import read_fits_image, read_uvfits, write_uvfits
 from interfero.preparation import zero_baseline_flux
 from posterior.cli import main
-from posterior.reconstruct import check_total_flux, gaussian_blob
+from posterior.metrics import sample_chi2
+from posterior.reconstruct import ReconstructSettings, build_problem, check_total_flux, gaussian_blob
 
 from .conftest import shared_path
 
@@ -200,6 +201,18 @@ def test_ensemble_pools_independent_fits_and_resumes(grmhd, tmp_path, capsys):
     single = json.loads((one / "metrics.json").read_text())
     for key in ("chi2_cphase", "chi2_logcamp"):
         assert members[0][key] == pytest.approx(single[key], rel=1e-5)
+    # the samples' own fit (a posterior predictive check), scored where each member was fitted (unmoved)
+    op = build_problem(grmhd / "obs.uvfits", ReconstructSettings())[2]
+    with h5py.File(ens / "samples.h5") as b:
+        own = [b["samples"][:3], np.roll(b["samples"][3:], members[1]["shift_px"], axis=(-2, -1))]
+    values = [sample_chi2(op, x) for x in own]
+    for member, v in zip(members, values):
+        assert member["chi2_samples_median"] == pytest.approx({k: float(np.median(c)) for k, c in v.items()}, rel=1e-4)
+    assert single["chi2_samples"]["cphase"]["median"] == pytest.approx(members[0]["chi2_samples_median"]["cphase"])
+    for k, summ in m["chi2_samples"].items():
+        both = np.concatenate([v[k] for v in values])
+        assert summ["median"] == pytest.approx(float(np.median(both)), rel=1e-4)
+        assert summ["p10"] <= summ["median"] <= summ["p90"]
     assert json.loads((ens / "component-1" / "dpi-checkpoint.json").read_text())["step"] == 2
     # member 0 is the single fit with the same seed: its samples come first, unmoved
     with h5py.File(one / "samples.h5") as a, h5py.File(ens / "samples.h5") as b:
