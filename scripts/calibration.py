@@ -41,7 +41,9 @@ combined t distribution of Rubin's rules, as reconstruct's intervals are
 made), empirical coverage at nominal levels 10-95% (reliability diagram,
 ``--png``), each case's ring diameter: truth, posterior median and 68%
 interval (``ring_diameters_uas``: ``[case, truth, median, lo68, hi68]``; the
-PNG's third panel), and per-case run times (``seconds_per_case``: this run's
+PNG's third panel), the median over cases of the samples' own reduced chi^2 beside the mean's
+(``chi2_samples_median``, ``chi2_mean_median``: reconstruct's ``chi2_samples``; calibrated samples fit
+the data about as well as the truth, near 1), and per-case run times (``seconds_per_case``: this run's
 wall clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed
 case keeps). ``coverage_68_interval`` and ``coverage_95_interval``: the
 central 90% of the pooled coverage when the cases are resampled (how far the
@@ -225,7 +227,24 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
         res["ring_diameter_in68"], res["ring_diameter_in95"] = cov["in68"], cov["in95"]
         res["diameter_median_uas"] = d["median"]
         res["diameter_interval68_uas"] = [d["lo68"], d["hi68"]]
+    res["chi2_samples_median"] = samples_fit(folder, m, samples, sizes)
     return res
+
+
+def samples_fit(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | None) -> dict[str, float]:
+    """The median over a case's samples of each one's own reduced chi^2 per data product (reconstruct's
+    ``chi2_samples``; for cases whose ``metrics.json`` predates it, measured here on the saved samples,
+    each fit's moved back to where it was fitted)."""
+    if "chi2_samples" in m:
+        return {k: v["median"] for k, v in m["chi2_samples"].items()}
+    from posterior.metrics import sample_chi2
+    from posterior.reconstruct import ReconstructSettings, build_problem
+
+    op = build_problem(folder / "obs.uvfits", ReconstructSettings())[2]
+    groups = np.split(samples, np.cumsum(sizes)[:-1]) if sizes else [samples]
+    shifts = [mm.get("shift_px", [0, 0]) for mm in m.get("ensemble_members", [{}])]
+    values = [sample_chi2(op, np.roll(g, sh, axis=(-2, -1))) for g, sh in zip(groups, shifts)]
+    return {k: float(np.median(np.concatenate([v[k] for v in values]))) for k in values[0]}
 
 
 def case_bootstrap(values: list[float], weights: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
@@ -262,6 +281,12 @@ def aggregate(cases: list[dict]) -> dict:
            "median_nxcorr_blur10": float(np.median([c["nxcorr_blur10"] for c in cases])),
            "seconds_per_case": {"median": float(np.median([c["seconds"] for c in cases])),
                                 "max": float(np.max([c["seconds"] for c in cases]))}}
+    fitted = [c for c in cases if "chi2_samples_median" in c]
+    if fitted:  # the posterior samples' own data fit beside their mean's (a posterior predictive check)
+        out["chi2_samples_median"] = {k: float(np.median([c["chi2_samples_median"][k] for c in fitted]))
+                                      for k in fitted[0]["chi2_samples_median"]}
+        out["chi2_mean_median"] = {k: float(np.median([c[f"chi2_{k}"] for c in fitted]))
+                                   for k in fitted[0]["chi2_samples_median"]}
     fits = [c["fit_seconds"] for c in cases if "fit_seconds" in c]  # the fits' own time, also across a resume
     if fits:
         out["fit_seconds_per_case"] = {"median": float(np.median(fits)), "max": float(np.max(fits))}

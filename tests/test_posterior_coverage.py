@@ -168,14 +168,18 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
         cal.check_run_settings(tmp_path, settings | {"steps": 600, "ensemble": 1})
 
 
-def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path):
+def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):
     """A finished case rescored: the ring features come from its saved samples with the current extractor
-    (Rubin's rules over its fits), the pixel scores from its metrics; no fit is run."""
+    (Rubin's rules over its fits), the pixel scores from its metrics; no fit is run. The samples' own
+    data fit, which its metrics predate, is measured on them, each fit's moved back where it was fitted."""
     import json
 
     import h5py
 
+    from interfero.io import write_uvfits
     from interfero.models import render
+    from posterior.metrics import sample_chi2
+    from posterior.reconstruct import ReconstructSettings, build_problem
     from posterior.ring import ring_samples, summarize_ring
 
     cal = _calibration_script()
@@ -185,11 +189,16 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path):
     truth = render("ring", cal.GEOM, flux=1.0, diameter=41.0, width=8)
     folder = tmp_path / "case_000"
     (folder / "rec").mkdir(parents=True)
+    shifts = [[0, 0], [0, 0], [1, -2]]  # the third fit was moved by pool_components
+    stored = samples.copy()
+    stored[16:] = np.roll(samples[16:], (-1, 2), axis=(-2, -1))
     with h5py.File(folder / "rec" / "samples.h5", "w") as f:
-        f["samples"] = samples
+        f["samples"] = stored
         f["fit_sizes"] = [8, 8, 8]
+    write_uvfits(small_obs, folder / "obs.uvfits")
     metrics = {"nxcorr_shift_px": [0, 0], "fit_seconds": 12.0, "truth_coverage_68": 0.7, "truth_coverage_95": 0.9,
                "coverage_pixels": 100, "nxcorr_blur10": 0.99, "chi2_cphase": 1.0, "chi2_logcamp": 1.1,
+               "ensemble_members": [{"shift_px": sh} for sh in shifts],
                "ring": {"diameter_uas": {"median": 20.0, "lo68": 19.0, "hi68": 21.0, "lo95": 18.0, "hi95": 22.0}}}
     (folder / "rec" / "metrics.json").write_text(json.dumps(metrics))
     stale = {"case": 0, "array": "EHT2017", "set": "in_distribution", "seconds": 30.0, "ring_diameter_in68": False}
@@ -197,7 +206,9 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path):
     job = {"case": 0, "array": "EHT2017", "set": "in_distribution", "truth": truth.tolist(), "folder": str(folder)}
     assert cal.run_case(job) == stale  # finished and not rescored: as it was
     res = cal.run_case(job | {"rescore": True})
-    ring = summarize_ring(ring_samples(samples, cal.GEOM.fov_uas), [8, 8, 8])["diameter_uas"]
+    own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
+    assert res["chi2_samples_median"] == pytest.approx({k: float(np.median(v)) for k, v in own.items()}, rel=1e-5)
+    ring = summarize_ring(ring_samples(stored, cal.GEOM.fov_uas), [8, 8, 8])["diameter_uas"]
     assert res["diameter_median_uas"] == pytest.approx(ring["median"])
     assert res["diameter_interval68_uas"] == [pytest.approx(ring["lo68"]), pytest.approx(ring["hi68"])]
     assert ring["lo68"] < res["true_diameter_uas"] < ring["hi68"] and res["ring_diameter_in68"] is True
@@ -230,10 +241,12 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
             "seconds": 10.0, "fit_seconds": 8.0, "true_diameter_uas": 40.0}
     cases = [base | {"case": 0, "coverage_68": 0.5, "coverage_95": 0.9, "coverage_pixels": 10,
                      "ring_diameter_in68": True, "ring_diameter_in95": True, "diameter_median_uas": 41.0,
-                     "diameter_interval68_uas": [39.0, 43.0]},
+                     "diameter_interval68_uas": [39.0, 43.0], "chi2_cphase": 1.0, "chi2_logcamp": 1.2,
+                     "chi2_samples_median": {"cphase": 2.0, "logcamp": 1.5}},
              base | {"case": 1, "coverage_68": 0.8, "coverage_95": 1.0, "coverage_pixels": 30,
                      "ring_diameter_in68": False, "ring_diameter_in95": True, "diameter_median_uas": 35.0,
-                     "diameter_interval68_uas": [33.0, 37.0]},
+                     "diameter_interval68_uas": [33.0, 37.0], "chi2_cphase": 1.4, "chi2_logcamp": 1.0,
+                     "chi2_samples_median": {"cphase": 3.0, "logcamp": 2.5}},
              {"case": 2, "set": "in_distribution", "array": "EHT2017", "error": "diverged", "seconds": 1.0}]
     r = cal.aggregate(cases)
     assert r["n_cases"] == 2 and r["n_refused"] == 1
@@ -241,6 +254,8 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     assert r["ring_diameter_coverage_68"] == 0.5 and r["ring_diameter_coverage_95"] == 1.0
     assert r["ring_diameters_uas"] == [[0, 40.0, 41.0, 39.0, 43.0], [1, 40.0, 35.0, 33.0, 37.0]]
     assert r["rank_hist"] == [2, 4]
+    assert r["chi2_samples_median"] == {"cphase": 2.5, "logcamp": 2.0}
+    assert r["chi2_mean_median"] == {"cphase": pytest.approx(1.2), "logcamp": pytest.approx(1.1)}
 
 
 def _linear_gaussian_problem(small_obs):
