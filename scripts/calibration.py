@@ -1,7 +1,7 @@
 """Calibration of the default reconstruction's uncertainty: coverage of known truths by its intervals.
 
     python scripts/calibration.py --n N --json OUT.json [--out DIR] [--arrays EHT2017,EHT2017-JCMT-PV-SPT]
-        [--sets in_distribution,grmhd_like] [--steps 1000] [--elbo-draws 1] [--batch 16] [--samples 256]
+        [--sets in_distribution,grmhd_like] [--steps 1000] [--elbo-draws 1] [--batch 16] [--lr 2e-3] [--samples 256]
         [--ensemble 3]
         [--jobs 2]
         [--png OUT.png] [--rescore]
@@ -22,8 +22,8 @@ Each truth is observed with each array of ``--arrays`` (names edited as in
 ``interfero simulate --array``; default all EHT 2017 sites and 5 stations,
 ALMA APEX LMT SMA SMT), 24 h of Sgr A*, 60 s every 10 min, thermal noise,
 seeded by the case, then reconstructed with the defaults (``--steps``,
-``--elbo-draws``, ``--batch``, ``--samples``; ``--ensemble``: independent flow fits pooled, as ``interfero reconstruct
---ensemble``). Cases run ``--jobs`` at a time with one torch thread each;
+``--elbo-draws``, ``--batch``, ``--lr``, ``--samples``; ``--ensemble``: independent flow fits pooled,
+as ``interfero reconstruct --ensemble``). Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``; ``--n`` may grow) skips
 finished cases (resumable; a case another live run holds is refused).
@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -166,7 +167,7 @@ def _fit_case(job: dict, folder: Path) -> dict:
     obs = simulate(truth, GEOM, job["array"], seed=job["seed"])
     write_uvfits(obs, folder / "obs.uvfits")
     write_fits_image(truth, GEOM, folder / "truth.fits")
-    s = ReconstructSettings(steps=job["steps"], elbo_draws=job["elbo_draws"], batch=job["batch"],
+    s = ReconstructSettings(steps=job["steps"], elbo_draws=job["elbo_draws"], batch=job["batch"], lr=job["lr"],
                             samples=job["samples"], seed=job["seed"], threads=1, ensemble=job["ensemble"])
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
@@ -343,11 +344,14 @@ def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[s
     return out
 
 
+SETTINGS_BEFORE = {"lr": 2e-3}  # settings added after runs began, at the value those runs used
+
+
 def check_run_settings(folder: Path, settings: dict) -> None:
     """A rerun in ``folder`` resumes its finished cases only with the same settings (``--n`` may grow)."""
     path = folder / "settings.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = SETTINGS_BEFORE | json.loads(path.read_text())
         differ = sorted(k for k in settings if k not in ("n", "arrays", "sets") and old.get(k) != settings[k])
         if differ:
             raise InterferoError(f"{folder} holds cases run with other settings ({', '.join(differ)}: "
@@ -370,6 +374,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--elbo-draws", type=int, default=d.elbo_draws, help="ELBO draws per image and DPI step")
     p.add_argument("--batch", type=int, default=d.batch, help="flow samples per DPI step (of each ensemble member)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam step size of the DPI fits")
     p.add_argument("--samples", type=int, default=d.samples)
     p.add_argument("--ensemble", type=int, default=d.ensemble, help="independent flow fits pooled per case")
     p.add_argument("--jobs", type=int, default=2)
@@ -383,6 +388,8 @@ def main() -> None:
             raise InterferoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {args.samples}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise InterferoError(f"--lr must be a finite number > 0, got {args.lr}")
     from interfero.arrays import load_array
 
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
@@ -395,11 +402,11 @@ def main() -> None:
         for arr in arrays:
             for i, t in enumerate(imgs):
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
-                             "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch,
+                             "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch, "lr": args.lr,
                              "samples": args.samples,
                              "ensemble": args.ensemble, "rescore": args.rescore,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
-    settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "samples",
+    settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "lr", "samples",
                                         "ensemble", "seed")}
     check_run_settings(Path(args.out), settings)
     results: list[dict] = []

@@ -166,6 +166,10 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
     cal.check_run_settings(tmp_path, settings | {"n": 50})  # more cases of the same run
     with pytest.raises(InterferoError, match=r"other settings \(ensemble, steps: 3, 400\); use another --out"):
         cal.check_run_settings(tmp_path, settings | {"steps": 600, "ensemble": 1})
+    # a run from before --lr existed used 2e-3: it resumes with that step size and no other
+    cal.check_run_settings(tmp_path, settings | {"lr": 2e-3})
+    with pytest.raises(InterferoError, match=r"other settings \(lr: 0.002\)"):
+        cal.check_run_settings(tmp_path, settings | {"lr": 5e-3})
 
 
 def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):
@@ -318,3 +322,16 @@ def test_sample_chi2_of_exact_gaussian_posterior_samples_matches_the_closed_form
     summ = summarize_sample_chi2({"vis": chi})["vis"]
     assert summ["p10"] < summ["median"] < summ["p90"]
     assert summ["median"] == pytest.approx(np.median(chi))
+
+
+@pytest.mark.parametrize("flag", [["--lr", "0"], ["--lr", "nan"], ["--steps", "0"]])
+def test_calibration_refuses_bad_settings_in_one_line(tmp_path, flag):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "calibration.py"
+    r = subprocess.run([sys.executable, str(script), "--n", "1", "--json", str(tmp_path / "c.json"),
+                        "--out", str(tmp_path / "out"), *flag], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert flag[0] in r.stderr and not (tmp_path / "out").exists() and not (tmp_path / "c.json").exists()
