@@ -17,8 +17,9 @@ written anew here; ehtim's own REx does not run on SciPy >= 1.14). Then:
   any circular kernel multiplies its visibilities by the kernel's transform and
   leaves the null in place about the same centre, so this diameter does not
   shrink with resolution (on lopsided images with floors the REx centre itself
-  can move with resolution, and the null with it), and it is the size that interferometric data (closure amplitudes across the
-  null) constrain; for a ring of Gaussian radial profile of FWHM ``w`` it is
+  can move with resolution, and the null with it), and it is the size that
+  interferometric data (closure amplitudes across the null) constrain; for a
+  ring of Gaussian radial profile of FWHM ``w`` it is
   ``d (1 + ~0.37 (w / d)^2)``. The peak ``diameter`` is the image-domain (REx)
   one: at an array's resolution it sits inside the emission. NaN when the
   profile's transform has no null below ``rho_max`` (a blob, not a ring).
