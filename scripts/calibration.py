@@ -240,9 +240,10 @@ def samples_fit(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
         return {k: v["median"] for k, v in m["chi2_samples"].items()}
     from posterior.metrics import sample_chi2
     from posterior.reconstruct import ReconstructSettings, build_problem
+    from posterior.summary import split_fits
 
     op = build_problem(folder / "obs.uvfits", ReconstructSettings())[2]
-    groups = np.split(samples, np.cumsum(sizes)[:-1]) if sizes else [samples]
+    groups = split_fits(samples, sizes) if sizes else [samples]
     shifts = [mm.get("shift_px", [0, 0]) for mm in m.get("ensemble_members", [{}])]
     values = [sample_chi2(op, np.roll(g, sh, axis=(-2, -1))) for g, sh in zip(groups, shifts)]
     return {k: float(np.median(np.concatenate([v[k] for v in values]))) for k in values[0]}
