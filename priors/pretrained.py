@@ -10,6 +10,7 @@ law) and ``bh32``, the v1-law prior both started from, stay loadable by name;
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from interfero.datafiles import data_path
@@ -40,6 +41,16 @@ def prior_path(name: str) -> Path:
         return shipped
     raise InterferoError(f"unknown prior {name!r} (shipped: {', '.join(shipped_priors()) or 'none'}; or a path to"
                          " NAME.json + NAME.safetensors)")
+
+
+def training_law(name: str = "default") -> str:
+    """The black-hole parameter law (:data:`priors.datasets.blackholes.LAWS`) a prior was trained on, from its
+    record (``training.data.law``); a prior trained on other images is an error."""
+    stem = prior_path(name)
+    law = (json.loads(stem.with_suffix(".json").read_text()).get("training", {}).get("data") or {}).get("law")
+    if not isinstance(law, str):
+        raise InterferoError(f"prior {stem.name!r} records no black-hole training law")
+    return law
 
 
 def load_prior(name: str = "default", method: str = "elbo", expect_image_size: int | None = None,

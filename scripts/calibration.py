@@ -9,7 +9,8 @@
 Two test sets of ``--n`` truths each (32x32 over 160 uas, Jy/pixel):
 
 - ``in_distribution``: draws of the default prior's own training law
-  (``disk-lnflux``) with seed ``--seed`` (default 20261201; the shipped prior
+  (its record's ``training.data.law``: ``disk-lnflux`` for the shipped
+  ``bh32lnflux``) with seed ``--seed`` (default 20261201; the shipped prior
   saw seed 0). On this set a correct posterior is calibrated by construction
   (simulation-based calibration): its 68% intervals hold the truth 68% of the
   time.
@@ -25,7 +26,8 @@ seeded by the case, then reconstructed with the defaults (``--steps``,
 ``--elbo-draws``, ``--batch``, ``--lr``, ``--samples``; ``--ensemble``: independent flow fits pooled,
 as ``interfero reconstruct --ensemble``). Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
-rerun with the same settings (``OUT/settings.json``; ``--n`` may grow) skips
+rerun with the same settings (``OUT/settings.json``, which records the default prior and its law too;
+``--n`` may grow) skips
 finished cases (resumable; a case another live run holds is refused).
 ``--rescore`` scores the finished cases anew from their saved samples (ring
 features with the current extractor) without refitting. The JSON is
@@ -76,14 +78,14 @@ RANK_BINS = 20
 SETS = ("in_distribution", "grmhd_like")
 
 
-def truths(kind: str, n: int, seed: int) -> np.ndarray:
-    """``(n, 32, 32)`` truths of a test set (module docstring)."""
+def truths(kind: str, n: int, seed: int, law: str) -> np.ndarray:
+    """``(n, 32, 32)`` truths of a test set (module docstring; ``law``: the default prior's training law)."""
     from scipy import ndimage
 
     if kind == "in_distribution":
         from priors.datasets.blackholes import make_black_holes
 
-        return make_black_holes(n, GEOM.npix, GEOM.fov_uas, seed=seed, law="disk-lnflux")[0][:, 0].astype(float)
+        return make_black_holes(n, GEOM.npix, GEOM.fov_uas, seed=seed, law=law)[0][:, 0].astype(float)
     if kind != "grmhd_like":
         raise InterferoError(f"unknown test set {kind!r} (choose {', '.join(SETS)})")
     if not GRMHD.is_file():
@@ -345,7 +347,8 @@ def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[s
     return out
 
 
-SETTINGS_BEFORE = {"lr": 2e-3}  # settings added after runs began, at the value those runs used
+# settings added after runs began, at the values those runs used
+SETTINGS_BEFORE = {"lr": 2e-3, "prior": "bh32lnflux", "law": "disk-lnflux"}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:
@@ -397,9 +400,12 @@ def main() -> None:
     for a in arrays:
         load_array(a)  # one-line error before any work
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    from priors.pretrained import prior_path, training_law
+
+    args.prior, args.law = prior_path("default").name, training_law("default")  # recorded: a new default is a new run
     jobs = []
     for s in sets:
-        imgs = truths(s, args.n, args.seed)
+        imgs = truths(s, args.n, args.seed, args.law)
         for arr in arrays:
             for i, t in enumerate(imgs):
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
@@ -408,7 +414,7 @@ def main() -> None:
                              "ensemble": args.ensemble, "rescore": args.rescore,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "lr", "samples",
-                                        "ensemble", "seed")}
+                                        "ensemble", "seed", "prior", "law")}
     check_run_settings(Path(args.out), settings)
     results: list[dict] = []
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:

@@ -45,8 +45,9 @@ SHORT = {"dps": {"steps": 250}, "ald": {"levels": 150, "steps_per_level": 2}, "s
 
 def test_images(n: int) -> np.ndarray:
     from priors.datasets.blackholes import make_black_holes
+    from priors.pretrained import training_law
 
-    return make_black_holes(n, 32, 160.0, seed=SEED, law="disk-lnflux")[0][:, 0].astype(np.float64)
+    return make_black_holes(n, 32, 160.0, seed=SEED, law=training_law("default"))[0][:, 0].astype(np.float64)
 
 
 def task_data(task: str, images: np.ndarray, peak: float, first: int = 0):

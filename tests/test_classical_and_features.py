@@ -223,3 +223,42 @@ def test_the_prior_kind_is_decided_once_by_the_factory():
     assert isinstance(build_prior(kind, expect_image_size=32), ScorePrior)
     with pytest.raises(InterferoError, match="unknown prior"):
         build_prior(prior_kind("nonesuch"))
+
+
+def test_broad_law_sources():
+    """``"broad"``: rings (with and without jets), doubles and elliptical sources in the documented shares; the
+    first draw's ring parameters are those of ``disk-lnflux``; a double's components hold 1 : ``ratio`` of the
+    flux at ``sep`` apart, and a jet adds ``jet_fraction`` of the flux along ``jet_pa`` (a Gaussian whose
+    FWHM is its length, centred half a length out: ``1 - 2 Phi(-2 sqrt(2 ln 2) / 2)`` of it beyond the centre)."""
+    from scipy.stats import norm
+
+    from priors.datasets.blackholes import PARAMS, draw_parameters, render_black_hole
+
+    rng = np.random.default_rng(7)
+    draws = [draw_parameters(rng, "broad") for _ in range(4000)]
+    source = np.array([d["source"] for d in draws])
+    jet = np.array([d["jet_fraction"] > 0 for d in draws])
+    counter = np.array([d["counter_fraction"] > 0 for d in draws])
+    for share, expected in ((np.mean(source == 0), 0.70), (np.mean(source == 1), 0.15), (np.mean(source == 2), 0.15),
+                            (np.mean(jet), 0.37), (np.mean(counter), 0.15)):
+        assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / 4000)
+    assert not np.any(jet & (source > 0)) and not np.any(counter & ~jet)
+    first = draw_parameters(np.random.default_rng(3), "broad")
+    ref = draw_parameters(np.random.default_rng(3), "disk-lnflux")
+    assert all(first[k] == ref[k] for k in PARAMS[:PARAMS.index("source")])
+
+    base = dict.fromkeys(PARAMS, 0.0) | {"n_blobs": 0, "flux": 2.0, "axis_ratio": 1.0}
+    double = base | {"source": 1.0, "sep": 60.0, "ratio": 0.5, "comp_fwhm1": 10.0, "comp_fwhm2": 15.0,
+                     "comp_pa": 90.0}
+    img = render_black_hole(double, 64, 160.0, rng, "broad")
+    east, west = img[:, :32].sum(), img[:, 32:].sum()  # column 0 is east: the first component at pa 90
+    assert east / west == pytest.approx(2.0, rel=0.01) and img.sum() == pytest.approx(2.0, rel=1e-6)
+    x = (31.5 - np.arange(64)) * 2.5  # uas east of the centre per column
+    assert (img.sum(0) * x)[:32].sum() / east == pytest.approx(30.0, abs=0.5)
+    ring = base | {"diameter": 40.0, "width": 6.0}
+    sym = render_black_hole(ring, 64, 160.0, rng, "broad")
+    jetted = render_black_hole(ring | {"jet_fraction": 0.4, "jet_pa": 0.0, "jet_length": 40.0, "jet_width": 6.0},
+                               64, 160.0, rng, "broad")
+    assert sym[:32].sum() - sym[32:].sum() == pytest.approx(0.0, abs=1e-6)
+    beyond = 1 - 2 * norm.cdf(-np.sqrt(2 * np.log(2)))
+    assert (jetted[:32].sum() - jetted[32:].sum()) / 2.0 == pytest.approx(0.4 * beyond, rel=0.02)  # row 0 north

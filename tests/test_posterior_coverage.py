@@ -170,6 +170,10 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
     cal.check_run_settings(tmp_path, settings | {"lr": 2e-3})
     with pytest.raises(InterferoError, match=r"other settings \(lr: 0.002\)"):
         cal.check_run_settings(tmp_path, settings | {"lr": 5e-3})
+    # ... and the shipped bh32lnflux prior and its law, the default then; a new default prior is a new run
+    cal.check_run_settings(tmp_path, settings | {"prior": "bh32lnflux", "law": "disk-lnflux"})
+    with pytest.raises(InterferoError, match=r"other settings \(law, prior: disk-lnflux, bh32lnflux\)"):
+        cal.check_run_settings(tmp_path, settings | {"prior": "bh32broad", "law": "broad"})
 
 
 def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):

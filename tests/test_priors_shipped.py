@@ -9,15 +9,19 @@ import h5py
 import pytest
 import torch
 
+from interfero.errors import InterferoError
 from posterior.cli import main
 from priors.datasets import make_dataset
-from priors.pretrained import load_prior, prior_path, shipped_priors
+from priors.pretrained import load_prior, prior_path, shipped_priors, training_law
 
 
 def test_default_is_bh32lnflux():
     assert {"bh32", "bh32disk", "bh32lnflux"} <= set(shipped_priors())
     prior = load_prior("default")
     assert prior.name == "bh32lnflux" and prior.image_shape == (1, 32, 32) and prior.fov_uas == 160.0
+    assert training_law("default") == prior.training_data["law"] == "disk-lnflux"  # read without the weights
+    with pytest.raises(InterferoError, match="'faces16' records no black-hole training law"):
+        training_law("faces16")
 
 
 @pytest.mark.parametrize("name, base, law, init, steps", [

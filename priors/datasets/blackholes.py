@@ -37,6 +37,20 @@ pixels above 1.2 mJy than 99.6% of v1's images):
   box U(0.5, 2.5), whose hard edges a diffusion model of this size does
   not reproduce (docs/priors.md). It is drawn after the other parameters,
   so the other laws' draws are unchanged.
+- ``"broad"``: the ``disk-lnflux`` law widened beyond rings (``source``):
+  55% ring-family images as above, of which 40% get a jet; 15% ring-family
+  images with a jet and counter-jet; 15% double sources (two elliptical
+  Gaussian components ``sep`` ~ U(15, 70) uas apart along ``comp_pa``, the
+  fainter holding ``ratio`` ~ U(0.2, 1) of the brighter's flux, FWHM ~
+  U(8, 25) each, axis ratio ~ U(0.3, 1)); 15% extended elliptical sources
+  (FWHM ~ U(20, 80), axis ratio ~ U(0.3, 1)). A jet is an elliptical
+  Gaussian from the ring's centre along ``jet_pa`` (length = major FWHM ~
+  U(20, 70) uas, minor FWHM ~ U(4, 15)) holding ``jet_fraction`` ~
+  U(0.1, 0.6) of the flux (a counter-jet: the mirror image holding
+  ``counter_fraction`` ~ U(0.1, 0.5) of the jet's). Turbulence, floors,
+  blobs and the log-normal flux apply to every source. Its extra draws come
+  after all the others, so its ring-family images start from the
+  ``disk-lnflux`` draws.
 
 Images are rendered on a 4x finer grid and averaged down (pixel-integrated),
 as ``(N, 1, npix, npix)`` float32 in Jy/pixel, row 0 north, column 0 east.
@@ -54,7 +68,10 @@ PARAMS = (
     "m1_amp", "m1_phase", "m2_amp", "m2_phase", "m3_amp", "m3_phase",
     "grf_strength", "floor_fraction", "floor_fwhm", "n_blobs", "blob_fraction",
     "tail", "floor_dx", "floor_dy",
+    "source", "jet_fraction", "jet_pa", "jet_length", "jet_width", "counter_fraction",
+    "sep", "ratio", "comp_fwhm1", "comp_fwhm2", "axis_ratio", "comp_pa",
 )
+SOURCES = ("ring", "double", "elliptical")  # ``source`` of the broad law; the other laws draw rings only
 SUPERSAMPLE = 4
 
 
@@ -72,6 +89,8 @@ class Law:
     turbulent_floor: bool = False  # the turbulence modulates the floor too
     blob_fwhm_uas: tuple[float, float] = (3.0, 10.0)  # compact blobs' FWHM range, uas
     flux_lognormal: tuple[float, float] | None = None  # (median Jy, sigma of ln flux) instead of U(0.5, 2.5)
+    # probabilities of ring + jet, ring + jet + counter-jet, double and elliptical sources (the rest: rings)
+    sources: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
 
 LAWS = {
@@ -81,6 +100,7 @@ LAWS = {
                 asymmetry_all=True, turbulent_floor=True, blob_fwhm_uas=(8.0, 20.0)),
 }
 LAWS["disk-lnflux"] = replace(LAWS["disk"], flux_lognormal=(1.4, 0.35))
+LAWS["broad"] = replace(LAWS["disk-lnflux"], sources=(0.22, 0.15, 0.15, 0.15))
 
 
 def flux_range(law: str = "v1") -> tuple[float, float]:
@@ -150,7 +170,70 @@ def draw_parameters(rng: np.random.Generator, law: str = "v1") -> dict:
     if lw.flux_lognormal is not None:
         median, sigma = lw.flux_lognormal
         p["flux"] = float(median * np.exp(sigma * rng.standard_normal()))
+    for k in PARAMS[PARAMS.index("source"):]:
+        p[k] = 0.0
+    if any(lw.sources):
+        _draw_source(p, rng, lw.sources)
     return p
+
+
+def _draw_source(p: dict, rng: np.random.Generator, probs: tuple[float, float, float, float]) -> None:
+    """The broad law's source (module docstring), drawn into ``p`` in place."""
+    jet, counter, double, ellip = np.cumsum(probs)
+    u = rng.uniform()
+    if u < counter:
+        p["jet_fraction"], p["jet_pa"] = rng.uniform(0.1, 0.6), rng.uniform(0, 360)
+        p["jet_length"], p["jet_width"] = rng.uniform(20, 70), rng.uniform(4, 15)
+        if u >= jet:
+            p["counter_fraction"] = rng.uniform(0.1, 0.5)
+    elif u < ellip:
+        p["source"] = 1.0 if u < double else 2.0
+        p["sep"], p["ratio"] = rng.uniform(15, 70), rng.uniform(0.2, 1)
+        p["comp_fwhm1"], p["comp_fwhm2"] = rng.uniform(8, 25, 2) if u < double else rng.uniform(20, 80, 2)
+        p["axis_ratio"], p["comp_pa"] = rng.uniform(0.3, 1), rng.uniform(0, 360)
+
+
+def _ring(p: dict, r: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """The ring family's brightness (unnormalised) at radii ``r`` (uas) and angles ``phi`` about its centre."""
+    sig = p["width"] / (2 * np.sqrt(2 * np.log(2)))
+    rr = r - p["diameter"] / 2
+    ring = np.exp(-0.5 * (rr / sig) ** 2)
+    if p["tail"] > 0:
+        ring = np.where(rr > 0, np.exp(-np.clip(rr, 0, None) / p["tail"]), ring)
+    mod = 1 + p["asymmetry"] * np.cos(phi - np.radians(p["pa"]))
+    for m in (1, 2, 3):
+        mod = mod + p[f"m{m}_amp"] * np.cos(m * phi - np.radians(p[f"m{m}_phase"]))
+    return ring * np.clip(mod, 0, None)
+
+
+def _ellipse(dx: np.ndarray, dy: np.ndarray, major: float, minor: float, pa: float) -> np.ndarray:
+    """An elliptical Gaussian (FWHMs ``major``, ``minor`` in uas, major axis at ``pa`` deg east of north) at the
+    origin of the offsets ``dx`` (east), ``dy`` (north), normalised to unit sum."""
+    s, c = np.sin(np.radians(pa)), np.cos(np.radians(pa))
+    along, across = dx * s + dy * c, dx * c - dy * s
+    k = 2 * np.sqrt(2 * np.log(2))
+    g = np.exp(-0.5 * ((along / (major / k)) ** 2 + (across / (minor / k)) ** 2))
+    return g / g.sum()
+
+
+def _compact_source(p: dict, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """The broad law's non-ring source (unit sum): two components ``sep`` apart, or one elliptical Gaussian."""
+    if p["source"] == 2:
+        return _ellipse(dx, dy, p["comp_fwhm1"], p["comp_fwhm1"] * p["axis_ratio"], p["comp_pa"])
+    s, c = np.sin(np.radians(p["comp_pa"])), np.cos(np.radians(p["comp_pa"]))
+    h = p["sep"] / 2
+    one = _ellipse(dx - h * s, dy - h * c, p["comp_fwhm1"], p["comp_fwhm1"] * p["axis_ratio"], p["comp_pa"])
+    two = _ellipse(dx + h * s, dy + h * c, p["comp_fwhm2"], p["comp_fwhm2"] * p["axis_ratio"], p["comp_pa"])
+    return (one + p["ratio"] * two) / (1 + p["ratio"])
+
+
+def _jet(p: dict, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """A jet from the origin along ``jet_pa`` (and its counter-jet), unit sum."""
+    s, c = np.sin(np.radians(p["jet_pa"])), np.cos(np.radians(p["jet_pa"]))
+    h = p["jet_length"] / 2
+    jet = _ellipse(dx - h * s, dy - h * c, p["jet_length"], p["jet_width"], p["jet_pa"])
+    counter = _ellipse(dx + h * s, dy + h * c, p["jet_length"], p["jet_width"], p["jet_pa"])
+    return (1 - p["counter_fraction"]) * jet + p["counter_fraction"] * counter
 
 
 def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generator, law: str = "v1") -> np.ndarray:
@@ -160,15 +243,9 @@ def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generat
     x, y = _grid(npix, fov_uas)
     dx, dy = x - p["x0"], y - p["y0"]
     r, phi = np.hypot(dx, dy), np.arctan2(dx, dy)
-    sig = p["width"] / (2 * np.sqrt(2 * np.log(2)))
-    rr = r - p["diameter"] / 2
-    ring = np.exp(-0.5 * (rr / sig) ** 2)
-    if p["tail"] > 0:
-        ring = np.where(rr > 0, np.exp(-np.clip(rr, 0, None) / p["tail"]), ring)
-    mod = 1 + p["asymmetry"] * np.cos(phi - np.radians(p["pa"]))
-    for m in (1, 2, 3):
-        mod = mod + p[f"m{m}_amp"] * np.cos(m * phi - np.radians(p[f"m{m}_phase"]))
-    img = ring * np.clip(mod, 0, None)
+    img = _ring(p, r, phi) if p["source"] == 0 else _compact_source(p, dx, dy)
+    if p["jet_fraction"] > 0:
+        img = (1 - p["jet_fraction"]) * img / img.sum() + p["jet_fraction"] * _jet(p, dx, dy)
     n = x.shape[0]
     field = np.exp(p["grf_strength"] * _grf(n, rng) - 0.5 * p["grf_strength"] ** 2) if p["grf_strength"] > 0 else None
     if field is not None and not lw.turbulent_floor:
