@@ -498,6 +498,23 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
     return post, run_info
 
 
+def fits_disagree_warning(chi2: dict[str, float], members: list[dict] | None) -> list[str]:
+    """One line when the pooled mean fits a data product far worse than each fit's own mean does (reduced
+    chi^2 above 2 and above twice the worst fit's): the fits found different images, the posterior has
+    several modes, and their mean is not an image the data allow. ``chi2``: the mean's ``chi2_<product>``;
+    ``members``: ``ensemble_members`` (each with its own mean's ``chi2_<product>``)."""
+    if not members:
+        return []
+    bad = [(k[5:], v, max(m[k] for m in members)) for k, v in chi2.items()
+           if all(k in m for m in members) and v > 2 and v > 2 * max(m[k] for m in members)]
+    if not bad:
+        return []
+    shown = ", ".join(f"{p} {v:.3g} (fits' own at most {w:.3g})" for p, v, w in bad)
+    return [f"the {len(members)} fits found different images: their pooled mean fits the data at reduced chi^2"
+            f" {shown}; the posterior has several modes and its mean is not an image the data allow: look at each"
+            " fit's samples (report.png, samples.h5) rather than the mean"]
+
+
 def _fit(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
     """The chosen method on the built problem: (Posterior, what to record of the run)."""
     if s.method == "dpi":
@@ -557,6 +574,9 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
                "n_samples": post.n_samples, "warnings": obs.meta.get("warnings", []), **run_info}
     metrics |= chi2
+    for line in fits_disagree_warning(chi2, run_info.get("ensemble_members")):
+        print(f"interfero reconstruct: warning: {line}", file=sys.stderr)
+        metrics["warnings"] = metrics["warnings"] + [line]
     ring = ring_samples(post.samples.reshape(post.n_samples, s.npix, s.npix), s.fov_uas)
     try:
         metrics["ring"] = summarize_ring(ring, post.fit_sizes)

@@ -434,3 +434,20 @@ def test_pooling_registers_members_by_their_data_misfit():
     pooled, shifts = pool_components([pa, pb], align=True, misfit=misfit)
     assert shifts == [[0, 0], [0, -1]]
     np.testing.assert_array_equal(pooled.samples[50:], np.roll(b, (0, 1), axis=(-2, -1)))
+
+
+def test_fits_that_disagree_are_reported():
+    """The pooled mean fitting a product above chi^2 2 and twice worse than every fit's own mean: one warning
+    line naming it (and not the product the mean fits); agreeing fits, a single fit or a mean merely a little
+    worse than its fits: none."""
+    from posterior.reconstruct import fits_disagree_warning
+
+    members = [{"chi2_cphase": 1.2, "chi2_logcamp": 0.9}, {"chi2_cphase": 1.6, "chi2_logcamp": 1.1},
+               {"chi2_cphase": 1.1, "chi2_logcamp": 0.8}]
+    (line,) = fits_disagree_warning({"chi2_cphase": 391.0, "chi2_logcamp": 1.3}, members)
+    assert "3 fits found different images" in line and "cphase 391 (fits' own at most 1.6)" in line
+    assert "logcamp" not in line
+    assert fits_disagree_warning({"chi2_cphase": 3.1, "chi2_logcamp": 1.3}, members) == []  # below twice 1.6
+    assert fits_disagree_warning({"chi2_cphase": 1.9, "chi2_logcamp": 1.9}, [{"chi2_cphase": 0.5,
+                                                                              "chi2_logcamp": 0.5}] * 3) == []
+    assert fits_disagree_warning({"chi2_cphase": 50.0}, None) == []
