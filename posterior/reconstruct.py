@@ -460,6 +460,14 @@ def pool_components(posteriors: list[Posterior], align: bool, misfit=None) -> tu
     return summarize_fits(pooled), shifts
 
 
+def fit_bound(history: list[dict], steps: int, last: float = 0.2) -> float | None:
+    """The DPI objective averaged over the logged reverse-KL steps of the fit's last ``last`` fraction: the
+    negative ELBO of the posterior up to a constant (lower is better), comparable between fits of the same data
+    (one step's loss is a noisy single-batch estimate). None without such steps."""
+    losses = [h["loss"] for h in history if h["step"] > (1 - last) * steps and "objective" not in h]
+    return float(np.mean(losses)) if losses else None
+
+
 def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
     """DPI, one flow or an ensemble of ``s.ensemble`` independently seeded flows (pooled)."""
     posts, fits, members, sample_fits = [], [], [], []
@@ -473,7 +481,8 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
         posts.append(fit.final.posterior())
         sample_fits.append(sample_chi2(op, posts[-1].samples))  # before any alignment move (pool_components)
         members.append({"seed": s.seed + k, "n_samples": n_k, "steps": fit.final.step, "fit_seconds": fit.seconds,
-                        "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None}
+                        "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None,
+                        "bound": fit_bound(fit.final.history, fit.final.step)}
                        | image_chi2(op, posts[-1].mean)
                        | {"chi2_samples_median": {p: float(np.median(v)) for p, v in sample_fits[-1].items()}})
     first = fits[0]

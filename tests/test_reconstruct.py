@@ -196,7 +196,7 @@ def test_ensemble_pools_independent_fits_and_resumes(grmhd, tmp_path, capsys):
     assert m["ensemble"] == 2 and m["n_samples"] == 6
     members = m["ensemble_members"]
     assert [x["seed"] for x in members] == [0, 1] and [x["n_samples"] for x in members] == [3, 3]
-    assert members[0]["shift_px"] == [0, 0]
+    assert members[0]["shift_px"] == [0, 0] and all("bound" in x for x in members)
     # each member's own data fit: member 0's mean is the single fit's, so are its chi^2
     single = json.loads((one / "metrics.json").read_text())
     for key in ("chi2_cphase", "chi2_logcamp"):
@@ -451,3 +451,13 @@ def test_fits_that_disagree_are_reported():
     assert fits_disagree_warning({"chi2_cphase": 1.9, "chi2_logcamp": 1.9}, [{"chi2_cphase": 0.5,
                                                                               "chi2_logcamp": 0.5}] * 3) == []
     assert fits_disagree_warning({"chi2_cphase": 50.0}, None) == []
+
+
+def test_fit_bound_averages_the_last_fifth_of_the_reverse_kl_steps():
+    from posterior.reconstruct import fit_bound
+
+    history = [{"step": k, "loss": float(k)} for k in range(10, 1001, 10)]
+    assert fit_bound(history, 1000) == pytest.approx(np.mean(np.arange(810, 1001, 10)))
+    refined = history + [{"step": 1010, "loss": -1e6, "objective": "forward_kl"}]  # another objective: left out
+    assert fit_bound(refined, 1010) == pytest.approx(np.mean(np.arange(810, 1001, 10)))
+    assert fit_bound([], 1000) is None
