@@ -71,7 +71,6 @@ PARAMS = (
     "source", "jet_fraction", "jet_pa", "jet_length", "jet_width", "counter_fraction",
     "sep", "ratio", "comp_fwhm1", "comp_fwhm2", "axis_ratio", "comp_pa",
 )
-SOURCES = ("ring", "double", "elliptical")  # ``source`` of the broad law; the other laws draw rings only
 SUPERSAMPLE = 4
 
 
@@ -216,24 +215,28 @@ def _ellipse(dx: np.ndarray, dy: np.ndarray, major: float, minor: float, pa: flo
     return g / g.sum()
 
 
+def _pair(dx: np.ndarray, dy: np.ndarray, half: float, pa: float, first: tuple[float, float],
+          second: tuple[float, float], w2: float) -> np.ndarray:
+    """Two elliptical Gaussians (``first``, ``second``: major and minor FWHM, uas; major axes along ``pa``) centred
+    ``half`` uas from the origin on either side along ``pa`` (the first towards ``pa``), holding ``1 - w2`` and
+    ``w2`` of a unit sum."""
+    s, c = np.sin(np.radians(pa)), np.cos(np.radians(pa))
+    return ((1 - w2) * _ellipse(dx - half * s, dy - half * c, *first, pa)
+            + w2 * _ellipse(dx + half * s, dy + half * c, *second, pa))
+
+
 def _compact_source(p: dict, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """The broad law's non-ring source (unit sum): two components ``sep`` apart, or one elliptical Gaussian."""
+    f1, f2, ar = p["comp_fwhm1"], p["comp_fwhm2"], p["axis_ratio"]
     if p["source"] == 2:
-        return _ellipse(dx, dy, p["comp_fwhm1"], p["comp_fwhm1"] * p["axis_ratio"], p["comp_pa"])
-    s, c = np.sin(np.radians(p["comp_pa"])), np.cos(np.radians(p["comp_pa"]))
-    h = p["sep"] / 2
-    one = _ellipse(dx - h * s, dy - h * c, p["comp_fwhm1"], p["comp_fwhm1"] * p["axis_ratio"], p["comp_pa"])
-    two = _ellipse(dx + h * s, dy + h * c, p["comp_fwhm2"], p["comp_fwhm2"] * p["axis_ratio"], p["comp_pa"])
-    return (one + p["ratio"] * two) / (1 + p["ratio"])
+        return _ellipse(dx, dy, f1, f1 * ar, p["comp_pa"])
+    return _pair(dx, dy, p["sep"] / 2, p["comp_pa"], (f1, f1 * ar), (f2, f2 * ar), p["ratio"] / (1 + p["ratio"]))
 
 
 def _jet(p: dict, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """A jet from the origin along ``jet_pa`` (and its counter-jet), unit sum."""
-    s, c = np.sin(np.radians(p["jet_pa"])), np.cos(np.radians(p["jet_pa"]))
-    h = p["jet_length"] / 2
-    jet = _ellipse(dx - h * s, dy - h * c, p["jet_length"], p["jet_width"], p["jet_pa"])
-    counter = _ellipse(dx + h * s, dy + h * c, p["jet_length"], p["jet_width"], p["jet_pa"])
-    return (1 - p["counter_fraction"]) * jet + p["counter_fraction"] * counter
+    """A jet from the origin along ``jet_pa`` and its counter-jet (unit sum)."""
+    shape = (p["jet_length"], p["jet_width"])
+    return _pair(dx, dy, p["jet_length"] / 2, p["jet_pa"], shape, shape, p["counter_fraction"])
 
 
 def render_black_hole(p: dict, npix: int, fov_uas: float, rng: np.random.Generator, law: str = "v1") -> np.ndarray:
