@@ -33,7 +33,7 @@ to the folder while running and kept after it, so an interrupted run continues w
 the others checkpoint in ``component-<k>/``) and pools their samples in equal numbers
 (:func:`pool_components`), with mean, std and intervals combined by Rubin's rules. One reverse-KL flow
 settles on one of the images the data allow, and its intervals hold the truth far less often than their
-level; the spread between independent fits restores it. DPI's default is ``ENSEMBLE`` = 3 fits of 400
+level; the spread between independent fits restores it. DPI's default is ``ENSEMBLE`` = 3 fits of 1000
 steps each (docs/results.md, "Calibration"); the baselines (``method`` other than dpi) are single runs.
 
 Total flux: closure phases and log closure amplitudes do not constrain it, so
