@@ -88,8 +88,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                         " zero, as the prior's own noise level allows), softplus (default for tv/mem/tv+mem) or exp"
                         " (non-negative images)")
     p.add_argument("--warm-start", type=nonnegative(int), default=d.warm_start_steps, metavar="STEPS",
-                   help="steps of a non-negative (softplus) fit whose posterior mean starts the final flow"
-                        " (default: min(50, --steps) with --flow-output none, else 0 = start from the blob)")
+                   help="with --warm-start-kind flow, steps of a non-negative (softplus) fit whose posterior mean"
+                        " starts the final flow (default: min(50, --steps) with --flow-output none, else 0 = no warm"
+                        " start: the flow starts from the blob)")
+    p.add_argument("--warm-start-kind", default=d.warm_start, choices=rec.WARM_STARTS,
+                   help="what starts the final flow when there is a warm start: map (the MAP image, blurred by"
+                        f" {rec.MAP_BLUR_UAS:g} uas) or flow (a short softplus fit)")
     p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("sigmoid", "exp"),
                    help="scale map of the flow's couplings: sigmoid (bounded, contracting) or exp (RealNVP's,"
                         " unbounded)")
@@ -223,6 +227,7 @@ def _reconstruct(args) -> None:
         flow_blocks=args.blocks, flow_hidden=args.flow_hidden, flow_layout=args.flow_layout,
         flow_output=args.flow_output, flow_coupling=args.coupling_scale,
         anneal_steps=args.anneal, alpha=args.alpha, ensemble=args.ensemble, warm_start_steps=args.warm_start,
+        warm_start=args.warm_start_kind,
         seed=args.seed,
         allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads, method=args.method, max_chi2=args.max_chi2,
         method_options=parse_options(args.opt),

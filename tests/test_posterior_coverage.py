@@ -174,6 +174,10 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
     cal.check_run_settings(tmp_path, settings | {"prior": "bh32lnflux", "law": "disk-lnflux"})
     with pytest.raises(InterferoError, match=r"other settings \(law, prior: disk-lnflux, bh32lnflux\)"):
         cal.check_run_settings(tmp_path, settings | {"prior": "bh32broad", "law": "broad"})
+    # ... and the softplus flow's warm start
+    cal.check_run_settings(tmp_path, settings | {"warm_start": "flow"})
+    with pytest.raises(InterferoError, match=r"other settings \(warm_start: flow\)"):
+        cal.check_run_settings(tmp_path, settings | {"warm_start": "map"})
 
 
 def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):
