@@ -2,7 +2,7 @@
 
     python scripts/calibration.py --n N --json OUT.json [--out DIR] [--arrays EHT2017,EHT2017-JCMT-PV-SPT]
         [--sets in_distribution,grmhd_like] [--steps 1000] [--elbo-draws 1] [--batch 16] [--lr 2e-3] [--samples 256]
-        [--ensemble 3] [--warm-start map]
+        [--ensemble 3] [--warm-start map] [--alpha 1]
         [--jobs 2]
         [--png OUT.png] [--rescore]
 
@@ -25,7 +25,8 @@ ALMA APEX LMT SMA SMT), 24 h of Sgr A*, 60 s every 10 min, thermal noise,
 seeded by the case, then reconstructed with the defaults (``--steps``,
 ``--elbo-draws``, ``--batch``, ``--lr``, ``--samples``; ``--ensemble``: independent flow fits pooled,
 as ``interfero reconstruct --ensemble``; ``--warm-start``: what starts each flow, as ``reconstruct
---warm-start-kind``). Cases run ``--jobs`` at a time with one torch thread each;
+--warm-start-kind``; ``--alpha``: the Renyi order of the fits' objective, as ``reconstruct --alpha``).
+Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``, which records the default prior and its law too;
 ``--n`` may grow) skips
@@ -172,7 +173,7 @@ def _fit_case(job: dict, folder: Path) -> dict:
     write_fits_image(truth, GEOM, folder / "truth.fits")
     s = ReconstructSettings(steps=job["steps"], elbo_draws=job["elbo_draws"], batch=job["batch"], lr=job["lr"],
                             samples=job["samples"], seed=job["seed"], threads=1, ensemble=job["ensemble"],
-                            warm_start=job["warm_start"])
+                            warm_start=job["warm_start"], alpha=job["alpha"])
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
@@ -350,7 +351,8 @@ def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[s
 
 
 # settings added after runs began, at the values those runs used
-SETTINGS_BEFORE = {"lr": 2e-3, "prior": "bh32lnflux", "law": "disk-lnflux", "warm_start": "flow"}
+SETTINGS_BEFORE = {"lr": 2e-3, "prior": "bh32lnflux", "law": "disk-lnflux", "warm_start": "flow",
+                   "alpha": 1.0}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:
@@ -383,6 +385,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="Adam step size of the DPI fits")
     p.add_argument("--warm-start", choices=WARM_STARTS, default=d.warm_start,
                    help="what starts each flow fit (reconstruct --warm-start-kind)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="Renyi order of the fits' objective (1 = reverse KL)")
     p.add_argument("--samples", type=int, default=d.samples)
     p.add_argument("--ensemble", type=int, default=d.ensemble, help="independent flow fits pooled per case")
     p.add_argument("--jobs", type=int, default=2)
@@ -398,6 +401,8 @@ def main() -> None:
         raise InterferoError(f"--samples must be >= 2, got {args.samples}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise InterferoError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.alpha) and args.alpha >= 0):
+        raise InterferoError(f"--alpha must be a finite number >= 0, got {args.alpha}")
     from interfero.arrays import load_array
 
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
@@ -414,11 +419,11 @@ def main() -> None:
             for i, t in enumerate(imgs):
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
                              "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch, "lr": args.lr,
-                             "samples": args.samples, "warm_start": args.warm_start,
+                             "samples": args.samples, "warm_start": args.warm_start, "alpha": args.alpha,
                              "ensemble": args.ensemble, "rescore": args.rescore,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "lr", "samples",
-                                        "ensemble", "warm_start", "seed", "prior", "law")}
+                                        "ensemble", "warm_start", "alpha", "seed", "prior", "law")}
     check_run_settings(Path(args.out), settings)
     results: list[dict] = []
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:

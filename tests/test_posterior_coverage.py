@@ -178,6 +178,9 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
     cal.check_run_settings(tmp_path, settings | {"warm_start": "flow"})
     with pytest.raises(InterferoError, match=r"other settings \(warm_start: flow\)"):
         cal.check_run_settings(tmp_path, settings | {"warm_start": "map"})
+    cal.check_run_settings(tmp_path, settings | {"alpha": 1.0})
+    with pytest.raises(InterferoError, match=r"other settings \(alpha: 1.0\)"):
+        cal.check_run_settings(tmp_path, settings | {"alpha": 0.5})
 
 
 def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):
