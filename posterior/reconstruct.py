@@ -295,6 +295,8 @@ class PosteriorFit:
 
     final: DPI
     warm: DPI | None = None
+    start: str = "blob"  # where the final flow started: "blob", "flow" (the warm fit's mean) or "map"
+    start_seconds: float = 0.0  # of the MAP start
 
     @property
     def stages(self) -> list[DPI]:
@@ -312,7 +314,7 @@ class PosteriorFit:
 
     @property
     def seconds(self) -> float:
-        return sum(r.seconds for r in self.stages)
+        return self.start_seconds + sum(r.seconds for r in self.stages)
 
     @property
     def skipped(self) -> int:
@@ -327,7 +329,8 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
                   resume: bool = False, progress: bool = True, callback=None) -> PosteriorFit:
     """Fits the reconstruction's flow posterior; with a warm start (:func:`warm_start_steps`) first a
     softplus flow from the Gaussian blob, then the final flow started at its posterior mean (256 samples,
-    seeded). Checkpoints go to ``out`` (the final fit) and ``out/warm-start`` (the warm start); with
+    seeded), or with ``warm_start="map"`` the final flow started at :func:`map_warm_start`. Checkpoints go to
+    ``out`` (the final fit) and ``out/warm-start`` (the warm start); with
     ``resume`` both continue; once the final fit has a checkpoint its warm start is not extended, whatever
     ``steps`` now implies. ``anneal_steps`` ramps the data weight of
     the first fit. ``callback(dpi, terms, first_step)`` is called after every step of either fit
@@ -345,11 +348,14 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
     def staged(first_step: int):
         return None if callback is None else (lambda dpi, terms: callback(dpi, terms, first_step))
 
-    warm, init = None, None
+    warm, init, start, map_seconds = None, None, "blob", 0.0
     if k > 0 and s.warm_start == "map":  # the flow's start is in its checkpoint: a resumed fit needs no MAP
+        t0 = time.perf_counter()
         started = resume and out is not None and read_checkpoint_record(out) is not None
-        init, k = (None if started else map_warm_start(s, geom, flux, op, prior)), 0
+        init, k, start = (None if started else map_warm_start(s, geom, flux, op, prior)), 0, "map"
+        map_seconds = time.perf_counter() - t0
     elif k > 0:
+        start = "flow"
         ws = replace(s, flow_output="softplus")
         torch.manual_seed(s.seed)
         warm = DPI(reconstruction_flow(ws, geom, flux), target, config(k, s.anneal_steps),
@@ -360,7 +366,7 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
     torch.manual_seed(s.seed)
     final = DPI(reconstruction_flow(s, geom, flux, init), target, config(s.steps, 0 if k else s.anneal_steps, s.alpha),
                 out=out, resume=resume, progress=progress, callback=staged(k)).fit()
-    return PosteriorFit(final, warm)
+    return PosteriorFit(final, warm, start, map_seconds)
 
 
 def prior_method_name(s: ReconstructSettings) -> str:
@@ -522,7 +528,7 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
     seconds = sum(f.seconds for f in fits)
     post.diagnostics |= {"history": first.history, "seconds": seconds, "skipped_steps": first.skipped,
                          "warm_start_steps": first.warm_steps}
-    run_info = {"steps": first.final.step, "warm_start_steps": first.warm_steps,
+    run_info = {"steps": first.final.step, "warm_start": first.start, "warm_start_steps": first.warm_steps,
                 "skipped_steps": sum(f.skipped for f in fits), "rollbacks": sum(f.rollbacks for f in fits),
                 "fit_seconds": seconds, "ensemble": s.ensemble,
                 "chi2_samples": summarize_sample_chi2({p: np.concatenate([f[p] for f in sample_fits])

@@ -55,7 +55,7 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
     prep = m["preparation"][str(grmhd / "obs.uvfits")]
     assert prep["averaging"] is None and prep["sys_noise"] == 0.0 and m["sys_noise"] == 0.0
     # default identity output, warm-started by a softplus fit as long as the final one (at most 50 steps)
-    assert m["warm_start_steps"] == 2
+    assert m["warm_start_steps"] == 2 and m["warm_start"] == "flow"
     warm = json.loads((out / "warm-start" / "dpi-checkpoint.json").read_text())
     assert warm["step"] == 2 and warm["flow"]["output"] == "softplus"
     assert json.loads((out / "dpi-checkpoint.json").read_text())["flow"]["output"] == "none"
