@@ -336,7 +336,8 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
     the first fit. ``callback(dpi, terms, first_step)`` is called after every step of either fit
     (``first_step``: the global step the fit started at)."""
     k = warm_start_steps(s)
-    if resume and out is not None and k > 0 and read_checkpoint_record(out) is not None:
+    started = resume and out is not None and read_checkpoint_record(out) is not None  # the final fit has begun
+    if started and k > 0 and s.warm_start == "flow":
         done = read_checkpoint_record(out / WARM_START_DIR)
         k = k if done is None else int(done["step"])  # the final fit already started from this warm start
     target = DPITarget(op, op.data, prior)
@@ -351,7 +352,6 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
     warm, init, start, map_seconds = None, None, "blob", 0.0
     if k > 0 and s.warm_start == "map":  # the flow's start is in its checkpoint: a resumed fit needs no MAP
         t0 = time.perf_counter()
-        started = resume and out is not None and read_checkpoint_record(out) is not None
         init, k, start = (None if started else map_warm_start(s, geom, flux, op, prior)), 0, "map"
         map_seconds = time.perf_counter() - t0
     elif k > 0:

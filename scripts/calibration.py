@@ -2,7 +2,7 @@
 
     python scripts/calibration.py --n N --json OUT.json [--out DIR] [--arrays EHT2017,EHT2017-JCMT-PV-SPT]
         [--sets in_distribution,grmhd_like] [--steps 1000] [--elbo-draws 1] [--batch 16] [--lr 2e-3] [--samples 256]
-        [--ensemble 3] [--warm-start map] [--alpha 1]
+        [--ensemble 3] [--warm-start-kind map] [--alpha 1]
         [--jobs 2]
         [--png OUT.png] [--rescore]
 
@@ -24,8 +24,8 @@ Each truth is observed with each array of ``--arrays`` (names edited as in
 ALMA APEX LMT SMA SMT), 24 h of Sgr A*, 60 s every 10 min, thermal noise,
 seeded by the case, then reconstructed with the defaults (``--steps``,
 ``--elbo-draws``, ``--batch``, ``--lr``, ``--samples``; ``--ensemble``: independent flow fits pooled,
-as ``interfero reconstruct --ensemble``; ``--warm-start``: what starts each flow, as ``reconstruct
---warm-start-kind``; ``--alpha``: the Renyi order of the fits' objective, as ``reconstruct --alpha``).
+as ``interfero reconstruct --ensemble``; ``--warm-start-kind``: what starts each flow, as in ``reconstruct``;
+``--alpha``: the Renyi order of the fits' objective, as ``reconstruct --alpha``).
 Cases run ``--jobs`` at a time with one torch thread each;
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``, which records the default prior and its law too;
@@ -383,7 +383,7 @@ def main() -> None:
     p.add_argument("--elbo-draws", type=int, default=d.elbo_draws, help="ELBO draws per image and DPI step")
     p.add_argument("--batch", type=int, default=d.batch, help="flow samples per DPI step (of each ensemble member)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam step size of the DPI fits")
-    p.add_argument("--warm-start", choices=WARM_STARTS, default=d.warm_start,
+    p.add_argument("--warm-start-kind", dest="warm_start", choices=WARM_STARTS, default=d.warm_start,
                    help="what starts each flow fit (reconstruct --warm-start-kind)")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Renyi order of the fits' objective (1 = reverse KL)")
     p.add_argument("--samples", type=int, default=d.samples)
