@@ -26,7 +26,9 @@ seeded by the case, then reconstructed with the defaults (``--steps``,
 ``--elbo-draws``, ``--batch``, ``--lr``, ``--samples``; ``--ensemble``: independent flow fits pooled,
 as ``interfero reconstruct --ensemble``; ``--warm-start-kind``: what starts each flow, as in ``reconstruct``;
 ``--alpha``: the Renyi order of the fits' objective, as ``reconstruct --alpha``).
-Cases run ``--jobs`` at a time with one torch thread each;
+Cases run ``--jobs`` at a time with one torch thread each, in order of
+their index with every set and array in turn (a run stopped early has
+measured each set and array on the same number of truths);
 each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``, which records the default prior and its law too;
 ``--n`` may grow) skips
@@ -368,6 +370,22 @@ def check_run_settings(folder: Path, settings: dict) -> None:
     atomic_write_text(path, json.dumps(settings, indent=1))
 
 
+def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argparse.Namespace) -> list[dict]:
+    """One job per truth of each set (``truth_sets``: set name -> ``(n, 32, 32)`` truths) and array, in order
+    of the case index with every set and array in turn: a run stopped early has measured each set and array
+    on the same number of truths. ``args``: the fit settings (``steps``, ``lr``, ... as parsed by ``main``)."""
+    jobs = []
+    for s, imgs in truth_sets.items():
+        for arr in arrays:
+            for i, t in enumerate(imgs):
+                jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
+                             "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch, "lr": args.lr,
+                             "samples": args.samples, "warm_start": args.warm_start, "alpha": args.alpha,
+                             "ensemble": args.ensemble, "rescore": args.rescore,
+                             "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
+    return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
+
+
 def main() -> None:
     from posterior.reconstruct import WARM_STARTS, ReconstructSettings
 
@@ -412,16 +430,7 @@ def main() -> None:
     from priors.pretrained import prior_path, training_law
 
     args.prior, args.law = prior_path("default").name, training_law("default")  # recorded: a new default is a new run
-    jobs = []
-    for s in sets:
-        imgs = truths(s, args.n, args.seed, args.law)
-        for arr in arrays:
-            for i, t in enumerate(imgs):
-                jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
-                             "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch, "lr": args.lr,
-                             "samples": args.samples, "warm_start": args.warm_start, "alpha": args.alpha,
-                             "ensemble": args.ensemble, "rescore": args.rescore,
-                             "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
+    jobs = case_jobs({s: truths(s, args.n, args.seed, args.law) for s in sets}, arrays, args)
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "lr", "samples",
                                         "ensemble", "warm_start", "alpha", "seed", "prior", "law")}
     check_run_settings(Path(args.out), settings)

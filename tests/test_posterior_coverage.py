@@ -183,6 +183,25 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
         cal.check_run_settings(tmp_path, settings | {"alpha": 0.5})
 
 
+def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
+    """A run stopped early has measured each set and array on the same truths: jobs go by case index."""
+    import argparse
+
+    cal = _calibration_script()
+    args = argparse.Namespace(seed=7, steps=10, elbo_draws=1, batch=4, lr=2e-3, samples=8, warm_start="flow",
+                              alpha=1.0, ensemble=1, rescore=False, out=str(tmp_path))
+    sets = {"in_distribution": np.zeros((3, 2, 2)), "grmhd_like": np.ones((3, 2, 2))}
+    jobs = cal.case_jobs(sets, ["EHT2017", "EHT2017-SPT"], args)
+    assert [(j["case"], j["set"], j["array"]) for j in jobs[:5]] == [
+        (0, "in_distribution", "EHT2017"), (0, "in_distribution", "EHT2017-SPT"),
+        (0, "grmhd_like", "EHT2017"), (0, "grmhd_like", "EHT2017-SPT"), (1, "in_distribution", "EHT2017")]
+    assert len(jobs) == 12 and [j["case"] for j in jobs] == sorted(j["case"] for j in jobs)
+    # a case keeps its truth, seed and folder whatever the order
+    j = next(j for j in jobs if j["set"] == "grmhd_like" and j["array"] == "EHT2017-SPT" and j["case"] == 2)
+    assert j["truth"] == [[1.0, 1.0], [1.0, 1.0]] and j["seed"] == 9
+    assert j["folder"] == str(tmp_path / "grmhd_like" / "EHT2017-SPT" / "case_002")
+
+
 def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):
     """A finished case rescored: the ring features come from its saved samples with the current extractor
     (Rubin's rules over its fits), the pixel scores from its metrics; no fit is run. The samples' own
