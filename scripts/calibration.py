@@ -34,9 +34,9 @@ rerun with the same settings (``OUT/settings.json``, which records the default p
 ``--n`` may grow) skips
 finished cases (resumable; a case another live run holds is refused).
 ``--rescore`` scores the finished cases anew from their saved samples (ring
-features with the current extractor) without refitting. The JSON is
-rewritten after every case, so an interrupted run reports the cases it
-finished.
+features with the current extractor) without refitting. The JSON and
+the PNG are rewritten after every case, so an interrupted run reports the
+cases it finished.
 
 Per set and array: pixel coverage of the 68% / 95% intervals (source pixels,
 truth aligned by the nxcorr shift, pooled over cases), coverage of the ring
@@ -446,8 +446,8 @@ def main() -> None:
                       f" {r.get('ring_diameter_in68')}, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
             out = summary(results, settings, sets, arrays)  # after every case: an interrupted run still reports
             atomic_write_text(args.json, json.dumps(out, indent=2))
-    if args.png:
-        plot(out, Path(args.png))
+            if args.png:
+                plot(out, Path(args.png))
     for s in sets:
         for a, r in out[s].items():
             if not r.get("n_cases"):
