@@ -386,6 +386,17 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
     return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
 
 
+def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict], list[dict]]:
+    """The results of the jobs whose case is finished (its ``case.json``), read at once so that a rerun reports
+    them all from the start, also those its case-by-case order reaches late; and the jobs left to run (with
+    ``rescore``, all of them: finished cases are scored anew)."""
+    if rescore:
+        return [], list(jobs)
+    done = [j for j in jobs if (Path(j["folder"]) / "case.json").is_file()]
+    todo = [j for j in jobs if not (Path(j["folder"]) / "case.json").is_file()]
+    return [json.loads((Path(j["folder"]) / "case.json").read_text()) for j in done], todo
+
+
 def main() -> None:
     from posterior.reconstruct import WARM_STARTS, ReconstructSettings
 
@@ -434,20 +445,30 @@ def main() -> None:
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "lr", "samples",
                                         "ensemble", "warm_start", "alpha", "seed", "prior", "law")}
     check_run_settings(Path(args.out), settings)
-    results: list[dict] = []
+    results, todo = finished_cases(jobs, args.rescore)
+
+    def report() -> dict:  # after every case: an interrupted run still reports what it finished
+        out = summary(sorted(results, key=lambda r: r["case"]), settings, sets, arrays)
+        atomic_write_text(args.json, json.dumps(out, indent=2))
+        if args.png:
+            plot(out, Path(args.png))
+        return out
+
+    out = report()
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        for r in pool.map(run_case, jobs):
-            results.append(r)
-            head = f"{r['set']} {r['array']} case {r['case']}:"
-            if "error" in r:
-                print(f"{head} refused ({r['error']})", file=sys.stderr, flush=True)
-            else:
-                print(f"{head} coverage 68/95 {r['coverage_68']:.2f}/{r['coverage_95']:.2f}, diameter in 68%"
-                      f" {r.get('ring_diameter_in68')}, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
-            out = summary(results, settings, sets, arrays)  # after every case: an interrupted run still reports
-            atomic_write_text(args.json, json.dumps(out, indent=2))
-            if args.png:
-                plot(out, Path(args.png))
+        try:
+            for r in pool.map(run_case, todo):
+                results.append(r)
+                head = f"{r['set']} {r['array']} case {r['case']}:"
+                if "error" in r:
+                    print(f"{head} refused ({r['error']})", file=sys.stderr, flush=True)
+                else:
+                    print(f"{head} coverage 68/95 {r['coverage_68']:.2f}/{r['coverage_95']:.2f}, diameter in 68%"
+                          f" {r.get('ring_diameter_in68')}, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+                out = report()
+        except BaseException:  # a case held by another run, or an interrupt: no case beyond those handed out
+            pool.shutdown(cancel_futures=True)
+            raise
     for s in sets:
         for a, r in out[s].items():
             if not r.get("n_cases"):

@@ -292,6 +292,26 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     assert r["chi2_mean_median"] == {"cphase": pytest.approx(1.2), "logcamp": pytest.approx(1.1)}
 
 
+def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
+    """A rerun holds every finished case at once, also those its case-by-case order reaches late (case 1 of
+    EHT2017 after the unfinished case 0 of EHT2017-SPT); ``--rescore`` runs them all anew."""
+    import argparse
+    import json
+
+    cal = _calibration_script()
+    args = argparse.Namespace(seed=7, steps=10, elbo_draws=1, batch=4, lr=2e-3, samples=8, warm_start="flow",
+                              alpha=1.0, ensemble=1, rescore=False, out=str(tmp_path))
+    jobs = cal.case_jobs({"in_distribution": np.zeros((2, 2, 2))}, ["EHT2017", "EHT2017-SPT"], args)
+    for i in (0, 1):
+        folder = tmp_path / "in_distribution" / "EHT2017" / f"case_{i:03d}"
+        folder.mkdir(parents=True)
+        (folder / "case.json").write_text(json.dumps({"case": i, "array": "EHT2017", "coverage_68": 0.5 + i / 4}))
+    results, todo = cal.finished_cases(jobs)
+    assert [(r["case"], r["coverage_68"]) for r in results] == [(0, 0.5), (1, 0.75)]
+    assert [(j["case"], j["array"]) for j in todo] == [(0, "EHT2017-SPT"), (1, "EHT2017-SPT")]
+    assert cal.finished_cases(jobs, rescore=True) == ([], jobs)
+
+
 def _linear_gaussian_problem(small_obs):
     """Complex visibilities of 8x8 images (the small observation's uv points and sigmas) as a real linear
     model ``y = A x + n``: ``A`` (2M, 64), per-component noise std ``sigma`` (2M,)."""
