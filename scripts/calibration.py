@@ -392,9 +392,14 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
     ``rescore``, all of them: finished cases are scored anew)."""
     if rescore:
         return [], list(jobs)
-    done = [j for j in jobs if (Path(j["folder"]) / "case.json").is_file()]
-    todo = [j for j in jobs if not (Path(j["folder"]) / "case.json").is_file()]
-    return [json.loads((Path(j["folder"]) / "case.json").read_text()) for j in done], todo
+    results, todo = [], []
+    for j in jobs:
+        done = Path(j["folder"]) / "case.json"
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+        else:
+            todo.append(j)
+    return results, todo
 
 
 def main() -> None:
