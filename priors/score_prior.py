@@ -67,6 +67,13 @@ class ScorePrior(Prior):
         self.last_nfe: int | None = None
         self.last_probe_sem: torch.Tensor | None = None  # nats, per image, of the last Hutchinson log p
 
+    @property
+    def eps_std(self) -> float:
+        """The std of the white Gaussian by which the density ``p_eps`` smooths the training images, in data
+        units (Jy/pixel for the black-hole priors; ``std(eps) * scale``, 0.0012 for the shipped ones): every
+        posterior sample under this prior carries pixel-scale scatter of this size where the data allow it."""
+        return float(self.sde.coefficients(torch.tensor([self.sde.eps], dtype=torch.float64))[1][0]) * self.scale
+
     def with_estimator(self, method: str | None = None, ode: dict | None = None,
                        elbo: dict | None = None) -> ScorePrior:
         """The same prior (network shared, not copied) with another log p estimator or its settings."""

@@ -67,7 +67,7 @@ def main() -> None:
     prior = load_prior(args.prior, elbo={"draws": s.elbo_draws, "importance": True})
     law = (prior.training_data or {}).get("law", "disk-lnflux")
     ref = make_black_holes(args.n, s.npix, s.fov_uas, seed=REFERENCE_SEED, law=law)[0].reshape(args.n, -1)
-    jitter = float(prior.sde.coefficients(torch.tensor([prior.sde.eps]))[1][0]) * prior.scale
+    jitter = prior.eps_std
     ref = ref + jitter * np.random.default_rng(REFERENCE_SEED).standard_normal(ref.shape)
     flux = float(np.median(ref.sum(1)))
     flow = reconstruction_flow(s, ImageGeometry(s.npix, s.fov_uas), flux)

@@ -189,7 +189,7 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
 
     cal = _calibration_script()
     args = argparse.Namespace(seed=7, steps=10, elbo_draws=1, batch=4, lr=2e-3, samples=8, warm_start="flow",
-                              alpha=1.0, ensemble=1, rescore=False, out=str(tmp_path))
+                              alpha=1.0, ensemble=1, rescore=False, jitter=0.001, out=str(tmp_path))
     sets = {"in_distribution": np.zeros((3, 2, 2)), "grmhd_like": np.ones((3, 2, 2))}
     jobs = cal.case_jobs(sets, ["EHT2017", "EHT2017-SPT"], args)
     assert [(j["case"], j["set"], j["array"]) for j in jobs[:5]] == [
@@ -237,8 +237,16 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     (folder / "rec" / "metrics.json").write_text(json.dumps(metrics))
     stale = {"case": 0, "array": "EHT2017", "set": "in_distribution", "seconds": 30.0, "ring_diameter_in68": False}
     (folder / "case.json").write_text(json.dumps(stale))
-    job = {"case": 0, "array": "EHT2017", "set": "in_distribution", "truth": truth.tolist(), "folder": str(folder)}
-    assert cal.run_case(job) == stale  # finished and not rescored: as it was
+    job = {"case": 0, "array": "EHT2017", "set": "in_distribution", "truth": truth.tolist(), "folder": str(folder),
+           "jitter": 1e-4, "seed": 5}
+    old = cal.run_case(job)  # finished and not rescored: as it was, with the jittered coverage it predates added
+    bounds = cal.case_intervals(stored[:, 0].astype(float), [8, 8, 8], (0.68, 0.95))
+    region = truth >= 0.1 * truth.max()
+    noisy = truth[region][None] + 1e-4 * np.random.default_rng(5).standard_normal((cal.JITTER_DRAWS, region.sum()))
+    jit = {f"coverage_jittered_{k}": np.mean((noisy >= bounds[lv][0][region]) & (noisy <= bounds[lv][1][region]))
+           for k, lv in (("68", "0.68"), ("95", "0.95"))}
+    assert {k: old[k] for k in stale} == stale and {k: old[k] for k in jit} == pytest.approx(jit)
+    assert set(old) == set(stale) | set(jit) and json.loads((folder / "case.json").read_text()) == old
     res = cal.run_case(job | {"rescore": True})
     own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
     assert res["chi2_samples_median"] == pytest.approx({k: float(np.median(v)) for k, v in own.items()}, rel=1e-5)
@@ -247,6 +255,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     assert res["diameter_interval68_uas"] == [pytest.approx(ring["lo68"]), pytest.approx(ring["hi68"])]
     assert ring["lo68"] < res["true_diameter_uas"] < ring["hi68"] and res["ring_diameter_in68"] is True
     assert res["seconds"] == 30.0 and res["fit_seconds"] == 12.0 and res["coverage_68"] == 0.7
+    assert res["coverage_jittered_68"] == pytest.approx(jit["coverage_jittered_68"])
     assert json.loads((folder / "case.json").read_text()) == json.loads(json.dumps(res))
 
 
@@ -274,10 +283,12 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     base = {"set": "in_distribution", "array": "EHT2017", "levels": levels, "rank_hist": [1, 2], "nxcorr_blur10": 0.9,
             "seconds": 10.0, "fit_seconds": 8.0, "true_diameter_uas": 40.0}
     cases = [base | {"case": 0, "coverage_68": 0.5, "coverage_95": 0.9, "coverage_pixels": 10,
+                     "coverage_jittered_68": 0.4, "coverage_jittered_95": 0.8,
                      "ring_diameter_in68": True, "ring_diameter_in95": True, "diameter_median_uas": 41.0,
                      "diameter_interval68_uas": [39.0, 43.0], "chi2_cphase": 1.0, "chi2_logcamp": 1.2,
                      "chi2_samples_median": {"cphase": 2.0, "logcamp": 1.5}},
              base | {"case": 1, "coverage_68": 0.8, "coverage_95": 1.0, "coverage_pixels": 30,
+                     "coverage_jittered_68": 0.6, "coverage_jittered_95": 1.0,
                      "ring_diameter_in68": False, "ring_diameter_in95": True, "diameter_median_uas": 35.0,
                      "diameter_interval68_uas": [33.0, 37.0], "chi2_cphase": 1.4, "chi2_logcamp": 1.0,
                      "chi2_samples_median": {"cphase": 3.0, "logcamp": 2.5}},
@@ -285,11 +296,27 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     r = cal.aggregate(cases)
     assert r["n_cases"] == 2 and r["n_refused"] == 1
     assert r["coverage_68"] == pytest.approx((0.5 * 10 + 0.8 * 30) / 40)
+    assert r["coverage_jittered_68"] == pytest.approx((0.4 * 10 + 0.6 * 30) / 40)
+    assert r["coverage_jittered_95"] == pytest.approx((0.8 * 10 + 1.0 * 30) / 40)
     assert r["ring_diameter_coverage_68"] == 0.5 and r["ring_diameter_coverage_95"] == 1.0
     assert r["ring_diameters_uas"] == [[0, 40.0, 41.0, 39.0, 43.0], [1, 40.0, 35.0, 33.0, 37.0]]
     assert r["rank_hist"] == [2, 4]
     assert r["chi2_samples_median"] == {"cphase": 2.5, "logcamp": 2.0}
     assert r["chi2_mean_median"] == {"cphase": pytest.approx(1.2), "logcamp": pytest.approx(1.1)}
+
+
+@pytest.mark.parametrize("half", [0.5, 1.0, 2.0])
+def test_jittered_coverage_matches_the_normal_law(half):
+    """Intervals +-half around the truth hold the truth plus N(0, 1) jitter with probability erf(half / sqrt 2)."""
+    import math
+
+    cal = _calibration_script()
+    truth = np.linspace(0, 1, 100 * 100).reshape(100, 100)
+    region = truth >= 0.1
+    bounds = {"0.68": (truth - half, truth + half), "0.95": (truth - 2 * half, truth + 2 * half)}
+    cov = cal.jittered_coverage(bounds, truth, region, 1.0, seed=3)
+    assert cov["coverage_jittered_68"] == pytest.approx(math.erf(half / math.sqrt(2)), abs=0.004)
+    assert cov["coverage_jittered_95"] == pytest.approx(math.erf(2 * half / math.sqrt(2)), abs=0.004)
 
 
 def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
@@ -300,12 +327,13 @@ def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
 
     cal = _calibration_script()
     args = argparse.Namespace(seed=7, steps=10, elbo_draws=1, batch=4, lr=2e-3, samples=8, warm_start="flow",
-                              alpha=1.0, ensemble=1, rescore=False, out=str(tmp_path))
+                              alpha=1.0, ensemble=1, rescore=False, jitter=0.001, out=str(tmp_path))
     jobs = cal.case_jobs({"in_distribution": np.zeros((2, 2, 2))}, ["EHT2017", "EHT2017-SPT"], args)
     for i in (0, 1):
         folder = tmp_path / "in_distribution" / "EHT2017" / f"case_{i:03d}"
         folder.mkdir(parents=True)
-        (folder / "case.json").write_text(json.dumps({"case": i, "array": "EHT2017", "coverage_68": 0.5 + i / 4}))
+        (folder / "case.json").write_text(json.dumps({"case": i, "array": "EHT2017", "coverage_68": 0.5 + i / 4,
+                                                      "coverage_jittered_68": 0.4}))
     results, todo = cal.finished_cases(jobs)
     assert [(r["case"], r["coverage_68"]) for r in results] == [(0, 0.5), (1, 0.75)]
     assert [(j["case"], j["array"]) for j in todo] == [(0, "EHT2017-SPT"), (1, "EHT2017-SPT")]

@@ -1,6 +1,7 @@
 """The shipped priors load by name, with no download, and give finite log p, scores and samples."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,11 @@ def test_default_is_bh32lnflux():
     assert training_law("default") == prior.training_data["law"] == "disk-lnflux"  # read without the weights
     with pytest.raises(InterferoError, match="'faces16' records no black-hole training law"):
         training_law("faces16")
+    # p_eps's smoothing: the VP kernel's std at eps, sqrt(1 - exp(-int_0^eps beta)), in Jy/pixel
+    b0, b1, eps = 0.1, 20.0, 1e-3
+    std = (1 - math.exp(-(b0 * eps + 0.5 * (b1 - b0) * eps**2))) ** 0.5
+    assert prior.eps_std == pytest.approx(std * prior.scale, rel=1e-9)
+    assert 0.0012 < prior.eps_std < 0.0013
 
 
 @pytest.mark.parametrize("name, base, law, init, steps", [
