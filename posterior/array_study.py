@@ -111,6 +111,7 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
     write_fits_image(image, geom, truth_path)
     setup = ObservingSetup(ra=geom.ra, dec=geom.dec, source=geom.source)
     rec_geom = ImageGeometry(s.npix, s.fov_uas)
+    truth_rec = regrid(image, geom, rec_geom)
     rows: dict[str, dict] = {}
     posts = {}
     for a, arr in loaded.items():
@@ -125,7 +126,7 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
         mean, _ = read_fits_image(folder / "mean.fits")
         std, _ = read_fits_image(folder / "std.fits")
         within, between, blurred = _std_parts(folder / "samples.h5", rec_geom.psize_uas)
-        region = aligned_truth(regrid(image, geom, rec_geom), m["nxcorr_shift_px"])[1]
+        region = aligned_truth(truth_rec, m["nxcorr_shift_px"])[1]
         posts[a] = (mean, std, blurred)
         d = m.get("ring", {}).get("diameter_uas")
         rows[a] = {"stations": list(arr.names), "n_sites": n_sites(arr), "mean_std_jy": float(std.mean()),
@@ -142,7 +143,7 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
         rows[a]["rank"] = rank
     result = {"truth": truth, "settings": {"steps": s.steps, "samples": s.samples, "seed": s.seed,
                                            "prior": s.prior}, "arrays": rows}
-    _plot(regrid(image, geom, rec_geom), posts, rec_geom, rows, out / "arrays.png")
+    _plot(truth_rec, posts, rec_geom, rows, out / "arrays.png")
     atomic_write_text(out / "arrays.md", markdown(rows))
     atomic_write_text(out / "arrays.json", json.dumps(result, indent=2))
     return result
