@@ -12,11 +12,16 @@ on each (the goal: p > 0.01). Negative sample pixels are kept for the flux and
 floored at zero for the ring features. Writes DIR/samples.png (a grid of
 samples beside training images), DIR/features.png (histograms) and a JSON.
 
-Also (seconds; alone with ``--denoiser-only``) the denoiser's total-flux
+Also (about a minute; alone with ``--denoiser-only``) the denoiser's total-flux
 bias per noise level, ``tweedie_flux_bias``: the mean over the training draws
 of ``flux(E[x_0 | x_t]) - flux(x_0)`` (Jy, with its standard error), which an
 exact score makes zero at every ``t`` (priors.score_error.tweedie_sum_bias).
-It shows at which noise levels a network gets the total flux wrong.
+It shows at which noise levels a network gets the total flux wrong. And the
+curvature of the prior's ELBO (reconstruct's log p) along white pixel noise of the
+prior's own jitter size, ``elbo_white_curvature``, in units of the jitter's
+Gaussian (priors.score_error.white_noise_curvature; 1 for an exact score where
+the training images do not vary, below 1 softer), on CURVATURE_IMAGES training
+draws, clean and with the jitter added.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from interfero.io import atomic_write_text
 from interfero.plotting import save_figure
 from priors.ood import training_draws
 from priors.pretrained import load_prior
-from priors.score_error import tweedie_sum_bias
+from priors.score_error import tweedie_sum_bias, white_noise_curvature
 
 DENOISER_TIMES = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7)
+CURVATURE_IMAGES, CURVATURE_REPEATS = 8, 16  # training draws; ELBO calls of 8 draws per image and point
 
 
 def features(images: np.ndarray, fov: float) -> dict[str, np.ndarray]:
@@ -59,6 +65,22 @@ def denoiser_flux_bias(prior, images: np.ndarray, seed: int) -> list[dict]:
             for t, b, e in zip(DENOISER_TIMES, bias, se)]
 
 
+def elbo_white_curvature(prior, images: np.ndarray, seed: int, repeats: int = CURVATURE_REPEATS) -> dict:
+    """The ELBO's curvature along white noise of ``prior.eps_std`` per pixel in units of that jitter's own
+    (median, min, max over the images), at the clean images and at the images plus a jitter draw."""
+    elbo = prior.with_estimator("elbo")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(images[:CURVATURE_IMAGES]).float()
+    res = {"n_images": len(x), "jitter_jy": prior.eps_std, "repeats": repeats}
+    for kind in ("clean", "jittered"):
+        y = x + prior.eps_std * torch.randn(x.shape, generator=gen) if kind == "jittered" else x
+        _, ratio = white_noise_curvature(lambda z, g: elbo.log_prob(z, generator=g), y, prior.eps_std,
+                                         repeats=repeats, seed=seed, generator=gen)
+        r = ratio.numpy()
+        res[kind] = {"median": float(np.median(r)), "min": float(r.min()), "max": float(r.max())}
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prior", default="default")
@@ -68,7 +90,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="outputs/check_prior")
     ap.add_argument("--json")
-    ap.add_argument("--denoiser-only", action="store_true", help="only the denoiser's flux bias (seconds)")
+    ap.add_argument("--curvature-repeats", type=int, default=CURVATURE_REPEATS,
+                    help="ELBO calls (of 8 draws) per image and point of the curvature (its noise falls as 1/sqrt)")
+    ap.add_argument("--denoiser-only", action="store_true",
+                    help="only the denoiser's flux bias and the ELBO's curvature (about a minute)")
     args = ap.parse_args()
     prior = load_prior(args.prior)
     fov = prior.fov_uas or 160.0
@@ -79,8 +104,13 @@ def main() -> None:
     for row in bias:
         print(f"t = {row['t']:.2f}: denoiser flux bias {row['bias_jy']:+.4f} +- {row['se_jy']:.4f} Jy "
               f"({row['relative']:+.1%})")
+    curvature = elbo_white_curvature(prior, train, seed=3000 + args.seed, repeats=args.curvature_repeats)
+    print("ELBO curvature along white noise, in units of the prior's jitter: " + "; ".join(
+        f"{k} images {curvature[k]['median']:.2f} ({curvature[k]['min']:.2f}-{curvature[k]['max']:.2f})"
+        for k in ("clean", "jittered")))
     if args.denoiser_only:
-        text = json.dumps({"prior": prior.name, "n_images": args.n, "tweedie_flux_bias": bias}, indent=2)
+        text = json.dumps({"prior": prior.name, "n_images": args.n, "tweedie_flux_bias": bias,
+                           "elbo_white_curvature": curvature}, indent=2)
         atomic_write_text(out / "denoiser.json", text)
         if args.json:
             atomic_write_text(args.json, text)
@@ -101,6 +131,7 @@ def main() -> None:
         res[f"median_{key}_samples"], res[f"median_{key}_train"] = float(np.median(a)), float(np.median(b))
     res["passes"] = all(res[f"ks_p_{k}"] > 0.01 for k in ("flux", "diameter", "width"))
     res["tweedie_flux_bias"] = bias
+    res["elbo_white_curvature"] = curvature
 
     import matplotlib.pyplot as plt
 

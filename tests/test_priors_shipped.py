@@ -96,10 +96,11 @@ def test_shipped_faces16_score_error_against_the_true_gaussian():
 
 
 def test_check_prior_denoiser_only_reports_the_flux_bias(tmp_path):
-    """scripts/check_prior.py --denoiser-only: the denoiser's flux bias per t, finite, with positive errors."""
+    """scripts/check_prior.py --denoiser-only: the denoiser's flux bias per t, finite, with positive errors, and
+    the ELBO's white-noise curvature, a positive fraction of the jitter's (0.46-0.92 measured, docs/results.md)."""
     out = tmp_path / "den.json"
     cmd = [sys.executable, "scripts/check_prior.py", "--prior", "default", "--n", "16", "--denoiser-only",
-           "--out", str(tmp_path), "--json", str(out)]
+           "--curvature-repeats", "2", "--out", str(tmp_path), "--json", str(out)]
     proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -107,4 +108,7 @@ def test_check_prior_denoiser_only_reports_the_flux_bias(tmp_path):
     rows = res["tweedie_flux_bias"]
     assert [r["t"] for r in rows] == [0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7]
     assert all(r["se_jy"] > 0 and abs(r["bias_jy"]) < 10 * (r["se_jy"] + 0.05) for r in rows)
+    curv = res["elbo_white_curvature"]
+    assert curv["n_images"] == 8 and curv["repeats"] == 2 and abs(curv["jitter_jy"] - 0.00124) < 2e-5
+    assert all(0.2 < curv[k]["min"] <= curv[k]["median"] <= curv[k]["max"] < 1.3 for k in ("clean", "jittered"))
     assert json.loads((tmp_path / "denoiser.json").read_text()) == res
