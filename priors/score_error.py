@@ -43,6 +43,8 @@ import math
 import numpy as np
 import torch
 
+from interfero.errors import InterferoError
+
 from .sde import SDE, _bcast
 
 
@@ -133,7 +135,7 @@ def white_noise_curvature(log_prob, x: torch.Tensor, std: float, repeats: int = 
     in the units ``log_prob`` takes.
     """
     if not std > 0 or repeats < 1:
-        raise ValueError("white_noise_curvature needs std > 0 and repeats >= 1")
+        raise InterferoError(f"white-noise curvature needs std > 0 and repeats >= 1, got {std} and {repeats}")
     v = std * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
     def mean_log_prob(y: torch.Tensor) -> torch.Tensor:

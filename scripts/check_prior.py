@@ -38,6 +38,7 @@ from scipy.stats import ks_2samp
 from interfero.features import RingExtractor
 from interfero.io import atomic_write_text
 from interfero.plotting import save_figure
+from interfero.validation import count
 from priors.ood import training_draws
 from priors.pretrained import load_prior
 from priors.score_error import tweedie_sum_bias, white_noise_curvature
@@ -90,7 +91,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="outputs/check_prior")
     ap.add_argument("--json")
-    ap.add_argument("--curvature-repeats", type=int, default=CURVATURE_REPEATS,
+    ap.add_argument("--curvature-repeats", type=count(), default=CURVATURE_REPEATS,
                     help="ELBO calls (of 8 draws) per image and point of the curvature (its noise falls as 1/sqrt)")
     ap.add_argument("--denoiser-only", action="store_true",
                     help="only the denoiser's flux bias and the ELBO's curvature (about a minute)")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from interfero.errors import InterferoError
 from priors.elbo import elbo
 from priors.networks import GaussianScore
 from priors.score_error import score_error_bound, subspace_gain, tweedie_sum_bias, white_noise_curvature
@@ -107,3 +108,10 @@ def test_white_noise_curvature_of_the_elbo_is_the_closed_form_one(small):
     expect = (exact / (-(v.flatten(1) ** 2).sum(1) / s**2)).numpy()
     assert np.all(expect > (0.8 if small < 1e-3 else 0.4)) and np.all(expect < (1.0 if small < 1e-3 else 0.6))
     np.testing.assert_allclose(ratio.numpy(), expect, rtol=0.05)
+
+
+def test_white_noise_curvature_refuses_a_zero_std_or_no_repeats():
+    x = torch.zeros(1, 1, 4, 4)
+    for std, repeats in ((0.0, 4), (1.0, 0)):
+        with pytest.raises(InterferoError, match="white-noise curvature"):
+            white_noise_curvature(lambda y, g: y.flatten(1).sum(1), x, std, repeats=repeats)
