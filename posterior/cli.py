@@ -94,6 +94,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warm-start-kind", default=d.warm_start, choices=rec.WARM_STARTS,
                    help="what starts the final flow when there is a warm start: map (the MAP image, blurred by"
                         f" {rec.MAP_BLUR_UAS:g} uas) or flow (a short softplus fit)")
+    p.add_argument("--flow-base", default=d.flow_base, choices=rec.FLOW_BASES,
+                   help="diagonal: the flow (independent base pixels) is the posterior; laplace: after that fit, a"
+                        " final flow whose base is correlated as the data's Hessian at its mean says, with the"
+                        " prior's jitter elsewhere (flows with --flow-output none)")
+    p.add_argument("--laplace-steps", type=nonnegative(int), default=None,
+                   help=f"steps of the Laplace-based final flow (0 = none; default: min({rec.LAPLACE_STEPS}, --steps))")
     p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("sigmoid", "exp"),
                    help="scale map of the flow's couplings: sigmoid (bounded, contracting) or exp (RealNVP's,"
                         " unbounded)")
@@ -225,7 +231,8 @@ def _reconstruct(args) -> None:
         avg=args.avg, combine_frequencies=args.combine_frequencies,
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_hidden=args.flow_hidden, flow_layout=args.flow_layout,
-        flow_output=args.flow_output, flow_coupling=args.coupling_scale,
+        flow_output=args.flow_output, flow_coupling=args.coupling_scale, flow_base=args.flow_base,
+        laplace_steps=args.laplace_steps,
         anneal_steps=args.anneal, alpha=args.alpha, ensemble=args.ensemble, warm_start_steps=args.warm_start,
         warm_start=args.warm_start_kind,
         seed=args.seed,

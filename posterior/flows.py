@@ -46,6 +46,63 @@ OUTPUTS = ("softplus", "exp", "none")
 COUPLING_SCALES = ("exp", "sigmoid")
 
 
+class CorrelatedGaussian(nf.distributions.BaseDistribution):
+    """A Gaussian base with noise correlated across the event: ``z = loc + exp(log_scale) * P(C eps)``,
+    ``eps ~ N(0, I)`` over the event's ``D`` values (an image's pixels, row-major), ``C = I + V
+    diag(exp(log_gain) - 1) V^T`` with ``V`` (``D x r``, orthonormal columns, ``r <= D``) fixed and the
+    ``r`` gains learned, and ``P`` the rearrangement of the event's values into the latent shape that the
+    flow's layers undo at initialisation (``order``: latent value ``j`` is event value ``order[j]``), so
+    ``C^2`` is the correlation of the flow's output: 1 except in the directions ``V``, where it is
+    ``exp(2 log_gain)``. With ``r = D`` any covariance ``s^2 C^2``: a Laplace approximation of a posterior
+    (:mod:`posterior.laplace`). Interferometric data constrain Fourier components spread over all pixels; a
+    diagonal base with local couplings cannot hold that, and a reverse-KL fit of one keeps per-pixel
+    conditional variances, several times too small. With ``r = 0`` this is
+    :class:`normflows.distributions.DiagGaussian`."""
+
+    def __init__(self, shape, vecs: torch.Tensor, log_gain: torch.Tensor) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.d = int(np.prod(self.shape))
+        vecs = torch.as_tensor(vecs, dtype=torch.get_default_dtype())
+        log_gain = torch.as_tensor(log_gain, dtype=vecs.dtype).reshape(-1)
+        if vecs.ndim != 2 or vecs.shape[0] != self.d or vecs.shape[1] != log_gain.numel():
+            raise InterferoError(f"a correlated base over {self.d} values needs vectors ({self.d}, r) and r gains,"
+                                 f" got {tuple(vecs.shape)} and {log_gain.numel()}")
+        if not (torch.isfinite(vecs).all() and torch.isfinite(log_gain).all()):
+            raise InterferoError("a correlated base needs finite vectors and gains")
+        self.loc = nn.Parameter(torch.zeros(1, *self.shape))
+        self.log_scale = nn.Parameter(torch.zeros(1, *self.shape))
+        self.register_buffer("vecs", vecs.clone())
+        self.log_gain = nn.Parameter(log_gain.clone())
+        self.register_buffer("order", torch.arange(self.d))
+        self.register_buffer("inv_order", torch.arange(self.d))
+
+    def set_order(self, order: torch.Tensor) -> None:
+        """Latent value ``j`` holds event value ``order[j]`` (a permutation of ``range(D)``)."""
+        order = torch.as_tensor(order, dtype=torch.long).reshape(-1)
+        if order.numel() != self.d or not torch.equal(torch.sort(order).values, torch.arange(self.d)):
+            raise InterferoError(f"order must be a permutation of {self.d} values")
+        self.order.copy_(order)
+        self.inv_order.copy_(torch.argsort(order))
+
+    def _correlate(self, flat: torch.Tensor, sign: float) -> torch.Tensor:
+        """``C flat`` (``sign`` 1) or ``C^-1 flat`` (``sign`` -1) for flat events ``(B, D)``."""
+        coef = flat @ self.vecs
+        return flat + (coef * torch.expm1(sign * self.log_gain)) @ self.vecs.T
+
+    def _log_norm(self) -> torch.Tensor:
+        return -0.5 * self.d * math.log(2 * math.pi) - self.log_scale.sum() - self.log_gain.sum()
+
+    def forward(self, num_samples=1, context=None):
+        eps = torch.randn((num_samples, self.d), dtype=self.loc.dtype, device=self.loc.device)
+        noise = self._correlate(eps, 1.0)[:, self.order].reshape(num_samples, *self.shape)
+        return self.loc + torch.exp(self.log_scale) * noise, self._log_norm() - 0.5 * eps.pow(2).sum(-1)
+
+    def log_prob(self, z, context=None):
+        noise = ((z - self.loc) / torch.exp(self.log_scale)).reshape(z.shape[0], -1)[:, self.inv_order]
+        return self._log_norm() - 0.5 * self._correlate(noise, -1.0).pow(2).sum(-1)
+
+
 class SpaceToDepth(nf.flows.Flow):
     """``(B, C, H, W) -> (B, 4C, H/2, W/2)`` (a permutation: log-det 0)."""
 
@@ -158,6 +215,7 @@ def build_flow(
     init_spread: float = 0.1,
     seed: int = 0,
     coupling_scale: str = "exp",
+    base: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Flow:
     """A RealNVP or Glow flow over images ``(C, H, W)`` (H, W even) or vectors ``(D,)``.
 
@@ -174,12 +232,17 @@ def build_flow(
         output: output transform (``softplus``, ``exp``, ``none``).
         scale: ``s0`` of the output transform (for images in Jy/pixel: about the mean pixel value).
         init: image the initial ``q`` is centred on (in output units); default: ``h(0)``.
-        init_spread: initial standard deviation of the base, in latent units.
+        init_spread: initial standard deviation of the base, in latent units (with a correlated ``base``: of
+            the output latent, the layers' initial gains undone).
         seed: seeds the permutations (the rest of the initialisation is deterministic).
         coupling_scale: scale map of the conv couplings: ``"exp"`` (RealNVP, ``exp(s)``, unbounded) or
             ``"sigmoid"`` (``sigmoid(s + 2)`` in (0, 1) towards the image, normflows' ``"sigmoid_inv"``:
             a coupling can only contract, so no sample can overflow; the ActNorms still scale freely).
             The dense layout's log-scales are tanh-bounded either way.
+        base: ``None`` for a diagonal base Gaussian (independent latent pixels), or ``(V, log_gain)`` for
+            a :class:`CorrelatedGaussian` (``V`` of shape ``(D, r)`` over the event's ``D`` values, ``r``
+            starting log-gains): noise correlated across the image, as posteriors from Fourier-plane
+            data (interferometry) need.
     """
     shape = tuple(int(s) for s in shape)
     if kind not in KINDS:
@@ -193,13 +256,15 @@ def build_flow(
     config = {"shape": list(shape), "kind": kind, "blocks": blocks, "hidden": hidden, "output": output,
               "scale": float(scale), "init_spread": float(init_spread), "seed": seed,
               "coupling_scale": coupling_scale}
+    if base is not None:  # the key is absent for the diagonal base, as in flows saved before it existed
+        config["base_rank"] = int(torch.as_tensor(base[0]).shape[-1])
     with torch.random.fork_rng(), warnings.catch_warnings():  # every random choice comes from ``seed``
         warnings.filterwarnings("ignore", message=".*torch.lu is deprecated.*")
         torch.manual_seed(seed)
-        return _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread, seed, config)
+        return _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread, seed, config, base)
 
 
-def _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread, seed, config) -> Flow:
+def _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread, seed, config, base) -> Flow:
     out = OutputTransform(output, scale)
     g = torch.Generator().manual_seed(seed)
     layers: list[nf.flows.Flow] = []
@@ -251,13 +316,30 @@ def _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread
                 layers.append(nf.flows.LULinearPermute(d, identity_init=True))
         layers.append(Reshape(shape))
     layers.append(out)
-    q0 = nf.distributions.DiagGaussian(latent, trainable=True)
+    if base is not None:
+        if kind == "glow" and layout == "conv":
+            raise InterferoError("a correlated flow base needs layers that start as a permutation: a realnvp flow or"
+                                 " the dense layout (a conv glow starts with random 1x1 convolutions)")
+        q0 = CorrelatedGaussian(latent, base[0], base[1])
+    else:
+        q0 = nf.distributions.DiagGaussian(latent, trainable=True)
+    def to_base(u: torch.Tensor) -> torch.Tensor:
+        for layer in reversed(layers[:-1]):  # all but the output start as fixed linear maps
+            u, _ = layer.inverse(u)
+        return u.reshape(q0.loc.shape)
+
     with torch.no_grad():
+        dtype = q0.loc.dtype
         q0.log_scale.fill_(math.log(init_spread))
+        if isinstance(q0, CorrelatedGaussian):
+            # at initialisation the layers are linear maps without shifts: a permutation times fixed gains (a
+            # sigmoid coupling's sigmoid(2) contracts), which the base's scale and order undo, so the output
+            # latent starts with spread ``init_spread`` times the correlation C
+            gain = to_base(torch.ones(1, *shape, dtype=dtype)) - to_base(torch.zeros(1, *shape, dtype=dtype))
+            q0.log_scale.add_(torch.log(gain.abs()))
+            index = torch.arange(math.prod(shape), dtype=dtype).reshape(1, *shape)
+            q0.set_order(torch.round(to_base(index) / gain).reshape(-1))
         if init is not None:
-            init = torch.as_tensor(init, dtype=q0.loc.dtype).reshape(1, *shape)
-            u = out.to_latent(init)
-            for layer in reversed(layers[:-1]):  # all but the output start as fixed linear maps
-                u, _ = layer.inverse(u)
-            q0.loc.copy_(u.reshape(q0.loc.shape))
+            init = torch.as_tensor(init, dtype=dtype).reshape(1, *shape)
+            q0.loc.copy_(to_base(out.to_latent(init)))
     return Flow(q0, nn.ModuleList(layers), shape, config)

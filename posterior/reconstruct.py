@@ -66,6 +66,8 @@ from priors.factory import build_prior, prior_kind
 
 from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, load_checkpoint, read_checkpoint_record
 from .flows import build_flow
+from .laplace import MAX_PIXELS as LAPLACE_MAX_PIXELS
+from .laplace import correlated_base, data_hessian, prior_hessian
 from .map_estimate import MAPConfig, map_estimate
 from .methods import method_config, run_method
 from .metrics import (
@@ -83,11 +85,14 @@ from .report import plot_report, write_fits_summaries, write_json, write_samples
 from .ring import ring_samples, summarize_ring
 from .summary import Posterior, summarize_fits
 
+LAPLACE_STEPS = 300  # default length of the Laplace-based final flow (ReconstructSettings.laplace_steps)
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
+FLOW_BASES = ("diagonal", "laplace")  # ReconstructSettings.flow_base: correlated by the data's Hessian, or independent
 WARM_STARTS = ("map", "flow")  # what starts the final flow (ReconstructSettings.warm_start)
 MAP_ITERATIONS = 200  # L-BFGS iterations of the "map" warm start
 MAP_BLUR_UAS = 10.0  # FWHM of the blur of its MAP image (map_warm_start)
 WARM_START_DIR = "warm-start"  # its checkpoint folder inside the output folder
+DIAGONAL_DIR = "diagonal-fit"  # checkpoint folder of the diagonal-base fit that a Laplace-based flow follows
 COMPONENT_DIR = "component-{k}"  # checkpoint folder of ensemble member k >= 1
 ENSEMBLE = 3  # default number of independent DPI fits pooled (module docstring)
 
@@ -118,6 +123,8 @@ class ReconstructSettings:
     flow_coupling: str = "sigmoid"
     flow_hidden: int = 32
     flow_layout: str = "auto"  # conv couplings (auto for images) or dense: every pixel sees every other
+    flow_base: str = "diagonal"  # FLOW_BASES: "laplace" adds a final flow with a correlated base (fit_posterior)
+    laplace_steps: int | None = None  # of that final flow (each member); None: min(LAPLACE_STEPS, steps)
     init_fwhm_uas: float = 50.0
     anneal_steps: int = 0
     alpha: float = 1.0  # Renyi order of the final fit's objective (1 = reverse KL; posterior.dpi)
@@ -134,6 +141,8 @@ class ReconstructSettings:
     def __post_init__(self) -> None:
         if self.flow_output is None:  # a classical prior's flow stays positive; a score prior's p_eps needs both signs
             self.flow_output = "softplus" if prior_kind(self.prior).positive_images else "none"
+        if self.laplace_steps is None:
+            self.laplace_steps = min(LAPLACE_STEPS, self.steps)
         if self.ensemble is None:  # the baselines are single runs
             self.ensemble = ENSEMBLE if self.method == "dpi" else 1
 
@@ -246,18 +255,48 @@ def check_data_fit(op: InterferometryOperator, mean: np.ndarray, max_chi2: float
     return chi2
 
 
-def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float, init: torch.Tensor | None = None):
+INIT_SPREAD = 0.5  # starting spread of a flow with a diagonal base, in units of its pixel scale flux / npix^2
+
+
+def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float, init: torch.Tensor | None = None,
+                        base: tuple[torch.Tensor, torch.Tensor, float] | None = None):
     """The flow of a reconstruction: ``flow_kind`` with ``flow_blocks`` couplings of ``flow_hidden`` units in
     ``flow_layout`` (conv or dense, :func:`posterior.flows.build_flow`) (scale map ``flow_coupling``;
     the default ``"sigmoid"`` is bounded, see docs/posterior.md), output transform ``flow_output``, started
     near ``init`` (``(1, npix, npix)``, Jy/pixel; default a ``init_fwhm_uas`` Gaussian blob of ``flux`` Jy),
-    pixel scale ``flux / npix^2`` Jy."""
+    pixel scale ``flux / npix^2`` Jy. With ``base = (V, log_gain, std)`` (:func:`laplace_base`) its base is
+    correlated and starts with spread ``std`` Jy per pixel; else diagonal with spread :data:`INIT_SPREAD`."""
     if init is None:
         init = gaussian_blob(geom, flux, s.init_fwhm_uas)
+    scale = flux / s.npix**2
+    spread = INIT_SPREAD if base is None else base[2] / scale
     return build_flow((1, s.npix, s.npix), kind=s.flow_kind, layout=s.flow_layout, blocks=s.flow_blocks,
                       hidden=s.flow_hidden,
-                      output=s.flow_output, coupling_scale=s.flow_coupling, scale=flux / s.npix**2, init=init,
-                      init_spread=0.5, seed=s.seed)
+                      output=s.flow_output, coupling_scale=s.flow_coupling, scale=scale, init=init,
+                      init_spread=spread, seed=s.seed, base=None if base is None else base[:2])
+
+
+def laplace_base(s: ReconstructSettings, flux: float, op, prior, x0: torch.Tensor,
+                 resume_from: Path | None = None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """The Laplace-based final flow's correlated base (None unless :func:`laplace_stage`): the eigenvectors
+    and gains of the Laplace covariance ``(P_prior + H)^-1`` at ``x0`` (:mod:`posterior.laplace`: ``H`` the
+    data's Gauss-Newton Hessian, ``P_prior`` the prior's from its score), relative to the white scale ``s``
+    (a score prior's jitter :attr:`~priors.score_prior.ScorePrior.eps_std`, else ``INIT_SPREAD`` pixel
+    scales), and ``s``. A fit resumed from the checkpoint folder ``resume_from`` gets placeholders of the
+    checkpoint's rank (its saved directions replace them)."""
+    if not laplace_stage(s):
+        return None
+    eps_std = float(getattr(prior, "eps_std", 0.0))
+    std = eps_std or INIT_SPREAD * flux / s.npix**2
+    record = read_checkpoint_record(resume_from) if resume_from is not None else None
+    if record is not None and "base_rank" in record["flow"]:
+        rank = int(record["flow"]["base_rank"])
+        vecs = torch.zeros(s.npix**2, rank)
+        vecs[:rank, :rank] = torch.eye(rank)
+        return vecs, torch.zeros(rank), std
+    precision = prior_hessian(prior, x0, std, smoothed=eps_std > 0) + data_hessian(op, x0)
+    vecs, log_gain = correlated_base(precision, std)
+    return vecs.float(), log_gain.float(), std
 
 
 def warm_start_steps(s: ReconstructSettings) -> int:
@@ -291,26 +330,44 @@ def map_warm_start(s: ReconstructSettings, geom: ImageGeometry, flux: float, op,
 
 @dataclass
 class PosteriorFit:
-    """A reconstruction's DPI fits: the optional non-negative ``warm`` start and the ``final`` flow."""
+    """A reconstruction's DPI fits: the optional non-negative ``warm`` start, the ``mode`` fit (a flow with a
+    diagonal base, which finds where the posterior lies) when a Laplace-based flow follows it, and the ``final``
+    flow (the posterior)."""
 
     final: DPI
     warm: DPI | None = None
-    start: str = "blob"  # where the final flow started: "blob", "flow" (the warm fit's mean) or "map"
+    start: str = "blob"  # where the first identity-output flow started: "blob", "flow" (the warm fit's mean) or "map"
     start_seconds: float = 0.0  # of the MAP start
+    mode: DPI | None = None
 
     @property
     def stages(self) -> list[DPI]:
-        return [r for r in (self.warm, self.final) if r is not None]
+        return [r for r in (self.warm, self.mode, self.final) if r is not None]
 
     @property
     def history(self) -> list[dict]:
-        """Loss history of both fits, steps counted from the first; ``stage`` 0 = warm start, 1 = final."""
-        hist = [h | {"stage": 0.0} for h in (self.warm.history if self.warm is not None else [])]
-        return hist + [h | {"stage": 1.0, "step": h["step"] + self.warm_steps} for h in self.final.history]
+        """Loss history of the fits, steps counted from the first; ``stage`` 0 = warm start, 1 = the (diagonal)
+        flow from its mean, 2 = the Laplace-based final flow."""
+        hist, offset = [], 0
+        for stage, fit in ((0, self.warm), (1, self.mode if self.mode is not None else self.final),
+                           (2, self.final if self.mode is not None else None)):
+            if fit is not None:
+                hist += [h | {"stage": float(stage), "step": h["step"] + offset} for h in fit.history]
+                offset += fit.step
+        return hist
 
     @property
     def warm_steps(self) -> int:
         return self.warm.step if self.warm is not None else 0
+
+    @property
+    def diagonal_fit(self) -> DPI:
+        """The fit with the diagonal base (the final one unless a Laplace-based flow followed it)."""
+        return self.mode if self.mode is not None else self.final
+
+    @property
+    def laplace_steps(self) -> int:
+        return self.final.step if self.mode is not None else 0
 
     @property
     def seconds(self) -> float:
@@ -325,21 +382,37 @@ class PosteriorFit:
         return sum(r.rollbacks for r in self.stages)
 
 
+def laplace_stage(s: ReconstructSettings) -> bool:
+    """Whether a Laplace-based flow follows the diagonal fit (``flow_base="laplace"``, ``laplace_steps > 0``, a
+    flow whose latent is the image: ``flow_output="none"``)."""
+    return s.flow_base == "laplace" and s.laplace_steps > 0 and s.flow_output == "none"
+
+
 def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, prior, out: Path | None = None,
                   resume: bool = False, progress: bool = True, callback=None) -> PosteriorFit:
     """Fits the reconstruction's flow posterior; with a warm start (:func:`warm_start_steps`) first a
-    softplus flow from the Gaussian blob, then the final flow started at its posterior mean (256 samples,
-    seeded), or with ``warm_start="map"`` the final flow started at :func:`map_warm_start`. Checkpoints go to
-    ``out`` (the final fit) and ``out/warm-start`` (the warm start); with
-    ``resume`` both continue; once the final fit has a checkpoint its warm start is not extended, whatever
-    ``steps`` now implies. ``anneal_steps`` ramps the data weight of
-    the first fit. ``callback(dpi, terms, first_step)`` is called after every step of either fit
-    (``first_step``: the global step the fit started at)."""
+    softplus flow from the Gaussian blob, then a flow started at its posterior mean (256 samples, seeded), or
+    with ``warm_start="map"`` at :func:`map_warm_start`. That flow has a diagonal base: it finds where the
+    posterior lies but keeps per-pixel conditional variances (docs/posterior.md). With :func:`laplace_stage` a
+    last flow follows, started at its mean with the correlated base of :func:`laplace_base` there, for
+    ``laplace_steps``: the posterior. Checkpoints go to ``out`` (the final fit), ``out/diagonal-fit`` (the
+    diagonal fit when a Laplace stage follows) and ``out/warm-start``; with ``resume`` all continue; once a
+    later fit has a checkpoint the earlier ones are not extended, whatever ``steps`` now implies.
+    ``anneal_steps`` ramps the data weight of the first fit. ``callback(dpi, terms, first_step)`` is called
+    after every step of any fit (``first_step``: the global step the fit started at)."""
     k = warm_start_steps(s)
-    started = resume and out is not None and read_checkpoint_record(out) is not None  # the final fit has begun
-    if started and k > 0 and s.warm_start == "flow":
-        done = read_checkpoint_record(out / WARM_START_DIR)
-        k = k if done is None else int(done["step"])  # the final fit already started from this warm start
+    laplace = laplace_stage(s)
+    diag_out = None if out is None else (out / DIAGONAL_DIR if laplace else out)
+
+    def begun(folder: Path | None) -> dict | None:
+        return read_checkpoint_record(folder) if resume and folder is not None else None
+
+    final_begun = begun(out) is not None
+    diag_record = begun(diag_out)
+    diag_steps = s.steps if not (laplace and final_begun and diag_record) else int(diag_record["step"])
+    if diag_record is not None and k > 0 and s.warm_start == "flow":
+        done = begun(out / WARM_START_DIR)
+        k = k if done is None else int(done["step"])  # the diagonal fit already started from this warm start
     target = DPITarget(op, op.data, prior)
 
     def config(steps: int, anneal: int, alpha: float = 1.0) -> DPIConfig:
@@ -352,7 +425,7 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
     warm, init, start, map_seconds = None, None, "blob", 0.0
     if k > 0 and s.warm_start == "map":  # the flow's start is in its checkpoint: a resumed fit needs no MAP
         t0 = time.perf_counter()
-        init, k, start = (None if started else map_warm_start(s, geom, flux, op, prior)), 0, "map"
+        init, k, start = (None if diag_record else map_warm_start(s, geom, flux, op, prior)), 0, "map"
         map_seconds = time.perf_counter() - t0
     elif k > 0:
         start = "flow"
@@ -364,9 +437,18 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
         torch.manual_seed(s.seed)
         init = warm.sample(256)[0].mean(0)
     torch.manual_seed(s.seed)
-    final = DPI(reconstruction_flow(s, geom, flux, init), target, config(s.steps, 0 if k else s.anneal_steps, s.alpha),
-                out=out, resume=resume, progress=progress, callback=staged(k)).fit()
-    return PosteriorFit(final, warm, start, map_seconds)
+    diag = DPI(reconstruction_flow(s, geom, flux, init), target,
+               config(diag_steps, 0 if k else s.anneal_steps, 1.0 if laplace else s.alpha),
+               out=diag_out, resume=resume, progress=progress, callback=staged(k)).fit()
+    if not laplace:
+        return PosteriorFit(diag, warm, start, map_seconds)
+    torch.manual_seed(s.seed)
+    mean = diag.sample(256)[0].mean(0)
+    base = laplace_base(s, flux, op, prior, mean, resume_from=out if final_begun else None)
+    torch.manual_seed(s.seed)
+    final = DPI(reconstruction_flow(s, geom, flux, mean, base), target, config(s.laplace_steps, 0, s.alpha),
+                out=out, resume=resume, progress=progress, callback=staged(k + diag.step)).fit()
+    return PosteriorFit(final, warm, start, map_seconds, mode=diag)
 
 
 def prior_method_name(s: ReconstructSettings) -> str:
@@ -380,6 +462,17 @@ def build_problem(obs_path, s: ReconstructSettings):
         raise InterferoError(f"--steps must be >= 1, got {s.steps}")
     if s.warm_start_steps is not None and s.warm_start_steps < 0:
         raise InterferoError(f"--warm-start must be >= 0 steps, got {s.warm_start_steps}")
+    if s.flow_base not in FLOW_BASES:
+        raise InterferoError(f"unknown --flow-base {s.flow_base!r} (choose from {', '.join(FLOW_BASES)})")
+    if s.laplace_steps < 0:
+        raise InterferoError(f"--laplace-steps must be >= 0, got {s.laplace_steps}")
+    if laplace_stage(s) and s.flow_kind == "glow" and s.flow_layout != "dense":
+        raise InterferoError("--flow-base laplace needs --flow realnvp or --flow-layout dense (a conv glow starts with"
+                             " random 1x1 convolutions); use --flow-base diagonal with a conv glow")
+    if laplace_stage(s) and s.npix**2 > LAPLACE_MAX_PIXELS:
+        raise InterferoError(f"--flow-base laplace needs a dense Hessian over the pixels: at most {LAPLACE_MAX_PIXELS}"
+                             f" ({int(LAPLACE_MAX_PIXELS**0.5)}x{int(LAPLACE_MAX_PIXELS**0.5)}), got {s.npix}x{s.npix};"
+                             " use --flow-base diagonal")
     if s.warm_start not in WARM_STARTS:
         raise InterferoError(f"unknown --warm-start-kind {s.warm_start!r} (choose from {', '.join(WARM_STARTS)})")
     if s.samples < 2:
@@ -511,7 +604,8 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
         fits.append(fit)
         posts.append(fit.final.posterior())
         sample_fits.append(sample_chi2(op, posts[-1].samples))  # before any alignment move (pool_components)
-        members.append({"seed": s.seed + k, "n_samples": n_k, "steps": fit.final.step, "fit_seconds": fit.seconds,
+        members.append({"seed": s.seed + k, "n_samples": n_k, "steps": fit.diagonal_fit.step,
+                        "laplace_steps": fit.laplace_steps, "fit_seconds": fit.seconds,
                         "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None,
                         "bound": fit_bound(fit.final.history, fit.final.step)}
                        | image_chi2(op, posts[-1].mean)
@@ -528,7 +622,8 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
     seconds = sum(f.seconds for f in fits)
     post.diagnostics |= {"history": first.history, "seconds": seconds, "skipped_steps": first.skipped,
                          "warm_start_steps": first.warm_steps}
-    run_info = {"steps": first.final.step, "warm_start": first.start, "warm_start_steps": first.warm_steps,
+    run_info = {"steps": first.diagonal_fit.step, "laplace_steps": first.laplace_steps, "warm_start": first.start,
+                "warm_start_steps": first.warm_steps,
                 "skipped_steps": sum(f.skipped for f in fits), "rollbacks": sum(f.rollbacks for f in fits),
                 "fit_seconds": seconds, "ensemble": s.ensemble,
                 "chi2_samples": summarize_sample_chi2({p: np.concatenate([f[p] for f in sample_fits])

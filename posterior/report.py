@@ -144,10 +144,11 @@ def plot_report(post: Posterior, geom: ImageGeometry, path, residuals: dict[str,
         ax = fig.add_subplot(gs[3, 4:])
         steps = [h["step"] for h in hist]
         ax.plot(steps, [h["loss"] for h in hist], lw=0.8)
-        warm = [h["step"] for h in hist if h.get("stage") == 0]
-        if warm:  # a warm-started fit: the loss jumps where the final flow starts
-            ax.axvline(max(warm), color="0.5", ls="--", lw=0.8)
-            ax.text(max(warm), 0.98, " final fit", transform=ax.get_xaxis_transform(), fontsize=6, va="top")
+        for stage, label in ((0, " diagonal fit"), (1, " Laplace fit")):  # the loss jumps where a fit starts
+            before = [h["step"] for h in hist if h.get("stage") == stage]
+            if before and any(h.get("stage", 1) > stage for h in hist):
+                ax.axvline(max(before), color="0.5", ls="--", lw=0.8)
+                ax.text(max(before), 0.98, label, transform=ax.get_xaxis_transform(), fontsize=6, va="top")
         ax.set_yscale("symlog")
         ax.set_xlabel("step", fontsize=8)
         ax.set_title("DPI loss", fontsize=9)

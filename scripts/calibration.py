@@ -185,7 +185,8 @@ def _fit_case(job: dict, folder: Path) -> dict:
     write_fits_image(truth, GEOM, folder / "truth.fits")
     s = ReconstructSettings(steps=job["steps"], elbo_draws=job["elbo_draws"], batch=job["batch"], lr=job["lr"],
                             samples=job["samples"], seed=job["seed"], threads=1, ensemble=job["ensemble"],
-                            warm_start=job["warm_start"], alpha=job["alpha"])
+                            warm_start=job["warm_start"], alpha=job["alpha"],
+                            flow_base=job.get("flow_base", "diagonal"))
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
@@ -410,7 +411,7 @@ def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[s
 
 # settings added after runs began, at the values those runs used
 SETTINGS_BEFORE = {"lr": 2e-3, "prior": "bh32lnflux", "law": "disk-lnflux", "warm_start": "flow",
-                   "alpha": 1.0}
+                   "alpha": 1.0, "flow_base": "diagonal"}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:
@@ -437,6 +438,7 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
                              "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch, "lr": args.lr,
                              "samples": args.samples, "warm_start": args.warm_start, "alpha": args.alpha,
+                             "flow_base": args.flow_base,
                              "ensemble": args.ensemble, "rescore": args.rescore, "jitter": args.jitter,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
@@ -459,7 +461,7 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
 
 
 def main() -> None:
-    from posterior.reconstruct import WARM_STARTS, ReconstructSettings
+    from posterior.reconstruct import FLOW_BASES, WARM_STARTS, ReconstructSettings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, required=True, help="truths per test set")
@@ -476,6 +478,8 @@ def main() -> None:
     p.add_argument("--warm-start-kind", dest="warm_start", choices=WARM_STARTS, default=d.warm_start,
                    help="what starts each flow fit (reconstruct --warm-start-kind)")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Renyi order of the fits' objective (1 = reverse KL)")
+    p.add_argument("--flow-base", dest="flow_base", choices=FLOW_BASES, default=d.flow_base,
+                   help="base Gaussian of each final flow (reconstruct --flow-base)")
     p.add_argument("--samples", type=int, default=d.samples)
     p.add_argument("--ensemble", type=int, default=d.ensemble, help="independent flow fits pooled per case")
     p.add_argument("--jobs", type=int, default=2)
@@ -505,7 +509,7 @@ def main() -> None:
     args.jitter = load_prior("default").eps_std
     jobs = case_jobs({s: truths(s, args.n, args.seed, args.law) for s in sets}, arrays, args)
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "lr", "samples",
-                                        "ensemble", "warm_start", "alpha", "seed", "prior", "law")}
+                                        "ensemble", "warm_start", "alpha", "flow_base", "seed", "prior", "law")}
     check_run_settings(Path(args.out), settings)
     results, todo = finished_cases(jobs, args.rescore)
 

@@ -58,7 +58,9 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
     assert m["warm_start_steps"] == 2 and m["warm_start"] == "flow"
     warm = json.loads((out / "warm-start" / "dpi-checkpoint.json").read_text())
     assert warm["step"] == 2 and warm["flow"]["output"] == "softplus"
-    assert json.loads((out / "dpi-checkpoint.json").read_text())["flow"]["output"] == "none"
+    final = json.loads((out / "dpi-checkpoint.json").read_text())["flow"]
+    assert final["output"] == "none" and "base_rank" not in final and m["laplace_steps"] == 0
+    assert not (out / "diagonal-fit").exists()
     assert 0 <= m["truth_coverage_68"] <= m["truth_coverage_95"] <= 1 and m["coverage_pixels"] > 0
     assert m["truth_rms_error"] > 0 and m["posterior_rms_std"] > 0 and m["truth_median_abs_z"] > 0
     # a 50 uas Gaussian of the right flux already scores 0.91 after 10 uas blurring on this truth
@@ -85,6 +87,40 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
         assert meta["operator"]["products"] == ["cphase", "logcamp"] and meta["prior"]["name"] == "bh32lnflux"
     for png in ("report.png", "uv_coverage.png"):
         assert (out / png).stat().st_size > 10_000
+
+
+def test_laplace_flow_base_adds_a_correlated_final_fit(grmhd, tmp_path, capsys):
+    """``--flow-base laplace``: the diagonal fit moves to ``diagonal-fit/``, a flow with the correlated base
+    follows it for ``min(300, --steps)`` steps in ``out`` (the posterior), the history holds the three fits;
+    a resume with more steps extends only that last fit; ``--laplace-steps 0`` is the diagonal fit alone."""
+    out = tmp_path / "laplace"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--flow-base", "laplace", "--out", out)
+    assert code == 0, cap.err
+    final = json.loads((out / "dpi-checkpoint.json").read_text())
+    diag = json.loads((out / "diagonal-fit" / "dpi-checkpoint.json").read_text())
+    assert final["step"] == 2 and final["flow"]["base_rank"] > 0
+    assert diag["step"] == 2 and "base_rank" not in diag["flow"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 2 and m["laplace_steps"] == 2 and m["warm_start_steps"] == 2
+    with h5py.File(out / "samples.h5") as f:
+        cols = json.loads(f["history"].attrs["columns"])
+        hist = f["history"][...]
+        np.testing.assert_array_equal(hist[:, cols.index("step")], [2, 4, 6])
+        np.testing.assert_array_equal(hist[:, cols.index("stage")], [0, 1, 2])
+    longer = [a if a != "2" or i != 1 else "4" for i, a in enumerate(TINY)]
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *longer, "--flow-base", "laplace", "--resume",
+                    "--out", out)
+    assert code == 0, cap.err
+    resumed = json.loads((out / "dpi-checkpoint.json").read_text())
+    assert resumed["step"] == 4 and resumed["flow"]["base_rank"] == final["flow"]["base_rank"]
+    assert json.loads((out / "diagonal-fit" / "dpi-checkpoint.json").read_text())["step"] == 2
+    assert resumed["history"][: len(final["history"])] == final["history"]
+    none = tmp_path / "none"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--flow-base", "laplace", "--laplace-steps",
+                    "0", "--out", none)
+    assert code == 0, cap.err
+    assert "base_rank" not in json.loads((none / "dpi-checkpoint.json").read_text())["flow"]
+    assert not (none / "diagonal-fit").exists()
 
 
 def test_flow_output_softplus_is_positive_and_none_is_not(grmhd, tmp_path, capsys):
@@ -296,6 +332,8 @@ def test_systematic_noise_inflates_the_closure_sigmas(grmhd):
         (["--ensemble", "0"], "--ensemble: must be >= 1"),
         (["--ensemble", "3"], "--samples 4 is too few for --ensemble 3"),
         (["--ensemble", "2", "--method", "map"], "is for --method dpi only"),
+        (["--laplace-steps", "-1"], "--laplace-steps: must be >= 0"),
+        (["--flow", "glow", "--flow-base", "laplace"], "--flow-base laplace needs --flow realnvp"),
     ],
 )
 def test_bad_settings_are_one_line_errors(grmhd, tmp_path, capsys, extra, message):
