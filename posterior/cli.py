@@ -164,6 +164,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--samples", type=count(2), default=d.samples, help="posterior samples per reconstruction")
     a.add_argument("--ensemble", type=count(), default=d.ensemble, metavar="K",
                    help="independent DPI fits pooled per reconstruction (as reconstruct --ensemble)")
+    a.add_argument("--flow-base", default=d.flow_base, choices=rec.FLOW_BASES,
+                   help="base of each fit's flow, as reconstruct --flow-base")
     a.add_argument("--seed", type=seed, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
     a.add_argument("--threads", type=count(), help="torch CPU threads")
     a.add_argument("--max-chi2", type=positive(), default=d.max_chi2,
@@ -213,7 +215,8 @@ def _array_study(args) -> None:
         check_output_file(args.json, "--json", create_parent=True)
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
     s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, ensemble=args.ensemble,
-                                seed=args.seed, threads=args.threads, max_chi2=args.max_chi2)
+                                seed=args.seed, threads=args.threads, max_chi2=args.max_chi2,
+                                flow_base=args.flow_base)
     res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite,
                       resume=args.resume)
     if args.json:
