@@ -1,8 +1,9 @@
 """Normalizing flows for variational posteriors (RealNVP and Glow on normflows).
 
-A flow maps a diagonal Gaussian base ``z`` through invertible layers to an
-event ``x`` of any shape (images ``(C, H, W)``, vectors), and gives both
-``sample(n) -> (x, log_q(x))`` and ``log_prob(x)`` (normflows' API).
+A flow maps a Gaussian base ``z`` (diagonal, or :class:`CorrelatedGaussian` with a fixed
+correlation across the event) through invertible layers to an event ``x`` of any shape
+(images ``(C, H, W)``, vectors), and gives both ``sample(n) -> (x, log_q(x))`` and
+``log_prob(x)`` (normflows' API).
 
 Dense layout (small images, vectors): the event is flattened; each block is a
 masked affine coupling whose shift and log-scale (tanh-bounded) come from MLPs
