@@ -67,7 +67,9 @@ def prior_hessian(prior, x0: torch.Tensor, prior_std: float, smoothed: bool = Tr
     rows = []
     with torch.no_grad():
         for i in range(0, d, chunk):
-            steps = h * torch.eye(d, dtype=dtype)[i:i + chunk].reshape(-1, *shape)
+            steps = torch.zeros(min(chunk, d - i), d, dtype=dtype)
+            steps[:, i:i + chunk].fill_diagonal_(h)  # pixels i, i+1, ... moved by h, one per image
+            steps = steps.reshape(-1, *shape)
             diff = prior.score(x0 + steps).double() - prior.score(x0 - steps).double()
             rows.append(-diff.reshape(-1, d) / (2 * h))
     hess = torch.cat(rows)

@@ -87,7 +87,7 @@ from .summary import Posterior, summarize_fits
 
 LAPLACE_STEPS = 300  # default length of the Laplace-based final flow (ReconstructSettings.laplace_steps)
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
-FLOW_BASES = ("diagonal", "laplace")  # ReconstructSettings.flow_base: correlated by the data's Hessian, or independent
+FLOW_BASES = ("diagonal", "laplace")  # ReconstructSettings.flow_base: independent base pixels, or a Laplace stage
 WARM_STARTS = ("map", "flow")  # what starts the final flow (ReconstructSettings.warm_start)
 MAP_ITERATIONS = 200  # L-BFGS iterations of the "map" warm start
 MAP_BLUR_UAS = 10.0  # FWHM of the blur of its MAP image (map_warm_start)
