@@ -18,6 +18,14 @@ settings, and compares the posteriors:
   diameter's 68% interval and its width (uas), nxcorr after 10 uas
   blurring against the truth, the closure chi^2, and a rank (1 = best by
   nxcorr after blurring; ties by the smaller mean std);
+- per array, a reference for the std: the per-pixel std of the Laplace
+  approximation at the posterior mean (``laplace_mean_std_jy``, over the
+  image, and ``laplace_mean_std_source_jy``, over the source pixels):
+  ``sqrt(diag((P_prior + H)^-1))`` with ``H`` the data's Gauss-Newton
+  Hessian and ``P_prior`` the prior's from its score
+  (:mod:`posterior.laplace`), what a posterior that is locally Gaussian
+  there would give, every correlation between pixels counted (None above
+  :data:`posterior.laplace.MAX_PIXELS` pixels);
 - one figure (``arrays.png``): the truth, then per array the posterior mean
   (top), its std and the std after 10 uas blurring (each row one colour
   scale for all arrays);
@@ -128,10 +136,13 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
         within, between, blurred = _std_parts(folder / "samples.h5", rec_geom.psize_uas)
         region = aligned_truth(truth_rec, m["nxcorr_shift_px"])[1]
         posts[a] = (mean, std, blurred)
+        lap = laplace_reference(folder / "obs.uvfits", mean, s)
         d = m.get("ring", {}).get("diameter_uas")
         rows[a] = {"stations": list(arr.names), "n_sites": n_sites(arr), "mean_std_jy": float(std.mean()),
                    "mean_within_fit_std_jy": within, "mean_between_fit_std_jy": between,
                    "mean_std_blur10_jy": float(blurred.mean()), "mean_std_source_jy": float(std[region].mean()),
+                   "laplace_mean_std_jy": None if lap is None else float(lap.mean()),
+                   "laplace_mean_std_source_jy": None if lap is None else float(lap[region].mean()),
                    "nxcorr_blur10": m["nxcorr_blur10"], "nxcorr": m["nxcorr"],
                    "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
                    "ring_diameter_median_uas": d["median"] if d else None,
@@ -147,6 +158,27 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
     atomic_write_text(out / "arrays.md", markdown(rows))
     atomic_write_text(out / "arrays.json", json.dumps(result, indent=2))
     return result
+
+
+def laplace_reference(obs_path: Path, mean: np.ndarray, s: ReconstructSettings) -> np.ndarray | None:
+    """The per-pixel std map (Jy/pixel, the mean's shape) of the Laplace approximation of the reconstruction's
+    posterior (the observation at ``obs_path``, settings ``s``) at its posterior mean ``mean``: the module
+    docstring's reference; None for images of more than :data:`posterior.laplace.MAX_PIXELS` pixels."""
+    import contextlib
+    import io
+
+    import torch
+
+    from .laplace import MAX_PIXELS, laplace_precision, laplace_std
+    from .reconstruct import build_problem, is_smoothed, white_scale
+
+    if mean.size > MAX_PIXELS:
+        return None
+    with contextlib.redirect_stderr(io.StringIO()):  # the reconstruction printed the problem's warnings already
+        _, _, op, prior, flux = build_problem(obs_path, s)
+    x0 = torch.tensor(mean, dtype=torch.float64)
+    precision = laplace_precision(op, prior, x0, white_scale(s, prior, flux), smoothed=is_smoothed(prior))
+    return laplace_std(precision).reshape(mean.shape).numpy()
 
 
 def _std_parts(samples_h5: Path, psize_uas: float) -> tuple[float, float, np.ndarray]:
@@ -170,16 +202,18 @@ def _std_parts(samples_h5: Path, psize_uas: float) -> tuple[float, float, np.nda
 
 def markdown(rows: dict[str, dict]) -> str:
     lines = ["| rank | array | sites | mean std (Jy/px): total (fits' own / between fits) | mean std, 10 uas blur"
-             " (Jy/px) | mean std, source pixels (Jy/px) | nxcorr (10 uas blur) | ring diameter 68% (uas) |"
-             " chi^2 cphase / logcamp |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             " (Jy/px) | mean std, source pixels (Jy/px) | Laplace std at the mean: image / source (Jy/px) |"
+             " nxcorr (10 uas blur) | ring diameter 68% (uas) | chi^2 cphase / logcamp |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for a in sorted(rows, key=lambda k: rows[k]["rank"]):
         r = rows[a]
         iv = r["ring_diameter_interval_uas"]
         ring = f"{iv[0]:.1f}-{iv[1]:.1f}" if iv else "no ring"
         parts = f"({r['mean_within_fit_std_jy']:.1e} / {r['mean_between_fit_std_jy']:.1e})"
+        lap = ("n/a" if r.get("laplace_mean_std_jy") is None
+               else f"{r['laplace_mean_std_jy']:.2e} / {r['laplace_mean_std_source_jy']:.2e}")
         lines.append(f"| {r['rank']} | {a} | {r['n_sites']} | {r['mean_std_jy']:.2e} {parts} |"
-                     f" {r['mean_std_blur10_jy']:.2e} | {r['mean_std_source_jy']:.2e} |"
+                     f" {r['mean_std_blur10_jy']:.2e} | {r['mean_std_source_jy']:.2e} | {lap} |"
                      f" {r['nxcorr_blur10']:.3f} | {ring} |"
                      f" {r['chi2_cphase']:.2f} / {r['chi2_logcamp']:.2f} |")
     return "\n".join(lines) + "\n"

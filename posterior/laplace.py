@@ -80,6 +80,21 @@ def prior_hessian(prior, x0: torch.Tensor, prior_std: float, smoothed: bool = Tr
     return (vecs * lam) @ vecs.T
 
 
+def laplace_precision(operator, prior, x0: torch.Tensor, prior_std: float, smoothed: bool = True) -> torch.Tensor:
+    """The Laplace precision ``P_prior + H`` at ``x0`` (``(D, D)``, float64, 1/Jy^2):
+    :func:`prior_hessian` (white scale ``prior_std`` Jy/pixel, ``smoothed`` as there) plus :func:`data_hessian`."""
+    return prior_hessian(prior, x0, prior_std, smoothed=smoothed) + data_hessian(operator, x0)
+
+
+def laplace_std(precision: torch.Tensor) -> torch.Tensor:
+    """Per-pixel std ``sqrt(diag(P^-1))`` (``(D,)``, Jy/pixel) of the Gaussian of ``precision`` ``P``
+    (positive definite, 1/Jy^2): the marginal spread of each pixel, every correlation counted."""
+    chol, info = torch.linalg.cholesky_ex(precision.to(torch.float64))
+    if int(info) != 0:
+        raise InterferoError("the Laplace precision is not positive definite")
+    return torch.cholesky_inverse(chol).diagonal().sqrt()
+
+
 def correlated_base(precision: torch.Tensor, prior_std: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(V, log_gain)`` of :class:`posterior.flows.CorrelatedGaussian` for the Gaussian of ``precision``
     (``(D, D)``, positive definite, 1/Jy^2) with white scale ``s = prior_std`` (Jy/pixel): ``V`` its

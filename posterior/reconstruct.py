@@ -67,7 +67,7 @@ from priors.factory import build_prior, prior_kind
 from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, load_checkpoint, read_checkpoint_record
 from .flows import build_flow
 from .laplace import MAX_PIXELS as LAPLACE_MAX_PIXELS
-from .laplace import correlated_base, data_hessian, prior_hessian
+from .laplace import correlated_base, laplace_precision
 from .map_estimate import MAPConfig, map_estimate
 from .methods import method_config, run_method
 from .metrics import (
@@ -276,6 +276,18 @@ def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float
                       init_spread=spread, seed=s.seed, base=None if base is None else base[:2])
 
 
+def white_scale(s: ReconstructSettings, prior, flux: float) -> float:
+    """The white scale of a Laplace approximation, Jy/pixel: a score prior's jitter
+    :attr:`~priors.score_prior.ScorePrior.eps_std` (its density ``p_eps`` is smoothed by it), else
+    ``INIT_SPREAD`` pixel scales ``flux / npix^2``."""
+    return float(getattr(prior, "eps_std", 0.0)) or INIT_SPREAD * flux / s.npix**2
+
+
+def is_smoothed(prior) -> bool:
+    """Whether ``prior``'s density is a law smoothed by white noise of its ``eps_std`` (a score prior)."""
+    return float(getattr(prior, "eps_std", 0.0)) > 0
+
+
 def laplace_base(s: ReconstructSettings, flux: float, op, prior, x0: torch.Tensor,
                  resume_from: Path | None = None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
     """The Laplace-based final flow's correlated base (None unless :func:`laplace_stage`): the eigenvectors
@@ -286,16 +298,14 @@ def laplace_base(s: ReconstructSettings, flux: float, op, prior, x0: torch.Tenso
     checkpoint's rank (its saved directions replace them)."""
     if not laplace_stage(s):
         return None
-    eps_std = float(getattr(prior, "eps_std", 0.0))
-    std = eps_std or INIT_SPREAD * flux / s.npix**2
+    std = white_scale(s, prior, flux)
     record = read_checkpoint_record(resume_from) if resume_from is not None else None
     if record is not None and "base_rank" in record["flow"]:
         rank = int(record["flow"]["base_rank"])
         vecs = torch.zeros(s.npix**2, rank)
         vecs[:rank, :rank] = torch.eye(rank)
         return vecs, torch.zeros(rank), std
-    precision = prior_hessian(prior, x0, std, smoothed=eps_std > 0) + data_hessian(op, x0)
-    vecs, log_gain = correlated_base(precision, std)
+    vecs, log_gain = correlated_base(laplace_precision(op, prior, x0, std, smoothed=is_smoothed(prior)), std)
     return vecs.float(), log_gain.float(), std
 
 

@@ -28,6 +28,7 @@ def test_array_study_writes_a_ranked_comparison(tmp_path):
         assert r["mean_std_jy"] > 0 and np.isfinite(r["nxcorr_blur10"])
         assert r["mean_within_fit_std_jy"] > 0 and r["mean_between_fit_std_jy"] == 0  # one fit (TINY)
         assert set(r) >= {"mean_std_jy", "nxcorr_blur10", "ring_diameter_interval_uas", "rank", "n_sites"}
+        assert 0 < r["laplace_mean_std_jy"] < np.inf and 0 < r["laplace_mean_std_source_jy"] < np.inf
     assert rows["EHT2017"]["n_sites"] == 6 and rows["EHT2017-JCMT-SMT-APEX"]["n_sites"] == 5
     assert "SMT" not in rows["EHT2017-JCMT-SMT-APEX"]["stations"]
     out = tmp_path / "study"

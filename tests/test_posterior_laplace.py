@@ -12,7 +12,7 @@ from interfero.models import render
 from interfero.operators.base import GaussianNoise
 from interfero.operators.closure import InterferometryOperator
 from interfero.operators.image import MatrixOperator
-from posterior.laplace import correlated_base, data_hessian, prior_hessian
+from posterior.laplace import correlated_base, data_hessian, laplace_precision, laplace_std, prior_hessian
 from priors.classical import GaussianPrior, TVPrior
 
 
@@ -74,6 +74,25 @@ def test_correlated_base_gives_the_laplace_covariance():
     assert torch.allclose(s**2 * c @ c, torch.linalg.inv(precision), atol=1e-12)
     # with a white prior only the six directions the data measure differ from the prior's scale
     assert int((log_gain.abs() > 1e-9).sum()) == 6
+
+
+def test_laplace_std_of_a_linear_gaussian_model_is_the_exact_posterior_std():
+    """Closed form: data ``y = A x + n`` (``n ~ N(0, diag(sigma^2))``) and prior ``N(m, S)`` give the posterior
+    covariance ``(A^T W A + S^-1)^-1``; its diagonal's square root at any ``x0``."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((12, 16))
+    sigma = rng.uniform(0.5, 2.0, 12)
+    b = rng.standard_normal((16, 16))
+    cov = b @ b.T / 16 + 0.5 * np.eye(16)
+    op = MatrixOperator((1, 4, 4), a, GaussianNoise(torch.tensor(sigma)))
+    prior = GaussianPrior(torch.zeros(1, 4, 4), torch.tensor(cov))
+    x0 = torch.tensor(rng.standard_normal((1, 4, 4)))
+    std = laplace_std(laplace_precision(op, prior, x0, prior_std=10.0, smoothed=False))
+    exact = np.sqrt(np.diag(np.linalg.inv(a.T @ (a / sigma[:, None] ** 2) + np.linalg.inv(cov))))
+    assert np.allclose(std.numpy(), exact, rtol=1e-6)
+    assert (std.numpy() < np.sqrt(np.diag(cov))).all()  # data only narrow a Gaussian posterior
+    with pytest.raises(InterferoError, match="not positive definite"):
+        laplace_std(-torch.eye(3, dtype=torch.float64))
 
 
 def test_laplace_refusals():
