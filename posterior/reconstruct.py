@@ -398,18 +398,37 @@ def laplace_stage(s: ReconstructSettings) -> bool:
     return s.flow_base == "laplace" and s.laplace_steps > 0 and s.flow_output == "none"
 
 
+def _dpi_config(s: ReconstructSettings, steps: int, anneal: int, alpha: float = 1.0) -> DPIConfig:
+    return DPIConfig(steps=steps, batch=s.batch, lr=s.lr, n_samples=s.samples, seed=s.seed, anneal_steps=anneal,
+                     alpha=alpha, ckpt_every=max(10, min(100, steps // 5)))
+
+
+def _staged(callback, first_step: int):
+    return None if callback is None else (lambda dpi, terms: callback(dpi, terms, first_step))
+
+
 def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, prior, out: Path | None = None,
                   resume: bool = False, progress: bool = True, callback=None) -> PosteriorFit:
-    """Fits the reconstruction's flow posterior; with a warm start (:func:`warm_start_steps`) first a
-    softplus flow from the Gaussian blob, then a flow started at its posterior mean (256 samples, seeded), or
-    with ``warm_start="map"`` at :func:`map_warm_start`. That flow has a diagonal base: it finds where the
-    posterior lies but keeps per-pixel conditional variances (docs/posterior.md). With :func:`laplace_stage` a
-    last flow follows, started at its mean with the correlated base of :func:`laplace_base` there, for
-    ``laplace_steps``: the posterior. Checkpoints go to ``out`` (the final fit), ``out/diagonal-fit`` (the
-    diagonal fit when a Laplace stage follows) and ``out/warm-start``; with ``resume`` all continue; once a
-    later fit has a checkpoint the earlier ones are not extended, whatever ``steps`` now implies.
-    ``anneal_steps`` ramps the data weight of the first fit. ``callback(dpi, terms, first_step)`` is called
-    after every step of any fit (``first_step``: the global step the fit started at)."""
+    """Fits the reconstruction's flow posterior: :func:`fit_mode`, then with :func:`laplace_stage` a last flow
+    (:func:`fit_laplace`) started at the diagonal fit's own mean (:func:`mode_mean`): the posterior.
+    Checkpoints go to ``out`` (the final fit), ``out/diagonal-fit`` (the diagonal fit when a Laplace stage
+    follows) and ``out/warm-start``; with ``resume`` all continue; once a later fit has a checkpoint the
+    earlier ones are not extended, whatever ``steps`` now implies. ``callback(dpi, terms, first_step)`` is
+    called after every step of any fit (``first_step``: the global step the fit started at)."""
+    mode = fit_mode(s, geom, flux, op, prior, out, resume, progress, callback)
+    if not laplace_stage(s):
+        return mode
+    return fit_laplace(s, geom, flux, op, prior, mode, mode_mean(mode, s.seed), out, resume, progress, callback)
+
+
+def fit_mode(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, prior, out: Path | None = None,
+             resume: bool = False, progress: bool = True, callback=None) -> PosteriorFit:
+    """The fits before any Laplace stage (the returned fit's ``final``): with a warm start
+    (:func:`warm_start_steps`) first a softplus flow from the Gaussian blob, then a flow started at its
+    posterior mean (256 samples, seeded), or with ``warm_start="map"`` at :func:`map_warm_start`. That flow
+    has a diagonal base: it finds where the posterior lies but keeps per-pixel conditional variances
+    (docs/posterior.md). ``anneal_steps`` ramps the data weight of the first fit. Checkpoints and ``resume``
+    as in :func:`fit_posterior`."""
     k = warm_start_steps(s)
     laplace = laplace_stage(s)
     diag_out = None if out is None else (out / DIAGONAL_DIR if laplace else out)
@@ -424,14 +443,6 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
         done = begun(out / WARM_START_DIR)
         k = k if done is None else int(done["step"])  # the diagonal fit already started from this warm start
     target = DPITarget(op, op.data, prior)
-
-    def config(steps: int, anneal: int, alpha: float = 1.0) -> DPIConfig:
-        return DPIConfig(steps=steps, batch=s.batch, lr=s.lr, n_samples=s.samples, seed=s.seed,
-                         anneal_steps=anneal, alpha=alpha, ckpt_every=max(10, min(100, steps // 5)))
-
-    def staged(first_step: int):
-        return None if callback is None else (lambda dpi, terms: callback(dpi, terms, first_step))
-
     warm, init, start, map_seconds = None, None, "blob", 0.0
     if k > 0 and s.warm_start == "map":  # the flow's start is in its checkpoint: a resumed fit needs no MAP
         t0 = time.perf_counter()
@@ -441,24 +452,38 @@ def fit_posterior(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, 
         start = "flow"
         ws = replace(s, flow_output="softplus")
         torch.manual_seed(s.seed)
-        warm = DPI(reconstruction_flow(ws, geom, flux), target, config(k, s.anneal_steps),
+        warm = DPI(reconstruction_flow(ws, geom, flux), target, _dpi_config(s, k, s.anneal_steps),
                    out=None if out is None else out / WARM_START_DIR, resume=resume, progress=progress,
-                   callback=staged(0)).fit()
+                   callback=_staged(callback, 0)).fit()
         torch.manual_seed(s.seed)
         init = warm.sample(256)[0].mean(0)
     torch.manual_seed(s.seed)
     diag = DPI(reconstruction_flow(s, geom, flux, init), target,
-               config(diag_steps, 0 if k else s.anneal_steps, 1.0 if laplace else s.alpha),
-               out=diag_out, resume=resume, progress=progress, callback=staged(k)).fit()
-    if not laplace:
-        return PosteriorFit(diag, warm, start, map_seconds)
+               _dpi_config(s, diag_steps, 0 if k else s.anneal_steps, 1.0 if laplace else s.alpha),
+               out=diag_out, resume=resume, progress=progress, callback=_staged(callback, k)).fit()
+    return PosteriorFit(diag, warm, start, map_seconds)
+
+
+def mode_mean(mode: PosteriorFit, seed: int) -> torch.Tensor:
+    """The mean image of :func:`fit_mode`'s flow (256 samples, seeded by ``seed``), where a Laplace stage of
+    that fit alone starts; ``(1, npix, npix)`` Jy/pixel."""
+    torch.manual_seed(seed)
+    return mode.final.sample(256)[0].mean(0).detach()
+
+
+def fit_laplace(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, prior, mode: PosteriorFit,
+                x0: torch.Tensor, out: Path | None = None, resume: bool = False, progress: bool = True,
+                callback=None) -> PosteriorFit:
+    """The Laplace-based final flow after :func:`fit_mode`'s ``mode``: started at the image ``x0``
+    (``(1, npix, npix)`` Jy/pixel) with the correlated base of :func:`laplace_base` there, for
+    ``laplace_steps``; checkpoints in ``out``. Returns all of the reconstruction's fits."""
+    final_begun = resume and out is not None and read_checkpoint_record(out) is not None
+    base = laplace_base(s, flux, op, prior, x0, resume_from=out if final_begun else None)
     torch.manual_seed(s.seed)
-    mean = diag.sample(256)[0].mean(0)
-    base = laplace_base(s, flux, op, prior, mean, resume_from=out if final_begun else None)
-    torch.manual_seed(s.seed)
-    final = DPI(reconstruction_flow(s, geom, flux, mean, base), target, config(s.laplace_steps, 0, s.alpha),
-                out=out, resume=resume, progress=progress, callback=staged(k + diag.step)).fit()
-    return PosteriorFit(final, warm, start, map_seconds, mode=diag)
+    final = DPI(reconstruction_flow(s, geom, flux, x0, base), DPITarget(op, op.data, prior),
+                _dpi_config(s, s.laplace_steps, 0, s.alpha), out=out, resume=resume, progress=progress,
+                callback=_staged(callback, mode.warm_steps + mode.final.step)).fit()
+    return PosteriorFit(final, mode.warm, mode.start, mode.start_seconds, mode=mode.final)
 
 
 def prior_method_name(s: ReconstructSettings) -> str:
@@ -576,22 +601,45 @@ def pool_components(posteriors: list[Posterior], align: bool, misfit=None) -> tu
     the members by Rubin's rules (:func:`~posterior.summary.summarize_fits`). Returns the pooled
     posterior (no ``log_q``: the pooled samples have no single flow density) and each member's shift
     ``(dy, dx)`` in pixels."""
-    plane = posteriors[0].mean.reshape(posteriors[0].mean.shape[-2:])
-    pooled, shifts, means = [], [], []
-    for post in posteriors:
-        x, sh = post.samples, (0, 0)
-        if align and post is not posteriors[0]:
-            base = tuple(int(round(v)) for v in nxcorr(plane, post.mean.reshape(plane.shape))[1])
+    shifts = member_shifts([post.mean for post in posteriors], align, misfit)
+    pooled = [np.roll(post.samples, (-sh[0], -sh[1]), axis=(-2, -1)) for post, sh in zip(posteriors, shifts)]
+    return summarize_fits(pooled), shifts
+
+
+def member_shifts(means: list[np.ndarray], align: bool, misfit=None) -> list[list[int]]:
+    """The whole-pixel move ``[dy, dx]`` of each member's mean image (``(..., H, W)``) onto the first's, as
+    :func:`pool_components` makes them (all ``[0, 0]`` without ``align``)."""
+    if not align:
+        return [[0, 0] for _ in means]
+    plane = means[0].reshape(means[0].shape[-2:])
+    shifts, moved = [], []
+    for i, mean in enumerate(means):
+        sh = (0, 0)
+        if i > 0:
+            base = tuple(int(round(v)) for v in nxcorr(plane, mean.reshape(plane.shape))[1])
             sh = base
             if misfit is not None:
                 moves = [(base[0] + a, base[1] + b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
-                sh = min(moves, key=lambda m: misfit(np.mean(means + [np.roll(post.mean, (-m[0], -m[1]),
-                                                                             axis=(-2, -1))], 0)))
-            x = np.roll(x, (-sh[0], -sh[1]), axis=(-2, -1))
-        pooled.append(x)
-        means.append(np.roll(post.mean, (-sh[0], -sh[1]), axis=(-2, -1)))
+                sh = min(moves, key=lambda m: misfit(np.mean(moved + [np.roll(mean, (-m[0], -m[1]),
+                                                                            axis=(-2, -1))], 0)))
+        moved.append(np.roll(mean, (-sh[0], -sh[1]), axis=(-2, -1)))
         shifts.append([sh[0], sh[1]])
-    return summarize_fits(pooled), shifts
+    return shifts
+
+
+def pooled_laplace_start(s: ReconstructSettings, modes: list[PosteriorFit], op) -> torch.Tensor:
+    """Where every member's Laplace stage starts in an ensemble: the mean of the members' diagonal-fit means
+    (:func:`mode_mean`, each with its member's seed ``s.seed + k``), moved onto the first member's position
+    as :func:`pool_components` moves them (closure data do not fix it); ``(1, npix, npix)`` Jy/pixel.
+
+    Why not each fit's own mean: a diagonal fit's mean carries its own pixel-scale offset, of about the
+    prior's jitter, that the Laplace stage's few hundred steps do not remove; from their own means the
+    members' Laplace-based flows differ by that offset, and Rubin's rules count it as posterior spread on
+    top of each flow's own (docs/posterior.md, "Correlated base")."""
+    means = [mode_mean(m, s.seed + k).numpy() for k, m in enumerate(modes)]
+    shifts = member_shifts(means, "vis" not in op.products, lambda img: sum(image_chi2(op, img).values()))
+    moved = [np.roll(m, (-sh[0], -sh[1]), axis=(-2, -1)) for m, sh in zip(means, shifts)]
+    return torch.tensor(np.mean(moved, 0), dtype=torch.float32)
 
 
 def fit_bound(history: list[dict], steps: int, last: float = 0.2) -> float | None:
@@ -604,21 +652,40 @@ def fit_bound(history: list[dict], steps: int, last: float = 0.2) -> float | Non
 
 def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
     """DPI, one flow or an ensemble of ``s.ensemble`` independently seeded flows (pooled)."""
-    posts, fits, members, sample_fits = [], [], [], []
-    for k, folder in enumerate(fit_folders(out, s.ensemble)):
+    posts, members, sample_fits = [], [], []
+    folders = fit_folders(out, s.ensemble)
+    settings = [replace(s, seed=s.seed + k, samples=s.samples // s.ensemble + (k < s.samples % s.ensemble))
+                for k in range(s.ensemble)]
+
+    def say(line: str) -> None:
         if progress and s.ensemble > 1:
-            print(f"ensemble member {k + 1} of {s.ensemble} (seed {s.seed + k})", flush=True)
-        n_k = s.samples // s.ensemble + (k < s.samples % s.ensemble)
-        fit = fit_posterior(replace(s, seed=s.seed + k, samples=n_k), geom, flux, op, prior, out=folder,
-                            resume=resume, progress=progress)
-        fits.append(fit)
-        posts.append(fit.final.posterior())
-        sample_fits.append(sample_chi2(op, posts[-1].samples))  # before any alignment move (pool_components)
-        members.append({"seed": s.seed + k, "n_samples": n_k, "steps": fit.diagonal_fit.step,
+            print(line, flush=True)
+
+    if laplace_stage(s) and s.ensemble > 1:  # every member's Laplace stage starts where the members agree
+        modes = []
+        for k, (sk, folder) in enumerate(zip(settings, folders)):
+            say(f"ensemble member {k + 1} of {s.ensemble} (seed {sk.seed}): diagonal fit")
+            modes.append(fit_mode(sk, geom, flux, op, prior, out=folder, resume=resume, progress=progress))
+        x0 = pooled_laplace_start(s, modes, op)
+        fits = []
+        for k, (sk, folder, mode) in enumerate(zip(settings, folders, modes)):
+            say(f"ensemble member {k + 1} of {s.ensemble}: Laplace-based flow from the members' pooled mean")
+            fits.append(fit_laplace(sk, geom, flux, op, prior, mode, x0, out=folder, resume=resume,
+                                    progress=progress))
+            posts.append(fits[-1].final.posterior())  # sampled right after its fit, as a lone fit's are
+    else:
+        fits = []
+        for k, (sk, folder) in enumerate(zip(settings, folders)):
+            say(f"ensemble member {k + 1} of {s.ensemble} (seed {sk.seed})")
+            fits.append(fit_posterior(sk, geom, flux, op, prior, out=folder, resume=resume, progress=progress))
+            posts.append(fits[-1].final.posterior())
+    for sk, fit, post in zip(settings, fits, posts):
+        sample_fits.append(sample_chi2(op, post.samples))  # before any alignment move (pool_components)
+        members.append({"seed": sk.seed, "n_samples": sk.samples, "steps": fit.diagonal_fit.step,
                         "laplace_steps": fit.laplace_steps, "fit_seconds": fit.seconds,
                         "final_loss": fit.final.history[-1]["loss"] if fit.final.history else None,
                         "bound": fit_bound(fit.final.history, fit.final.step)}
-                       | image_chi2(op, posts[-1].mean)
+                       | image_chi2(op, post.mean)
                        | {"chi2_samples_median": {p: float(np.median(v)) for p, v in sample_fits[-1].items()}})
     first = fits[0]
     if s.ensemble == 1:

@@ -105,3 +105,29 @@ def test_laplace_refusals():
         data_hessian(op, torch.zeros(1, 80, 80))
     with pytest.raises(InterferoError, match="at most 4096 pixels"):
         prior_hessian(TVPrior((1, 80, 80)), torch.zeros(1, 80, 80), 1.0)
+
+
+class _FixedFlow:
+    """A stand-in fitted flow whose every sample is one image."""
+
+    def __init__(self, image: torch.Tensor) -> None:
+        self.image = image
+
+    def sample(self, n: int):
+        return self.image.expand(n, *self.image.shape).clone(), torch.zeros(n)
+
+
+def test_laplace_stages_of_an_ensemble_start_at_the_members_aligned_mean(small_obs):
+    """Closure data do not fix the position: members whose diagonal fits found the same image at different
+    places give that image, moved onto the first member's place, as every member's Laplace start."""
+    from posterior.reconstruct import PosteriorFit, ReconstructSettings, pooled_laplace_start
+
+    geom = ImageGeometry(16, 160.0)
+    image = torch.tensor(render("crescent", geom, flux=1.5), dtype=torch.float32).reshape(1, 16, 16)  # fits the data
+    op = InterferometryOperator(small_obs, geom, products=("cphase", "logcamp"), total_flux=1.5, flux_sigma=0.03)
+    moved = [image, torch.roll(image, (1, 2), dims=(-2, -1)), torch.roll(image, (-2, 0), dims=(-2, -1))]
+    modes = [PosteriorFit(final=_FixedFlow(m)) for m in moved]
+    x0 = pooled_laplace_start(ReconstructSettings(npix=16), modes, op)
+    assert torch.allclose(x0, image, atol=1e-6)
+    brighter = modes[:1] + [PosteriorFit(final=_FixedFlow(2 * image))]
+    assert torch.allclose(pooled_laplace_start(ReconstructSettings(npix=16), brighter, op), 1.5 * image, atol=1e-6)
