@@ -39,7 +39,12 @@ truth's RA/Dec (Sgr A* by default), 230 GHz, 24 h, 60 s integrations every
 10 min, thermal noise seeded by ``seed``. The reconstructions are the
 default ones with fits of :data:`STUDY_STEPS` steps (twice the default's):
 the arrays differ a lot in how much data they give, and with 1000 steps the
-fits of a 13-site array still disagree at closure chi^2 ~1.4. The total-flux
+fits of a 13-site array still disagree at closure chi^2 ~1.4; and each
+ensemble's fits end in Laplace-based flows started at their pooled mean
+(:data:`STUDY_FLOW_BASE`, ``reconstruct --flow-base laplace``): the study
+compares posterior widths, and a flow with a diagonal base keeps only each
+pixel's conditional spread (a third of the exact per-pixel std on an exact
+interferometric Gaussian posterior, ``scripts/validate_flow_base.py``). The total-flux
 term is centred on the truth's flux for every array (arrays without
 intra-site baselines cannot measure it), unless the settings give one. With
 ``resume`` each array's reconstruction continues from its checkpoints (a
@@ -69,6 +74,7 @@ from .reconstruct import ReconstructSettings, reconstruct
 
 STUDY_OUTPUTS = ("arrays.png", "arrays.json", "arrays.md", "truth.fits")
 STUDY_STEPS = 2000  # DPI steps per fit: the richest arrays' fits (13 ngEHT sites) need about 2000 to reach chi^2 ~1
+STUDY_FLOW_BASE = "laplace"  # each fit's last flow holds the Laplace covariance: the std compared is the posterior's
 STD_BLUR_UAS = 10.0  # FWHM of the blur of mean_std_blur10_jy: the one nxcorr_blur10 is judged after
 
 
@@ -92,7 +98,7 @@ def prior_draw(prior_name: str, seed: int) -> tuple[np.ndarray, ImageGeometry]:
 def array_study(truth: str, arrays: list[str], out: str | Path, settings: ReconstructSettings | None = None,
                 progress: bool = True, overwrite: bool = False, resume: bool = False) -> dict:
     """Runs the study (module docstring); returns what ``arrays.json`` holds."""
-    s = settings or ReconstructSettings(steps=STUDY_STEPS)
+    s = settings or ReconstructSettings(steps=STUDY_STEPS, flow_base=STUDY_FLOW_BASE)
     if resume and overwrite:
         raise InterferoError("--resume continues the study in --out, --overwrite replaces it: give one of them")
     out = check_output_folder(out, "--out", STUDY_OUTPUTS + tuple(_folder_name(a) for a in arrays),

@@ -17,7 +17,7 @@ from interfero.validation import check_output_file, count, nonnegative, positive
 from priors import cli as priors_cli
 
 from . import reconstruct as rec
-from .array_study import STUDY_STEPS
+from .array_study import STUDY_FLOW_BASE, STUDY_STEPS
 from .methods import METHODS
 
 
@@ -164,8 +164,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--samples", type=count(2), default=d.samples, help="posterior samples per reconstruction")
     a.add_argument("--ensemble", type=count(), default=d.ensemble, metavar="K",
                    help="independent DPI fits pooled per reconstruction (as reconstruct --ensemble)")
-    a.add_argument("--flow-base", default=d.flow_base, choices=rec.FLOW_BASES,
-                   help="base of each fit's flow, as reconstruct --flow-base")
+    a.add_argument("--flow-base", default=STUDY_FLOW_BASE, choices=rec.FLOW_BASES,
+                   help=f"base of each fit's last flow, as reconstruct --flow-base (default {STUDY_FLOW_BASE}: the"
+                        " posterior's correlations, so that the arrays' std compare)")
     a.add_argument("--seed", type=seed, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
     a.add_argument("--threads", type=count(), help="torch CPU threads")
     a.add_argument("--max-chi2", type=positive(), default=d.max_chi2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,16 @@ def test_array_study_resumes_from_its_reconstructions(tmp_path, capsys):
     assert b["nxcorr_blur10"] == pytest.approx(a["nxcorr_blur10"], rel=1e-6)
     with pytest.raises(InterferoError, match="give one of them"):
         array_study(str(DEMO_TRUTH), ["EHT2017"], out, TINY, progress=False, resume=True, overwrite=True)
+
+
+
+def test_array_study_ends_each_fit_in_a_laplace_based_flow_by_default(tmp_path):
+    """The study compares posterior widths: by default (CLI and settings) each fit ends in a flow with the
+    Laplace covariance; a study run with it writes that flow's checkpoint."""
+    from posterior.array_study import STUDY_FLOW_BASE
+    from posterior.cli import build_parser
+
+    args = build_parser().parse_args(["array-study", "--truth", "t.fits", "--arrays", "EHT2017", "--out", "o"])
+    assert args.flow_base == STUDY_FLOW_BASE == "laplace"
+    array_study(str(DEMO_TRUTH), ["EHT2017"], tmp_path / "l", replace(TINY, flow_base="laplace"), progress=False)
+    assert json.loads((tmp_path / "l" / "EHT2017" / "dpi-checkpoint.json").read_text())["flow"]["base_rank"] > 0
