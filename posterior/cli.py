@@ -98,6 +98,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="diagonal: the flow (independent base pixels) is the posterior; laplace: after that fit, a"
                         " final flow whose base is correlated as the data's Hessian at its mean says, with the"
                         " prior's jitter elsewhere (flows with --flow-output none)")
+    p.add_argument("--laplace-start", default=d.laplace_start, choices=rec.LAPLACE_STARTS,
+                   help="with --ensemble K and --flow-base laplace: pooled (every Laplace-based flow starts at the K"
+                        " diagonal fits' aligned mean) or own (each at its own fit's mean)")
     p.add_argument("--laplace-steps", type=nonnegative(int), default=None,
                    help=f"steps of the Laplace-based final flow (0 = none; default: min({rec.LAPLACE_STEPS}, --steps))")
     p.add_argument("--coupling-scale", default=d.flow_coupling, choices=("sigmoid", "exp"),
@@ -167,6 +170,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--flow-base", default=STUDY_FLOW_BASE, choices=rec.FLOW_BASES,
                    help=f"base of each fit's last flow, as reconstruct --flow-base (default {STUDY_FLOW_BASE}: the"
                         " posterior's correlations, so that the arrays' std compare)")
+    a.add_argument("--laplace-start", default=d.laplace_start, choices=rec.LAPLACE_STARTS,
+                   help="where an ensemble's Laplace-based flows start, as reconstruct --laplace-start")
     a.add_argument("--seed", type=seed, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
     a.add_argument("--threads", type=count(), help="torch CPU threads")
     a.add_argument("--max-chi2", type=positive(), default=d.max_chi2,
@@ -217,7 +222,7 @@ def _array_study(args) -> None:
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
     s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, ensemble=args.ensemble,
                                 seed=args.seed, threads=args.threads, max_chi2=args.max_chi2,
-                                flow_base=args.flow_base)
+                                flow_base=args.flow_base, laplace_start=args.laplace_start)
     res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite,
                       resume=args.resume)
     if args.json:
@@ -236,7 +241,7 @@ def _reconstruct(args) -> None:
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_hidden=args.flow_hidden, flow_layout=args.flow_layout,
         flow_output=args.flow_output, flow_coupling=args.coupling_scale, flow_base=args.flow_base,
-        laplace_steps=args.laplace_steps,
+        laplace_steps=args.laplace_steps, laplace_start=args.laplace_start,
         anneal_steps=args.anneal, alpha=args.alpha, ensemble=args.ensemble, warm_start_steps=args.warm_start,
         warm_start=args.warm_start_kind,
         seed=args.seed,

@@ -87,6 +87,7 @@ from .summary import Posterior, summarize_fits
 
 LAPLACE_STEPS = 300  # default length of the Laplace-based final flow (ReconstructSettings.laplace_steps)
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
+LAPLACE_STARTS = ("pooled", "own")  # ReconstructSettings.laplace_start: where an ensemble's Laplace stages start
 FLOW_BASES = ("diagonal", "laplace")  # ReconstructSettings.flow_base: independent base pixels, or a Laplace stage
 WARM_STARTS = ("map", "flow")  # what starts the final flow (ReconstructSettings.warm_start)
 MAP_ITERATIONS = 200  # L-BFGS iterations of the "map" warm start
@@ -124,6 +125,7 @@ class ReconstructSettings:
     flow_hidden: int = 32
     flow_layout: str = "auto"  # conv couplings (auto for images) or dense: every pixel sees every other
     flow_base: str = "diagonal"  # FLOW_BASES: "laplace" adds a final flow with a correlated base (fit_posterior)
+    laplace_start: str = "pooled"  # LAPLACE_STARTS: all at the members' pooled mean, or each at its own fit's
     laplace_steps: int | None = None  # of that final flow (each member); None: min(LAPLACE_STEPS, steps)
     init_fwhm_uas: float = 50.0
     anneal_steps: int = 0
@@ -499,6 +501,8 @@ def build_problem(obs_path, s: ReconstructSettings):
         raise InterferoError(f"--warm-start must be >= 0 steps, got {s.warm_start_steps}")
     if s.flow_base not in FLOW_BASES:
         raise InterferoError(f"unknown --flow-base {s.flow_base!r} (choose from {', '.join(FLOW_BASES)})")
+    if s.laplace_start not in LAPLACE_STARTS:
+        raise InterferoError(f"unknown --laplace-start {s.laplace_start!r} (choose from {', '.join(LAPLACE_STARTS)})")
     if s.laplace_steps < 0:
         raise InterferoError(f"--laplace-steps must be >= 0, got {s.laplace_steps}")
     if laplace_stage(s) and s.flow_kind == "glow" and s.flow_layout != "dense":
@@ -661,7 +665,7 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
         if progress and s.ensemble > 1:
             print(line, flush=True)
 
-    if laplace_stage(s) and s.ensemble > 1:  # every member's Laplace stage starts where the members agree
+    if laplace_stage(s) and s.ensemble > 1 and s.laplace_start == "pooled":  # all start where the members agree
         modes = []
         for k, (sk, folder) in enumerate(zip(settings, folders)):
             say(f"ensemble member {k + 1} of {s.ensemble} (seed {sk.seed}): diagonal fit")

@@ -186,7 +186,8 @@ def _fit_case(job: dict, folder: Path) -> dict:
     s = ReconstructSettings(steps=job["steps"], elbo_draws=job["elbo_draws"], batch=job["batch"], lr=job["lr"],
                             samples=job["samples"], seed=job["seed"], threads=1, ensemble=job["ensemble"],
                             warm_start=job["warm_start"], alpha=job["alpha"],
-                            flow_base=job.get("flow_base", "diagonal"))
+                            flow_base=job.get("flow_base", "diagonal"),
+                            laplace_start=job.get("laplace_start", "own"))
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
@@ -411,7 +412,7 @@ def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[s
 
 # settings added after runs began, at the values those runs used
 SETTINGS_BEFORE = {"lr": 2e-3, "prior": "bh32lnflux", "law": "disk-lnflux", "warm_start": "flow",
-                   "alpha": 1.0, "flow_base": "diagonal"}
+                   "alpha": 1.0, "flow_base": "diagonal", "laplace_start": "own"}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:
@@ -438,7 +439,7 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
                              "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch, "lr": args.lr,
                              "samples": args.samples, "warm_start": args.warm_start, "alpha": args.alpha,
-                             "flow_base": args.flow_base,
+                             "flow_base": args.flow_base, "laplace_start": args.laplace_start,
                              "ensemble": args.ensemble, "rescore": args.rescore, "jitter": args.jitter,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
@@ -461,7 +462,7 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
 
 
 def main() -> None:
-    from posterior.reconstruct import FLOW_BASES, WARM_STARTS, ReconstructSettings
+    from posterior.reconstruct import FLOW_BASES, LAPLACE_STARTS, WARM_STARTS, ReconstructSettings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, required=True, help="truths per test set")
@@ -480,6 +481,8 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=d.alpha, help="Renyi order of the fits' objective (1 = reverse KL)")
     p.add_argument("--flow-base", dest="flow_base", choices=FLOW_BASES, default=d.flow_base,
                    help="base Gaussian of each final flow (reconstruct --flow-base)")
+    p.add_argument("--laplace-start", dest="laplace_start", choices=LAPLACE_STARTS, default=d.laplace_start,
+                   help="where the Laplace-based flows of a case start (reconstruct --laplace-start)")
     p.add_argument("--samples", type=int, default=d.samples)
     p.add_argument("--ensemble", type=int, default=d.ensemble, help="independent flow fits pooled per case")
     p.add_argument("--jobs", type=int, default=2)
@@ -509,7 +512,8 @@ def main() -> None:
     args.jitter = load_prior("default").eps_std
     jobs = case_jobs({s: truths(s, args.n, args.seed, args.law) for s in sets}, arrays, args)
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "lr", "samples",
-                                        "ensemble", "warm_start", "alpha", "flow_base", "seed", "prior", "law")}
+                                        "ensemble", "warm_start", "alpha", "flow_base", "laplace_start", "seed",
+                                        "prior", "law")}
     check_run_settings(Path(args.out), settings)
     results, todo = finished_cases(jobs, args.rescore)
 

@@ -181,6 +181,10 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
     cal.check_run_settings(tmp_path, settings | {"alpha": 1.0})
     with pytest.raises(InterferoError, match=r"other settings \(alpha: 1.0\)"):
         cal.check_run_settings(tmp_path, settings | {"alpha": 0.5})
+    # ... and Laplace-based flows each from its own fit's mean, before --laplace-start existed
+    with pytest.raises(InterferoError, match=r"other settings \(laplace_start: own\)"):
+        cal.check_run_settings(tmp_path, settings | {"laplace_start": "pooled"})
+    cal.check_run_settings(tmp_path, settings | {"laplace_start": "own"})
 
 
 def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
@@ -189,7 +193,8 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
 
     cal = _calibration_script()
     args = argparse.Namespace(seed=7, steps=10, elbo_draws=1, batch=4, lr=2e-3, samples=8, warm_start="flow",
-                              alpha=1.0, flow_base="diagonal", ensemble=1, rescore=False, jitter=0.001,
+                              alpha=1.0, flow_base="diagonal", laplace_start="pooled", ensemble=1, rescore=False,
+                              jitter=0.001,
                               out=str(tmp_path))
     sets = {"in_distribution": np.zeros((3, 2, 2)), "grmhd_like": np.ones((3, 2, 2))}
     jobs = cal.case_jobs(sets, ["EHT2017", "EHT2017-SPT"], args)
@@ -329,7 +334,8 @@ def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
 
     cal = _calibration_script()
     args = argparse.Namespace(seed=7, steps=10, elbo_draws=1, batch=4, lr=2e-3, samples=8, warm_start="flow",
-                              alpha=1.0, flow_base="diagonal", ensemble=1, rescore=False, jitter=0.001,
+                              alpha=1.0, flow_base="diagonal", laplace_start="pooled", ensemble=1, rescore=False,
+                              jitter=0.001,
                               out=str(tmp_path))
     jobs = cal.case_jobs({"in_distribution": np.zeros((2, 2, 2))}, ["EHT2017", "EHT2017-SPT"], args)
     for i in (0, 1):

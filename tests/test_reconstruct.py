@@ -333,6 +333,7 @@ def test_systematic_noise_inflates_the_closure_sigmas(grmhd):
         (["--ensemble", "3"], "--samples 4 is too few for --ensemble 3"),
         (["--ensemble", "2", "--method", "map"], "is for --method dpi only"),
         (["--laplace-steps", "-1"], "--laplace-steps: must be >= 0"),
+        (["--laplace-start", "middle"], "--laplace-start: invalid choice"),
         (["--flow", "glow", "--flow-base", "laplace"], "--flow-base laplace needs --flow realnvp"),
     ],
 )
@@ -548,3 +549,7 @@ def test_an_ensembles_laplace_flows_all_start_at_one_image(grmhd, tmp_path, caps
                     "--out", out)
     assert code == 0, cap.err
     assert torch.equal(starts[2][1], starts[0][1])  # the same start recomputed from the reloaded fits
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *argv, "--flow-base", "laplace", "--laplace-start",
+                    "own", "--out", tmp_path / "own")
+    assert code == 0, cap.err
+    assert not torch.equal(starts[-2][1], starts[-1][1])  # each member from its own diagonal fit's mean
