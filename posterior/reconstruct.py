@@ -631,6 +631,13 @@ def member_shifts(means: list[np.ndarray], align: bool, misfit=None) -> list[lis
     return shifts
 
 
+def member_alignment(op: InterferometryOperator) -> tuple[bool, object]:
+    """``(align, misfit)`` of :func:`pool_components` for an ensemble fitted to ``op``'s data: members are moved
+    unless complex visibilities fix the position, by the move whose pooled mean fits the data best (the summed
+    reduced chi^2)."""
+    return "vis" not in op.products, lambda img: sum(image_chi2(op, img).values())
+
+
 def pooled_laplace_start(s: ReconstructSettings, modes: list[PosteriorFit], op) -> torch.Tensor:
     """Where every member's Laplace stage starts in an ensemble: the mean of the members' diagonal-fit means
     (:func:`mode_mean`, each with its member's seed ``s.seed + k``), moved onto the first member's position
@@ -641,7 +648,7 @@ def pooled_laplace_start(s: ReconstructSettings, modes: list[PosteriorFit], op) 
     members' Laplace-based flows differ by that offset, and Rubin's rules count it as posterior spread on
     top of each flow's own (docs/posterior.md, "Correlated base")."""
     means = [mode_mean(m, s.seed + k).numpy() for k, m in enumerate(modes)]
-    shifts = member_shifts(means, "vis" not in op.products, lambda img: sum(image_chi2(op, img).values()))
+    shifts = member_shifts(means, *member_alignment(op))
     moved = [np.roll(m, (-sh[0], -sh[1]), axis=(-2, -1)) for m, sh in zip(means, shifts)]
     return torch.tensor(np.mean(moved, 0), dtype=torch.float32)
 
@@ -695,8 +702,7 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
     if s.ensemble == 1:
         post = posts[0]
     else:
-        post, shifts = pool_components(posts, align="vis" not in op.products,
-                                       misfit=lambda img: sum(image_chi2(op, img).values()))
+        post, shifts = pool_components(posts, *member_alignment(op))
         post.diagnostics = posts[0].diagnostics | {"ensemble": members}
         for m, sh in zip(members, shifts):
             m["shift_px"] = sh

@@ -32,9 +32,8 @@ from interfero.operators.image import MatrixOperator
 from interfero.operators.visibility import dft_matrix
 from interfero.uvcoverage import uv_coverage
 from posterior.dpi import DPI, DPIConfig, DPITarget, exact_gaussian_posterior
-from posterior.flows import build_flow
-from posterior.laplace import correlated_base, data_hessian, prior_hessian
-from posterior.reconstruct import INIT_SPREAD, gaussian_blob
+from posterior.laplace import correlated_base, laplace_precision
+from posterior.reconstruct import ReconstructSettings, gaussian_blob, reconstruction_flow
 from posterior.report import write_json
 from priors.classical import GaussianPrior
 
@@ -61,13 +60,11 @@ def problem(array: str, seed: int = 0):
 
 def fit(base_kind: str, op, y, prior, post_mean, post_std, steps: int, samples: int, seed: int) -> dict:
     start = torch.tensor(post_mean).reshape(1, 32, 32)
-    scale = FLUX / 32**2
-    base, spread = None, INIT_SPREAD
+    base = None
     if base_kind == "laplace":
-        precision = prior_hessian(prior, start, JITTER, smoothed=False) + data_hessian(op, start)
-        base, spread = correlated_base(precision, JITTER), JITTER / scale
-    flow = build_flow((1, 32, 32), kind="realnvp", blocks=8, hidden=32, output="none", scale=scale, init=start.float(),
-                      init_spread=spread, seed=seed, coupling_scale="sigmoid", base=base).double()
+        base = (*correlated_base(laplace_precision(op, prior, start, JITTER, smoothed=False), JITTER), JITTER)
+    s = ReconstructSettings(seed=seed)  # reconstruct's flow (a score prior's: identity output)
+    flow = reconstruction_flow(s, ImageGeometry(s.npix, s.fov_uas), FLUX, start.float(), base).double()
     t0 = time.perf_counter()
     cfg = DPIConfig(steps=steps, batch=16, lr=2e-3, n_samples=samples, seed=seed)
     post = DPI(flow, DPITarget(op, y, prior), cfg, progress=False).fit().posterior()
