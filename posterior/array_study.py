@@ -96,8 +96,10 @@ def prior_draw(prior_name: str, seed: int) -> tuple[np.ndarray, ImageGeometry]:
 
 
 def array_study(truth: str, arrays: list[str], out: str | Path, settings: ReconstructSettings | None = None,
-                progress: bool = True, overwrite: bool = False, resume: bool = False) -> dict:
-    """Runs the study (module docstring); returns what ``arrays.json`` holds."""
+                progress: bool = True, overwrite: bool = False, resume: bool = False, workers: int = 1) -> dict:
+    """Runs the study (module docstring); returns what ``arrays.json`` holds. ``workers`` > 1 reconstructs
+    that many arrays at once, each in its own process (with one torch thread unless the settings give
+    ``threads``); the results do not depend on it."""
     s = settings or ReconstructSettings(steps=STUDY_STEPS, flow_base=STUDY_FLOW_BASE)
     if resume and overwrite:
         raise InterferoError("--resume continues the study in --out, --overwrite replaces it: give one of them")
@@ -105,6 +107,8 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
                               overwrite or resume)
     if not arrays:
         raise InterferoError("--arrays names no array")
+    if workers < 1:
+        raise InterferoError(f"--jobs must be >= 1, got {workers}")
     if len(set(arrays)) != len(arrays):
         raise InterferoError("--arrays names an array twice")
     loaded = {a: load_array(a) for a in arrays}  # every array checked before anything runs
@@ -128,15 +132,9 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
     truth_rec = regrid(image, geom, rec_geom)
     rows: dict[str, dict] = {}
     posts = {}
-    for a, arr in loaded.items():
+    jobs = [(a, image, geom, setup, out / _folder_name(a), s, truth_path, overwrite, resume) for a in arrays]
+    for (a, *_), m in zip(jobs, _run_arrays(jobs, workers, progress)):
         folder = out / _folder_name(a)
-        folder.mkdir(exist_ok=True)
-        if progress:
-            print(f"array {a}: {len(arr)} stations, {n_sites(arr)} sites")
-        obs = simulate(image, geom, arr, setup, seed=s.seed)
-        write_uvfits(obs, folder / "obs.uvfits")
-        m = reconstruct(folder / "obs.uvfits", folder, s, truth=truth_path, progress=progress,
-                        overwrite=overwrite, resume=resume)
         mean, _ = read_fits_image(folder / "mean.fits")
         std, _ = read_fits_image(folder / "std.fits")
         within, between, blurred = _std_parts(folder / "samples.h5", rec_geom.psize_uas)
@@ -144,7 +142,7 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
         posts[a] = (mean, std, blurred)
         lap = laplace_reference(folder / "obs.uvfits", mean, s)
         d = m.get("ring", {}).get("diameter_uas")
-        rows[a] = {"stations": list(arr.names), "n_sites": n_sites(arr), "mean_std_jy": float(std.mean()),
+        rows[a] = {"stations": list(loaded[a].names), "n_sites": n_sites(loaded[a]), "mean_std_jy": float(std.mean()),
                    "mean_within_fit_std_jy": within, "mean_between_fit_std_jy": between,
                    "mean_std_blur10_jy": float(blurred.mean()), "mean_std_source_jy": float(std[region].mean()),
                    "laplace_mean_std_jy": None if lap is None else float(lap.mean()),
@@ -164,6 +162,47 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
     atomic_write_text(out / "arrays.md", markdown(rows))
     atomic_write_text(out / "arrays.json", json.dumps(result, indent=2))
     return result
+
+
+def _reconstruct_array(job: tuple, progress: bool) -> dict:
+    """Simulates one array's observation of the truth and reconstructs it into its folder; its ``metrics.json``."""
+    a, image, geom, setup, folder, s, truth_path, overwrite, resume = job
+    arr = load_array(a)
+    folder.mkdir(exist_ok=True)
+    if progress:
+        print(f"array {a}: {len(arr)} stations, {n_sites(arr)} sites", flush=True)
+    obs = simulate(image, geom, arr, setup, seed=s.seed)
+    write_uvfits(obs, folder / "obs.uvfits")
+    return reconstruct(folder / "obs.uvfits", folder, s, truth=truth_path, progress=progress, overwrite=overwrite,
+                       resume=resume)
+
+
+def _parallel_array(job: tuple) -> dict:
+    """:func:`_reconstruct_array` in a worker process: one torch thread unless the settings give ``threads``,
+    no progress bars (several would interleave); a line when the array is done."""
+    import time
+
+    job = list(job)
+    if job[5].threads is None:
+        job[5] = replace(job[5], threads=1)
+    t0 = time.perf_counter()
+    m = _reconstruct_array(tuple(job), progress=False)
+    print(f"array {job[0]}: reconstructed in {time.perf_counter() - t0:.0f} s", flush=True)
+    return m
+
+
+def _run_arrays(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
+    """The arrays' reconstructions (their ``metrics.json``) in the order given: one after another, or
+    ``workers`` at a time in spawned processes; the first failure is raised once the running ones end."""
+    if workers == 1 or len(jobs) == 1:
+        return [_reconstruct_array(job, progress) for job in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if progress:
+        print(f"reconstructing {len(jobs)} arrays, {min(workers, len(jobs))} at a time", flush=True)
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_parallel_array, jobs))
 
 
 def laplace_reference(obs_path: Path, mean: np.ndarray, s: ReconstructSettings) -> np.ndarray | None:

@@ -173,7 +173,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--laplace-start", default=d.laplace_start, choices=rec.LAPLACE_STARTS,
                    help="where an ensemble's Laplace-based flows start, as reconstruct --laplace-start")
     a.add_argument("--seed", type=seed, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
-    a.add_argument("--threads", type=count(), help="torch CPU threads")
+    a.add_argument("--threads", type=count(), help="torch CPU threads (of each reconstruction)")
+    a.add_argument("--jobs", type=count(), default=1,
+                   help="arrays reconstructed at once, each in its own process (one torch thread each unless"
+                        " --threads); the results do not depend on it")
     a.add_argument("--max-chi2", type=positive(), default=d.max_chi2,
                    help="refuse a reconstruction whose reduced chi^2 on any data product is above this")
     a.add_argument("--json", help="also write the comparison JSON here")
@@ -224,7 +227,7 @@ def _array_study(args) -> None:
                                 seed=args.seed, threads=args.threads, max_chi2=args.max_chi2,
                                 flow_base=args.flow_base, laplace_start=args.laplace_start)
     res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite,
-                      resume=args.resume)
+                      resume=args.resume, workers=args.jobs)
     if args.json:
         write_output_text(Path(args.json), json.dumps(res, indent=2))
     print(markdown(res["arrays"]), end="")
