@@ -193,7 +193,7 @@ def _parallel_array(job: tuple) -> dict:
 
 def _run_arrays(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
     """The arrays' reconstructions (their ``metrics.json``) in the order given: one after another, or
-    ``workers`` at a time in spawned processes; the first failure is raised once the running ones end."""
+    ``workers`` at a time in spawned processes; a failure is raised once every array's reconstruction has ended."""
     if workers == 1 or len(jobs) == 1:
         return [_reconstruct_array(job, progress) for job in jobs]
     import multiprocessing as mp
