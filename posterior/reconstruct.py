@@ -663,7 +663,7 @@ def fit_bound(history: list[dict], steps: int, last: float = 0.2) -> float | Non
 
 def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
     """DPI, one flow or an ensemble of ``s.ensemble`` independently seeded flows (pooled)."""
-    posts, members, sample_fits = [], [], []
+    posts, fits, members, sample_fits = [], [], [], []
     folders = fit_folders(out, s.ensemble)
     settings = [replace(s, seed=s.seed + k, samples=s.samples // s.ensemble + (k < s.samples % s.ensemble))
                 for k in range(s.ensemble)]
@@ -678,14 +678,12 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
             say(f"ensemble member {k + 1} of {s.ensemble} (seed {sk.seed}): diagonal fit")
             modes.append(fit_mode(sk, geom, flux, op, prior, out=folder, resume=resume, progress=progress))
         x0 = pooled_laplace_start(s, modes, op)
-        fits = []
         for k, (sk, folder, mode) in enumerate(zip(settings, folders, modes)):
             say(f"ensemble member {k + 1} of {s.ensemble}: Laplace-based flow from the members' pooled mean")
             fits.append(fit_laplace(sk, geom, flux, op, prior, mode, x0, out=folder, resume=resume,
                                     progress=progress))
             posts.append(fits[-1].final.posterior())  # sampled right after its fit, as a lone fit's are
     else:
-        fits = []
         for k, (sk, folder) in enumerate(zip(settings, folders)):
             say(f"ensemble member {k + 1} of {s.ensemble} (seed {sk.seed})")
             fits.append(fit_posterior(sk, geom, flux, op, prior, out=folder, resume=resume, progress=progress))

@@ -186,8 +186,7 @@ def _fit_case(job: dict, folder: Path) -> dict:
     s = ReconstructSettings(steps=job["steps"], elbo_draws=job["elbo_draws"], batch=job["batch"], lr=job["lr"],
                             samples=job["samples"], seed=job["seed"], threads=1, ensemble=job["ensemble"],
                             warm_start=job["warm_start"], alpha=job["alpha"],
-                            flow_base=job.get("flow_base", "diagonal"),
-                            laplace_start=job.get("laplace_start", "own"))
+                            flow_base=job["flow_base"], laplace_start=job["laplace_start"])
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
