@@ -422,3 +422,21 @@ def test_calibration_refuses_bad_settings_in_one_line(tmp_path, flag):
                         "--out", str(tmp_path / "out"), *flag], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert flag[0] in r.stderr and not (tmp_path / "out").exists() and not (tmp_path / "c.json").exists()
+
+
+def test_calibration_prior_draws_are_the_default_priors_reproducible_draws():
+    """The diagnostic set: the default prior's own draws of p_eps, seeded, on the calibration grid, with the
+    fluxes of its training law (not the training law's own images, which in_distribution holds)."""
+    from priors.datasets.blackholes import flux_range
+
+    cal = _calibration_script()
+    a, b, c = (cal.truths("prior_draws", 1, seed, "disk-lnflux") for seed in (5, 5, 6))
+    assert a.shape == (1, 32, 32) and a.dtype == np.float64
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3  # another seed, another image
+    lo, hi = flux_range("disk-lnflux")
+    assert all(lo < t.sum() < hi for t in (a[0], c[0]))
+    # the draws keep p_eps's white jitter: the darkest tenth of the pixels scatter about zero by ~eps_std
+    dark = np.sort(a.ravel())[:100]
+    assert dark.min() < 0 and 3e-4 < np.std(dark) < 3e-3
+    assert "prior_draws" not in cal.DEFAULT_SETS
