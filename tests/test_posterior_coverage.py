@@ -425,8 +425,8 @@ def test_calibration_refuses_bad_settings_in_one_line(tmp_path, flag):
 
 
 def test_calibration_prior_draws_are_the_default_priors_reproducible_draws():
-    """The diagnostic set: the default prior's own draws of p_eps, seeded, on the calibration grid, with the
-    fluxes of its training law (not the training law's own images, which in_distribution holds)."""
+    """The diagnostic set: the default prior's own draws of p_eps, seeded, on the calibration grid, with
+    fluxes inside its training law's range and p_eps's pixel jitter kept."""
     from priors.datasets.blackholes import flux_range
 
     cal = _calibration_script()
