@@ -9,8 +9,10 @@ amplitudes, 32x32 over 160 uas, the shipped default prior):
    1 draw per image and step) and with the exact PF-ODE prior (Hutchinson, 1 probe,
    dopri5 rtol = atol = 1e-3, adjoint gradient), same flow, same batch; their
    ratio (goal >= 100x). Also the ELBO with 2 and 8 draws, to show the
-   trade-off. Medians of ``--repeats`` steps after one warm-up (the ODE step is
-   slow: it is repeated ``--ode-repeats`` times).
+   trade-off, and the score at eps alone (``--prior-method score``: one
+   forward pass of the network, none backward) and its ratio to the default.
+   Medians of ``--repeats`` steps after one warm-up (the ODE step is slow: it
+   is repeated ``--ode-repeats`` times).
 2. Wall time of the ``reconstruct`` defaults until the posterior mean (64
    samples) reaches nxcorr >= 0.9 after 10 uas blurring against the truth
    (goal < 10 minutes on 2 CPU cores); evaluations every 25 steps are not
@@ -111,6 +113,7 @@ def main() -> None:
         ("elbo (2 draws)", replace(base, elbo_draws=2), args.repeats),
         ("elbo (8 draws)", replace(base, elbo_draws=8), args.repeats),
         ("exact ODE (Hutchinson 1, adjoint)", replace(base, prior_method="ode"), args.ode_repeats),
+        ("score at eps (gradient only)", replace(base, prior_method="score"), args.repeats),
     ):
         sec, rate = step_rate(s, args.batch, reps, args.obs)
         rows.append((label, sec, rate))
@@ -118,8 +121,10 @@ def main() -> None:
     res["elbo_steps_per_s"] = rows[0][2]
     res["ode_steps_per_s"] = rows[3][2]
     res["speedup"] = rows[0][2] / rows[3][2]
+    res["score_speedup_vs_elbo"] = rows[4][2] / rows[0][2]
     res["rates"] = {label: {"s_per_step": sec, "steps_per_s": rate} for label, sec, rate in rows}
     print(f"{'speedup ELBO (default) vs ODE':<36} {res['speedup']:10.1f}x (goal >= 100x)", flush=True)
+    print(f"{'speedup score vs ELBO (default)':<36} {res['score_speedup_vs_elbo']:10.2f}x", flush=True)
     state = time_to_quality(base, args.obs, args.truth, args.max_steps)
     res["seconds_to_nxcorr_0p9"] = state["reached"][1] if state["reached"] else None
     res["steps_to_nxcorr_0p9"] = state["reached"][0] if state["reached"] else None

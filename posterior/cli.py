@@ -52,8 +52,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                         " (samples), pnp-admm, map (point estimates); see docs/methods.md")
     p.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting of the --method baseline (repeatable), e.g. --opt zeta=0.5 --opt steps=500")
-    p.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode"),
-                   help="ELBO surrogate (fast) or exact probability-flow ODE log p")
+    p.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode", "score"),
+                   help="of a score prior: ELBO surrogate (fast), exact probability-flow ODE log p, or the score at"
+                        " eps alone (the gradient only: fastest, reverse KL only)")
     p.add_argument("--reg-weight", type=positive(), default=d.reg_weight,
                    help="weight (nats) of --prior tv|mem|tv+mem: log p = -w TV(x)/F + w S(x)/F")
     p.add_argument("--elbo-draws", type=count(), default=d.elbo_draws, help="time/noise draws of the ELBO")

@@ -9,7 +9,9 @@ operator's log-likelihood (its per-product weights and optional total-flux
 term included) and ``log p(x)`` any :class:`priors.base.Prior`. With a
 score-based prior the ELBO surrogate is the default (a lower bound of
 ``log p(x)``, so the objective is an upper bound of the exact one); the exact
-PF-ODE prior is selectable.
+PF-ODE prior is selectable, and so is the score at ``eps`` alone (method
+``score``: the same reparameterised gradient as ``log p_eps`` as far as the
+network has learnt it, but no value, so the loss then leaves the prior out).
 
 Annealing (``anneal_steps > 0``): ``w_data`` ramps linearly from
 ``anneal_start`` to 1 over the first ``anneal_steps`` steps, which helps the
@@ -157,6 +159,10 @@ class DPI:
     def __init__(self, flow: Flow, target: DPITarget, config: DPIConfig, out: str | Path | None = None,
                  resume: bool = False, progress: bool = True, callback=None) -> None:
         config.validate()
+        if getattr(target.prior, "normalised", None) == "gradient" and (config.alpha != 1.0 or config.refine_steps):
+            raise InterferoError(f"prior {target.prior.name!r} gives only its gradient (method 'score'): the Renyi"
+                                 " objective (alpha != 1) and the importance-weighted refinement need its values;"
+                                 " use --prior-method elbo")
         self.flow, self.target, self.cfg = flow, target, config
         self.out = Path(out) if out is not None else None
         self.progress, self.callback = progress, callback

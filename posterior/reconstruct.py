@@ -103,7 +103,7 @@ class ReconstructSettings:
     """Settings of :func:`reconstruct` (units: pixels, microarcseconds, Jy)."""
 
     prior: str = "default"
-    prior_method: str = "elbo"
+    prior_method: str = "elbo"  # of a score prior: elbo, ode (exact log p) or score (its gradient at eps alone)
     reg_weight: float = 1000.0
     elbo_draws: int = 1  # one draw per image and step: the same bound, half the cost; the steps average it
     products: tuple[str, ...] = ("cphase", "logcamp")
@@ -512,6 +512,9 @@ def build_problem(obs_path, s: ReconstructSettings):
         raise InterferoError(f"--flow-base laplace needs a dense Hessian over the pixels: at most {LAPLACE_MAX_PIXELS}"
                              f" ({int(LAPLACE_MAX_PIXELS**0.5)}x{int(LAPLACE_MAX_PIXELS**0.5)}), got {s.npix}x{s.npix};"
                              " use --flow-base diagonal")
+    if s.prior_method == "score" and s.alpha != 1.0:
+        raise InterferoError(f"--prior-method score gives the prior's gradient only; --alpha {s.alpha:g} needs its"
+                             " values (use --prior-method elbo)")
     if s.warm_start not in WARM_STARTS:
         raise InterferoError(f"unknown --warm-start-kind {s.warm_start!r} (choose from {', '.join(WARM_STARTS)})")
     if s.samples < 2:

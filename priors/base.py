@@ -4,9 +4,11 @@
 (closed form where a subclass knows it, autograd otherwise). Each prior states
 in :attr:`Prior.normalised` what its log-density is normalised to:
 ``"exact"`` (a normalised density on R^D), ``"bound"`` (a lower bound of a
-normalised density) or ``"unnormalised"`` (up to an unknown constant; fine for
+normalised density), ``"unnormalised"`` (up to an unknown constant; fine for
 MAP and for variational inference with fixed prior weight, meaningless for
-model comparison).
+model comparison) or ``"gradient"`` (the value carries nothing, only its
+gradient is the prior's score: fine for reverse-KL variational inference,
+not for MAP line searches, Renyi bounds or importance weights).
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ is on images ``x`` in data units (Jy/pixel for black holes), so
   probability-flow ODE at ``t = eps`` (up to the ODE tolerance, and up to
   Hutchinson noise when ``divergence="hutchinson"``, whose mean is exact);
 - ``method="elbo"``: ``"bound"`` -- a stochastic lower bound of that density.
+- ``method="score"``: ``"gradient"`` -- no value at all (``log_prob`` is 0),
+  only its gradient: the network's score at ``t = eps``, the gradient of
+  ``log p_eps`` as far as the network has learnt it, deterministic, one
+  forward pass of the network and no backward pass through it. Enough for a
+  reverse-KL fit (its reparameterised gradient needs ``grad_x log p`` only),
+  not for anything that compares values (MAP line searches, Renyi bounds,
+  importance weights, model comparison).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from .ode import pf_ode_logp
 from .sampling import denoised, noise_time, probability_flow, reverse_sde, tweedie_denoise
 from .sde import SDE, _bcast
 
-METHODS = ("ode", "elbo")
+METHODS = ("ode", "elbo", "score")
 
 
 class ScorePrior(Prior):
@@ -37,7 +44,7 @@ class ScorePrior(Prior):
         sde: the SDE the model was trained with.
         image_shape: ``(C, H, W)``.
         shift, scale: the data transform ``z = (x - shift) / scale``.
-        method: ``"elbo"`` (default, cheap) or ``"ode"`` (exact).
+        method: ``"elbo"`` (default, cheap), ``"ode"`` (exact) or ``"score"`` (gradient only).
         ode: keyword arguments of :func:`priors.ode.pf_ode_logp` (``divergence``, ``probes``,
             ``gradient``, ``rtol``, ``atol``, ...).
         elbo: keyword arguments of :func:`priors.elbo.elbo` (``draws``, ``importance``).
@@ -84,7 +91,7 @@ class ScorePrior(Prior):
 
     @property
     def normalised(self) -> str:  # type: ignore[override]
-        return "exact" if self.method == "ode" else "bound"
+        return {"ode": "exact", "elbo": "bound", "score": "gradient"}[self.method]
 
     def to_z(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.shift) / self.scale
@@ -114,6 +121,10 @@ class ScorePrior(Prior):
                 self._sampler = TimeSampler(self.sde, importance)
             return elbo(self.noise, self.sde, z, generator=generator, sampler=self._sampler,
                         **{k: v for k, v in self.elbo_kwargs.items() if k != "importance"}) + logdet
+        if method == "score":  # value 0, gradient score(x, eps): the network is not differentiated
+            with torch.no_grad():
+                s = self.score(x)
+            return (s * (x - x.detach())).flatten(1).sum(1)
         raise InterferoError(f"unknown score-prior method {method!r} (choose from {', '.join(METHODS)})")
 
     def score(self, x: torch.Tensor, t: float | None = None) -> torch.Tensor:

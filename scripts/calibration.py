@@ -198,9 +198,9 @@ def _fit_case(job: dict, folder: Path) -> dict:
     obs = simulate(truth, GEOM, job["array"], seed=job["seed"])
     write_uvfits(obs, folder / "obs.uvfits")
     write_fits_image(truth, GEOM, folder / "truth.fits")
-    s = ReconstructSettings(steps=job["steps"], elbo_draws=job["elbo_draws"], batch=job["batch"], lr=job["lr"],
-                            samples=job["samples"], seed=job["seed"], threads=1, ensemble=job["ensemble"],
-                            warm_start=job["warm_start"], alpha=job["alpha"],
+    s = ReconstructSettings(steps=job["steps"], prior_method=job["prior_method"], elbo_draws=job["elbo_draws"],
+                            batch=job["batch"], lr=job["lr"], samples=job["samples"], seed=job["seed"], threads=1,
+                            ensemble=job["ensemble"], warm_start=job["warm_start"], alpha=job["alpha"],
                             flow_base=job["flow_base"], laplace_start=job["laplace_start"])
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
@@ -426,7 +426,7 @@ def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[s
 
 # settings added after runs began, at the values those runs used
 SETTINGS_BEFORE = {"lr": 2e-3, "prior": "bh32lnflux", "law": "disk-lnflux", "warm_start": "flow",
-                   "alpha": 1.0, "flow_base": "diagonal", "laplace_start": "own"}
+                   "alpha": 1.0, "flow_base": "diagonal", "laplace_start": "own", "prior_method": "elbo"}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:
@@ -451,7 +451,8 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
         for arr in arrays:
             for i, t in enumerate(imgs):
                 jobs.append({"set": s, "array": arr, "case": i, "truth": t.tolist(), "seed": args.seed + i,
-                             "steps": args.steps, "elbo_draws": args.elbo_draws, "batch": args.batch, "lr": args.lr,
+                             "steps": args.steps, "prior_method": args.prior_method, "elbo_draws": args.elbo_draws,
+                             "batch": args.batch, "lr": args.lr,
                              "samples": args.samples, "warm_start": args.warm_start, "alpha": args.alpha,
                              "flow_base": args.flow_base, "laplace_start": args.laplace_start,
                              "ensemble": args.ensemble, "rescore": args.rescore, "jitter": args.jitter,
@@ -488,6 +489,8 @@ def main() -> None:
                    help=f"test sets, comma-separated: {', '.join(SETS)} (default {','.join(DEFAULT_SETS)})")
     d = ReconstructSettings()
     p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--prior-method", dest="prior_method", choices=("elbo", "score"), default=d.prior_method,
+                   help="the prior's term in the fits (reconstruct --prior-method)")
     p.add_argument("--elbo-draws", type=int, default=d.elbo_draws, help="ELBO draws per image and DPI step")
     p.add_argument("--batch", type=int, default=d.batch, help="flow samples per DPI step (of each ensemble member)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam step size of the DPI fits")
@@ -526,9 +529,9 @@ def main() -> None:
     args.prior, args.law = prior_path("default").name, training_law("default")  # recorded: a new default is a new run
     args.jitter = load_prior("default").eps_std
     jobs = case_jobs({s: truths(s, args.n, args.seed, args.law) for s in sets}, arrays, args)
-    settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "elbo_draws", "batch", "lr", "samples",
-                                        "ensemble", "warm_start", "alpha", "flow_base", "laplace_start", "seed",
-                                        "prior", "law")}
+    settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "prior_method", "elbo_draws", "batch",
+                                              "lr", "samples", "ensemble", "warm_start", "alpha", "flow_base",
+                                              "laplace_start", "seed", "prior", "law")}
     check_run_settings(Path(args.out), settings)
     results, todo = finished_cases(jobs, args.rescore)
 

@@ -192,7 +192,8 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
     import argparse
 
     cal = _calibration_script()
-    args = argparse.Namespace(seed=7, steps=10, elbo_draws=1, batch=4, lr=2e-3, samples=8, warm_start="flow",
+    args = argparse.Namespace(seed=7, steps=10, prior_method="elbo", elbo_draws=1, batch=4, lr=2e-3, samples=8,
+                              warm_start="flow",
                               alpha=1.0, flow_base="diagonal", laplace_start="pooled", ensemble=1, rescore=False,
                               jitter=0.001,
                               out=str(tmp_path))
@@ -333,7 +334,8 @@ def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
     import json
 
     cal = _calibration_script()
-    args = argparse.Namespace(seed=7, steps=10, elbo_draws=1, batch=4, lr=2e-3, samples=8, warm_start="flow",
+    args = argparse.Namespace(seed=7, steps=10, prior_method="elbo", elbo_draws=1, batch=4, lr=2e-3, samples=8,
+                              warm_start="flow",
                               alpha=1.0, flow_base="diagonal", laplace_start="pooled", ensemble=1, rescore=False,
                               jitter=0.001,
                               out=str(tmp_path))

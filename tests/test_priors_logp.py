@@ -245,3 +245,22 @@ def test_time_grid_ends_exactly_and_rejects_bad_input():
         time_grid(sde, 0)
     with pytest.raises(InterferoError, match="unknown time spacing"):
         time_grid(sde, 5, "cosine")
+
+
+def test_score_method_gives_the_closed_form_gradient_and_no_value(gauss):
+    """``method="score"``: value 0, gradient the closed-form ``grad_x log p_eps`` in data units (autograd of the
+    diffused Gaussian's log-density through the training transform), and the network is not differentiated."""
+    g, sde, _, x, _ = gauss
+    shift, scale = 0.3, 2.5
+    gz = g.standardised(shift, scale)
+    net = gz.diffused(sde)
+    prior = ScorePrior(net, sde, (1, 16, 16), shift, scale, method="score")
+    assert prior.normalised == "gradient"
+    xs = x[:3].clone().requires_grad_(True)
+    lp = prior.log_prob(xs)
+    assert lp.shape == (3,) and torch.all(lp == 0)
+    (got,) = torch.autograd.grad(lp.sum(), xs)
+    xr = x[:3].clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(net.log_prob(prior.to_z(xr), sde.eps).sum(), xr)
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+    assert torch.linalg.vector_norm(want) > 1.0  # a real gradient, not zero

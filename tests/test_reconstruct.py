@@ -201,6 +201,18 @@ def test_dense_flow_layout_is_built_and_recorded(grmhd, tmp_path, capsys):
     assert code == 2 and "checkpoint was made with another flow" in cap.err
 
 
+def test_score_prior_method_fits_with_the_prior_gradient_alone(grmhd, tmp_path, capsys):
+    """``--prior-method score``: the fit runs and records it; its loss has no prior term (the score's value is
+    0), so the recorded prior term is exactly 0 at every step while the data and entropy terms are not."""
+    out = tmp_path / "rec"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--prior-method", "score", "--out", out)
+    assert code == 0, cap.err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["prior_method"] == "score" and np.isfinite(m["chi2_cphase"])
+    hist = json.loads((out / "dpi-checkpoint.json").read_text())["history"]
+    assert hist and all(h["log_prior"] == 0.0 and h["log_lik"] != 0.0 for h in hist)
+
+
 def test_resume_continues_from_the_checkpoint(grmhd, tmp_path, capsys):
     out = tmp_path / "rec"
     assert run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--out", out)[0] == 0
@@ -335,6 +347,7 @@ def test_systematic_noise_inflates_the_closure_sigmas(grmhd):
         (["--laplace-steps", "-1"], "--laplace-steps: must be >= 0"),
         (["--laplace-start", "middle"], "--laplace-start: invalid choice"),
         (["--flow", "glow", "--flow-base", "laplace"], "--flow-base laplace needs --flow realnvp"),
+        (["--prior-method", "score", "--alpha", "0.5"], "--prior-method score gives the prior's gradient only"),
     ],
 )
 def test_bad_settings_are_one_line_errors(grmhd, tmp_path, capsys, extra, message):
