@@ -19,8 +19,9 @@ Test sets of ``--n`` truths each (32x32 over 160 uas, Jy/pixel):
   probability 1/2, scaled in size by U(0.8, 1.2) and in flux log-normally
   (median 1.4 Jy, sigma of ln 0.35): images the prior was not trained on.
 - ``prior_draws`` (a diagnostic, not in the default ``--sets``): draws of the
-  default prior's own density ``p_eps`` (reverse SDE, 500 steps, seed
-  ``--seed``; its pixel jitter included), the very law the reconstruction
+  default prior's own density ``p_eps`` (reverse SDE, 500 steps, in batches of
+  ``DRAW_BATCH`` = 4 seeded by ``--seed`` + the batch's index, so that a truth
+  does not depend on ``--n``; its pixel jitter included), the very law the reconstruction
   assumes. Its coverage is that of the inference alone: a shortfall on
   ``in_distribution`` that stays here is the posterior approximation's; one
   that goes away here is the gap between the trained prior and its training law.
@@ -97,6 +98,7 @@ RANK_BINS = 20
 JITTER_DRAWS = 20  # draws of the prior's jitter added to each truth (coverage_jittered_68/95)
 SETS = ("in_distribution", "grmhd_like", "prior_draws")
 DEFAULT_SETS = SETS[:2]  # prior_draws is a diagnostic: run it with --sets prior_draws
+DRAW_BATCH = 4  # prior_draws: reverse-SDE draws per batch, batch k seeded by seed + k
 
 
 def truths(kind: str, n: int, seed: int, law: str) -> np.ndarray:
@@ -113,8 +115,9 @@ def truths(kind: str, n: int, seed: int, law: str) -> np.ndarray:
         from priors.pretrained import load_prior
 
         prior = load_prior("default", expect_image_size=GEOM.npix)
-        draws = prior.sample(n, steps=500, generator=torch.Generator().manual_seed(seed), denoise=False)
-        return draws[:, 0].double().numpy()
+        draws = [prior.sample(DRAW_BATCH, steps=500, generator=torch.Generator().manual_seed(seed + k), denoise=False)
+                 for k in range(-(-n // DRAW_BATCH))]  # truth i is the same for any n >= i + 1
+        return torch.cat(draws)[:n, 0].double().numpy()
     if kind != "grmhd_like":
         raise InterferoError(f"unknown test set {kind!r} (choose {', '.join(SETS)})")
     if not GRMHD.is_file():
@@ -194,6 +197,7 @@ def _fit_case(job: dict, folder: Path) -> dict:
 
     done = folder / "case.json"
     truth = np.asarray(job["truth"])
+    check_case_truth(job)  # an interrupted case resumes only on its own truth's checkpoints
     t0 = time.perf_counter()
     obs = simulate(truth, GEOM, job["array"], seed=job["seed"])
     write_uvfits(obs, folder / "obs.uvfits")
@@ -460,6 +464,18 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
     return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
 
 
+def check_case_truth(job: dict) -> None:
+    """A finished case is reused only if its folder's ``truth.fits`` is the job's truth (to float32, as FITS keeps
+    it): a case fitted to another image (another set, seed or definition of the set) is refused."""
+    path = Path(job["folder"]) / "truth.fits"
+    if not path.is_file():
+        return  # a case refused before its truth was written
+    saved, _ = read_fits_image(path)
+    if not np.allclose(saved, np.asarray(job["truth"]), rtol=0, atol=1e-6):
+        raise InterferoError(f"{path} is not this run's truth for {job['set']} case {job['case']}: the case was"
+                             " fitted to another image; use another --out")
+
+
 def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict], list[dict]]:
     """The results of the jobs whose case is finished (its ``case.json``), read at once so that a rerun reports
     them all from the start, also those its case-by-case order reaches late; and the jobs left to run (with
@@ -470,6 +486,7 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
     for j in jobs:
         done = Path(j["folder"]) / "case.json"
         if done.is_file():
+            check_case_truth(j)
             results.append(with_jittered_coverage(j, json.loads(done.read_text())))
         else:
             todo.append(j)
