@@ -149,6 +149,7 @@ def run_case(job: dict) -> dict:
         old = json.loads(done.read_text())
         if not job.get("rescore") or "error" in old:
             return with_jittered_coverage(job, old)
+        check_case_truth(job)
         m = json.loads((folder / "rec" / "metrics.json").read_text())
         res = score_case(job, folder, m, old["seconds"], rescore=True)
         atomic_write_text(done, json.dumps(res, indent=1))
@@ -465,8 +466,8 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
 
 
 def check_case_truth(job: dict) -> None:
-    """A finished case is reused only if its folder's ``truth.fits`` is the job's truth (to float32, as FITS keeps
-    it): a case fitted to another image (another set, seed or definition of the set) is refused."""
+    """A case folder is reused (finished, rescored or resumed) only if its ``truth.fits`` is the job's truth (within
+    1e-6 Jy/pixel): a case fitted to another image (another set, seed or definition of the set) is refused."""
     path = Path(job["folder"]) / "truth.fits"
     if not path.is_file():
         return  # a case refused before its truth was written
