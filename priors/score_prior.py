@@ -109,6 +109,10 @@ class ScorePrior(Prior):
     def log_prob(self, x: torch.Tensor, method: str | None = None, generator: torch.Generator | None = None):
         self.check(x)
         method = method or self.method
+        if method == "score":  # value 0, gradient score(x, eps): the network is not differentiated
+            with torch.no_grad():
+                s = self.score(x)
+            return (s * (x - x.detach())).flatten(1).sum(1)
         z = self.to_z(x)
         logdet = -x[0].numel() * math.log(self.scale)
         if method == "ode":
@@ -121,10 +125,6 @@ class ScorePrior(Prior):
                 self._sampler = TimeSampler(self.sde, importance)
             return elbo(self.noise, self.sde, z, generator=generator, sampler=self._sampler,
                         **{k: v for k, v in self.elbo_kwargs.items() if k != "importance"}) + logdet
-        if method == "score":  # value 0, gradient score(x, eps): the network is not differentiated
-            with torch.no_grad():
-                s = self.score(x)
-            return (s * (x - x.detach())).flatten(1).sum(1)
         raise InterferoError(f"unknown score-prior method {method!r} (choose from {', '.join(METHODS)})")
 
     def score(self, x: torch.Tensor, t: float | None = None) -> torch.Tensor:
