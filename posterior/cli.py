@@ -18,6 +18,7 @@ from priors import cli as priors_cli
 
 from . import reconstruct as rec
 from .array_study import STUDY_FLOW_BASE, STUDY_STEPS
+from .flows import BASES
 from .methods import METHODS
 
 
@@ -99,6 +100,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="diagonal: the flow (independent base pixels) is the posterior; laplace: after that fit, a"
                         " final flow whose base is correlated as the data's Hessian at its mean says, with the"
                         " prior's jitter elsewhere (flows with --flow-output none)")
+    p.add_argument("--flow-basis", default=d.flow_basis, choices=BASES,
+                   help="what the diagonal flow's base and layers act on: pixel, or dct (orthonormal 2-D DCT"
+                        " coefficients: spatial frequencies, which Fourier-plane data fix or leave to the prior)")
     p.add_argument("--laplace-start", default=d.laplace_start, choices=rec.LAPLACE_STARTS,
                    help="with --ensemble K and --flow-base laplace: pooled (every Laplace-based flow starts at the K"
                         " diagonal fits' aligned mean) or own (each at its own fit's mean)")
@@ -245,6 +249,7 @@ def _reconstruct(args) -> None:
         steps=args.steps, batch=args.batch, lr=args.lr, samples=args.samples, flow_kind=args.flow,
         flow_blocks=args.blocks, flow_hidden=args.flow_hidden, flow_layout=args.flow_layout,
         flow_output=args.flow_output, flow_coupling=args.coupling_scale, flow_base=args.flow_base,
+        flow_basis=args.flow_basis,
         laplace_steps=args.laplace_steps, laplace_start=args.laplace_start,
         anneal_steps=args.anneal, alpha=args.alpha, ensemble=args.ensemble, warm_start_steps=args.warm_start,
         warm_start=args.warm_start_kind,

@@ -14,7 +14,9 @@ shape ``(4C, H/2, W/2)``; each block is an affine coupling (a small conv net
 gives shift and log-scale of one half of the channels from the other), an
 ActNorm and a channel mixing (a fixed random permutation for ``"realnvp"``, a
 learned invertible 1x1 convolution for ``"glow"``). The last layers undo the
-squeeze and apply the output transform:
+squeeze, optionally map orthonormal 2-D DCT coefficients to pixels (``basis="dct"``:
+the layers and the diagonal base then act on spatial frequencies, see
+:class:`InverseDCT`) and apply the output transform:
 
 - ``"softplus"``: ``x = s0 * softplus(u)`` for non-negative images (Jy/pixel),
   ``log|dx/du| = sum log(s0 * sigmoid(u))``;
@@ -45,6 +47,7 @@ KINDS = ("realnvp", "glow")
 LAYOUTS = ("auto", "conv", "dense")
 OUTPUTS = ("softplus", "exp", "none")
 COUPLING_SCALES = ("exp", "sigmoid")
+BASES = ("pixel", "dct")
 
 
 class CorrelatedGaussian(nf.distributions.BaseDistribution):
@@ -122,6 +125,41 @@ class DepthToSpace(nf.flows.Flow):
 
     def inverse(self, z):
         return F.pixel_unshuffle(z, 2), torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+
+
+def dct_matrix(n: int, dtype=torch.float64) -> torch.Tensor:
+    """The orthonormal DCT-II matrix ``D`` (n x n): ``c = D x`` are the DCT coefficients of ``x``,
+    ``x = D^T c`` (scipy's ``dct(x, norm="ortho")``)."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None]
+    d = torch.cos(math.pi * (i + 0.5) * k / n) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d.to(dtype)
+
+
+class InverseDCT(nf.flows.Flow):
+    """Orthonormal 2-D DCT-II coefficients ``(B, C, H, W)`` to images: ``x = D_H^T c D_W`` per channel
+    (an orthogonal map: log-det 0; the inverse is the forward DCT).
+
+    With it last before the output transform, a flow's diagonal base and its layers act on spatial
+    frequencies rather than pixels. Fourier-plane data (interferometry) fix a set of low frequencies and
+    leave the rest to the prior, so the posterior is close to independent in this basis and far from it
+    in pixels: a diagonal base in pixels gives each pixel its conditional variance, much below its
+    marginal one where the data fix sums of pixels (the mean-field shrinkage), and spreads the samples
+    along the fixed frequencies."""
+
+    def __init__(self, h: int, w: int) -> None:
+        super().__init__()
+        self.register_buffer("dh", dct_matrix(h), persistent=False)
+        self.register_buffer("dw", dct_matrix(w), persistent=False)
+
+    def forward(self, z):
+        dh, dw = self.dh.to(z), self.dw.to(z)
+        return dh.T @ z @ dw, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+
+    def inverse(self, z):
+        dh, dw = self.dh.to(z), self.dw.to(z)
+        return dh @ z @ dw.T, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
 
 
 class Reshape(nf.flows.Flow):
@@ -217,6 +255,7 @@ def build_flow(
     seed: int = 0,
     coupling_scale: str = "exp",
     base: tuple[torch.Tensor, torch.Tensor] | None = None,
+    basis: str = "pixel",
 ) -> Flow:
     """A RealNVP or Glow flow over images ``(C, H, W)`` (H, W even) or vectors ``(D,)``.
 
@@ -244,6 +283,8 @@ def build_flow(
             a :class:`CorrelatedGaussian` (``V`` of shape ``(D, r)`` over the event's ``D`` values, ``r``
             starting log-gains): noise correlated across the image, as posteriors from Fourier-plane
             data (interferometry) need.
+        basis: what the base and layers act on: ``"pixel"`` or ``"dct"`` (orthonormal 2-D DCT coefficients,
+            :class:`InverseDCT` before the output transform; images ``(C, H, W)`` with a diagonal base).
     """
     shape = tuple(int(s) for s in shape)
     if kind not in KINDS:
@@ -254,11 +295,17 @@ def build_flow(
         raise InterferoError("initial spread of the flow must be > 0")
     if coupling_scale not in COUPLING_SCALES:
         raise InterferoError(f"unknown coupling scale {coupling_scale!r} (choose from {', '.join(COUPLING_SCALES)})")
+    if basis not in BASES:
+        raise InterferoError(f"unknown flow basis {basis!r} (choose from {', '.join(BASES)})")
+    if basis == "dct" and (len(shape) != 3 or base is not None):
+        raise InterferoError("a DCT-basis flow is for images (C, H, W) with a diagonal base")
     config = {"shape": list(shape), "kind": kind, "blocks": blocks, "hidden": hidden, "output": output,
               "scale": float(scale), "init_spread": float(init_spread), "seed": seed,
               "coupling_scale": coupling_scale}
     if base is not None:  # the key is absent for the diagonal base, as in flows saved before it existed
         config["base_rank"] = int(torch.as_tensor(base[0]).shape[-1])
+    if basis != "pixel":  # likewise absent for pixel flows
+        config["basis"] = basis
     with torch.random.fork_rng(), warnings.catch_warnings():  # every random choice comes from ``seed``
         warnings.filterwarnings("ignore", message=".*torch.lu is deprecated.*")
         torch.manual_seed(seed)
@@ -316,6 +363,8 @@ def _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread
             if kind == "glow":
                 layers.append(nf.flows.LULinearPermute(d, identity_init=True))
         layers.append(Reshape(shape))
+    if config.get("basis") == "dct":
+        layers.append(InverseDCT(shape[1], shape[2]))
     layers.append(out)
     if base is not None:
         if kind == "glow" and layout == "conv":
@@ -325,7 +374,7 @@ def _build(shape, kind, layout, blocks, hidden, output, scale, init, init_spread
     else:
         q0 = nf.distributions.DiagGaussian(latent, trainable=True)
     def to_base(u: torch.Tensor) -> torch.Tensor:
-        for layer in reversed(layers[:-1]):  # all but the output start as fixed linear maps
+        for layer in reversed(layers[:-1]):  # all but the output start as fixed linear maps (the DCT is one)
             u, _ = layer.inverse(u)
         return u.reshape(q0.loc.shape)
 

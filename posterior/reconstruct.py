@@ -65,7 +65,7 @@ from interfero.validation import check_memory, check_output_folder, clear_output
 from priors.factory import build_prior, prior_kind
 
 from .dpi import CHECKPOINT, DPI, DPIConfig, DPITarget, load_checkpoint, read_checkpoint_record
-from .flows import build_flow
+from .flows import BASES, build_flow
 from .laplace import MAX_PIXELS as LAPLACE_MAX_PIXELS
 from .laplace import correlated_base, laplace_precision
 from .map_estimate import MAPConfig, map_estimate
@@ -124,6 +124,7 @@ class ReconstructSettings:
     flow_coupling: str = "sigmoid"
     flow_hidden: int = 32
     flow_layout: str = "auto"  # conv couplings (auto for images) or dense: every pixel sees every other
+    flow_basis: str = "pixel"  # posterior.flows.BASES: what a diagonal-base flow acts on: pixels or DCT frequencies
     flow_base: str = "diagonal"  # FLOW_BASES: "laplace" adds a final flow with a correlated base (fit_posterior)
     laplace_start: str = "pooled"  # LAPLACE_STARTS: all at the members' pooled mean, or each at its own fit's
     laplace_steps: int | None = None  # of that final flow (each member); None: min(LAPLACE_STEPS, steps)
@@ -267,7 +268,8 @@ def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float
     the default ``"sigmoid"`` is bounded, see docs/posterior.md), output transform ``flow_output``, started
     near ``init`` (``(1, npix, npix)``, Jy/pixel; default a ``init_fwhm_uas`` Gaussian blob of ``flux`` Jy),
     pixel scale ``flux / npix^2`` Jy. With ``base = (V, log_gain, std)`` (:func:`laplace_base`) its base is
-    correlated and starts with spread ``std`` Jy per pixel; else diagonal with spread :data:`INIT_SPREAD`."""
+    correlated (in pixels) and starts with spread ``std`` Jy per pixel; else diagonal with spread
+    :data:`INIT_SPREAD`, over ``flow_basis`` (pixels or orthonormal DCT coefficients)."""
     if init is None:
         init = gaussian_blob(geom, flux, s.init_fwhm_uas)
     scale = flux / s.npix**2
@@ -275,7 +277,8 @@ def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float
     return build_flow((1, s.npix, s.npix), kind=s.flow_kind, layout=s.flow_layout, blocks=s.flow_blocks,
                       hidden=s.flow_hidden,
                       output=s.flow_output, coupling_scale=s.flow_coupling, scale=scale, init=init,
-                      init_spread=spread, seed=s.seed, base=None if base is None else base[:2])
+                      init_spread=spread, seed=s.seed, base=None if base is None else base[:2],
+                      basis=s.flow_basis if base is None else "pixel")
 
 
 def white_scale(s: ReconstructSettings, prior, flux: float) -> float:
@@ -452,7 +455,7 @@ def fit_mode(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, prior
         map_seconds = time.perf_counter() - t0
     elif k > 0:
         start = "flow"
-        ws = replace(s, flow_output="softplus")
+        ws = replace(s, flow_output="softplus", flow_basis="pixel")  # a short positive fit: only its mean is used
         torch.manual_seed(s.seed)
         warm = DPI(reconstruction_flow(ws, geom, flux), target, _dpi_config(s, k, s.anneal_steps),
                    out=None if out is None else out / WARM_START_DIR, resume=resume, progress=progress,
@@ -501,6 +504,8 @@ def build_problem(obs_path, s: ReconstructSettings):
         raise InterferoError(f"--warm-start must be >= 0 steps, got {s.warm_start_steps}")
     if s.flow_base not in FLOW_BASES:
         raise InterferoError(f"unknown --flow-base {s.flow_base!r} (choose from {', '.join(FLOW_BASES)})")
+    if s.flow_basis not in BASES:
+        raise InterferoError(f"unknown --flow-basis {s.flow_basis!r} (choose from {', '.join(BASES)})")
     if s.laplace_start not in LAPLACE_STARTS:
         raise InterferoError(f"unknown --laplace-start {s.laplace_start!r} (choose from {', '.join(LAPLACE_STARTS)})")
     if s.laplace_steps < 0:

@@ -206,7 +206,8 @@ def _fit_case(job: dict, folder: Path) -> dict:
     s = ReconstructSettings(steps=job["steps"], prior_method=job["prior_method"], elbo_draws=job["elbo_draws"],
                             batch=job["batch"], lr=job["lr"], samples=job["samples"], seed=job["seed"], threads=1,
                             ensemble=job["ensemble"], warm_start=job["warm_start"], alpha=job["alpha"],
-                            flow_base=job["flow_base"], laplace_start=job["laplace_start"])
+                            flow_base=job["flow_base"], laplace_start=job["laplace_start"],
+                            flow_basis=job.get("flow_basis", "pixel"))
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
@@ -431,7 +432,8 @@ def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[s
 
 # settings added after runs began, at the values those runs used
 SETTINGS_BEFORE = {"lr": 2e-3, "prior": "bh32lnflux", "law": "disk-lnflux", "warm_start": "flow",
-                   "alpha": 1.0, "flow_base": "diagonal", "laplace_start": "own", "prior_method": "elbo"}
+                   "alpha": 1.0, "flow_base": "diagonal", "laplace_start": "own", "prior_method": "elbo",
+                   "flow_basis": "pixel"}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:
@@ -460,6 +462,7 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
                              "batch": args.batch, "lr": args.lr,
                              "samples": args.samples, "warm_start": args.warm_start, "alpha": args.alpha,
                              "flow_base": args.flow_base, "laplace_start": args.laplace_start,
+                             "flow_basis": args.flow_basis,
                              "ensemble": args.ensemble, "rescore": args.rescore, "jitter": args.jitter,
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
@@ -495,6 +498,7 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
 
 
 def main() -> None:
+    from posterior.flows import BASES
     from posterior.reconstruct import FLOW_BASES, LAPLACE_STARTS, WARM_STARTS, ReconstructSettings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -517,6 +521,8 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=d.alpha, help="Renyi order of the fits' objective (1 = reverse KL)")
     p.add_argument("--flow-base", dest="flow_base", choices=FLOW_BASES, default=d.flow_base,
                    help="base Gaussian of each final flow (reconstruct --flow-base)")
+    p.add_argument("--flow-basis", dest="flow_basis", choices=BASES, default=d.flow_basis,
+                   help="what each diagonal flow acts on: pixels or DCT frequencies (reconstruct --flow-basis)")
     p.add_argument("--laplace-start", dest="laplace_start", choices=LAPLACE_STARTS, default=d.laplace_start,
                    help="where the Laplace-based flows of a case start (reconstruct --laplace-start)")
     p.add_argument("--samples", type=int, default=d.samples)
@@ -549,7 +555,7 @@ def main() -> None:
     jobs = case_jobs({s: truths(s, args.n, args.seed, args.law) for s in sets}, arrays, args)
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "prior_method", "elbo_draws", "batch",
                                               "lr", "samples", "ensemble", "warm_start", "alpha", "flow_base",
-                                              "laplace_start", "seed", "prior", "law")}
+                                              "flow_basis", "laplace_start", "seed", "prior", "law")}
     check_run_settings(Path(args.out), settings)
     results, todo = finished_cases(jobs, args.rescore)
 

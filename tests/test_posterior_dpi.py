@@ -393,3 +393,25 @@ def test_dpi_with_the_score_alone_recovers_the_gaussian_posterior():
     assert np.median(np.abs(sd - pb.post_std) / pb.post_std) < 0.10
     with pytest.raises(InterferoError, match="gradient"):
         DPI(flow, DPITarget(pb.operator, pb.y.float(), prior), DPIConfig(steps=5, alpha=0.5), progress=False)
+
+
+def test_a_dct_basis_flow_keeps_the_width_a_pixel_basis_flow_loses():
+    """White Gaussian prior, the lowest DFT frequencies measured: the exact posterior is close to independent
+    over DCT coefficients and strongly correlated over pixels. A reconstruct-like flow (conv RealNVP, bounded
+    couplings) with a diagonal base over DCT coefficients recovers the per-pixel std within 10% and the mean
+    within 0.1 std; the same flow over pixels stays far narrower (its mean-field optimum is 0.39 of the
+    exact std here)."""
+    pb = gaussian_dft_problem(npix=16, fraction=0.0625, sigma=0.1,
+                              prior=GaussianPrior(torch.full((1, 16, 16), 0.5), torch.eye(256)))
+    ratio = {}
+    for basis in ("pixel", "dct"):
+        flow = build_flow((1, 16, 16), kind="realnvp", blocks=2, hidden=8, output="none", coupling_scale="sigmoid",
+                          init=pb.prior.mean.float(), init_spread=0.1, basis=basis)
+        cfg = DPIConfig(steps=400, batch=32, lr=1e-2, n_samples=4096)
+        post = DPI(flow, DPITarget(pb.operator, pb.y.float(), pb.prior), cfg, progress=False).fit().posterior()
+        m, s = post.mean.reshape(-1), post.std.reshape(-1)
+        ratio[basis] = np.median(s / pb.post_std)
+        if basis == "dct":
+            assert np.median(np.abs(m - pb.post_mean) / pb.post_std) < 0.1
+    assert abs(ratio["dct"] - 1) < 0.1
+    assert ratio["pixel"] < 0.75

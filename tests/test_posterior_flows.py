@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,63 @@ def test_correlated_base_bad_settings():
         build_flow((1, 4, 4), output="none", base=(torch.full((16, 1), float("nan")), torch.zeros(1)))
     with pytest.raises(InterferoError, match="start as a permutation"):
         build_flow((1, 4, 4), kind="glow", output="none", base=_random_base(16, 2))
+
+
+def test_inverse_dct_is_the_orthonormal_dct():
+    """InverseDCT against scipy's orthonormal 2-D DCT-II (an independent implementation), both ways."""
+    from scipy.fft import dctn, idctn
+
+    from posterior.flows import InverseDCT
+
+    c = torch.randn(3, 2, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    layer = InverseDCT(6, 8)
+    x, ld = layer(c)
+    assert np.allclose(x.numpy(), idctn(c.numpy(), axes=(-2, -1), norm="ortho"), atol=1e-12)
+    back, ild = layer.inverse(x)
+    assert np.allclose(back.numpy(), dctn(x.numpy(), axes=(-2, -1), norm="ortho"), atol=1e-12)
+    assert torch.allclose(back, c, atol=1e-12) and torch.equal(ld, torch.zeros(3)) and torch.equal(ild, ld)
+    assert not layer.state_dict()  # a fixed map: nothing in a checkpoint
+
+
+@pytest.mark.parametrize("layout", ["conv", "dense"])
+def test_dct_flow_log_q_and_start(layout):
+    """A DCT-basis flow: sample log q equals log_prob and the autograd change of variables; untrained, q is the
+    diagonal Gaussian of the base over the image's DCT coefficients (closed form), centred on ``init``."""
+    from scipy.fft import dctn
+    from scipy.stats import norm
+
+    shape, scale, spread = (1, 4, 4), 0.3, 0.2
+    init = torch.rand(1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # exp couplings start as the identity (a sigmoid one contracts)
+    flow = build_flow(shape, layout=layout, blocks=2, hidden=6, output="none", scale=scale, init=init,
+                      init_spread=spread, coupling_scale="exp", basis="dct").double()
+    assert flow.config["basis"] == "dct" and "basis" not in build_flow(shape, blocks=1, hidden=2).config
+    torch.manual_seed(2)
+    x, log_q = flow.sample(5)
+    c = dctn((x - init).detach().numpy() / scale, axes=(-2, -1), norm="ortho").reshape(5, -1)
+    expected = norm.logpdf(c, scale=spread).sum(1) - 16 * math.log(scale)
+    assert np.allclose(log_q.detach().numpy(), expected, atol=1e-8)
+    _perturb(flow, seed=3)
+    x, log_q = flow.sample(5)
+    assert torch.allclose(flow.log_prob(x), log_q, atol=1e-8)
+    z0 = torch.randn(1, *flow.q0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def push(zflat):
+        z = zflat.reshape(1, *flow.q0.shape)
+        for layer in flow.flows:
+            z, _ = layer(z)
+        return z.reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(push, z0.reshape(-1))
+    expected = flow.q0.log_prob(z0) - torch.linalg.slogdet(jac)[1]
+    assert torch.allclose(flow.log_prob(push(z0.reshape(-1)).reshape(1, *shape)), expected, atol=1e-8)
+
+
+def test_dct_basis_bad_settings():
+    with pytest.raises(InterferoError, match="unknown flow basis"):
+        build_flow((1, 8, 8), basis="wavelet")
+    with pytest.raises(InterferoError, match="DCT-basis flow is for images"):
+        build_flow((4,), basis="dct")
+    vecs, log_gain = _random_base(64, 3)
+    with pytest.raises(InterferoError, match="diagonal base"):
+        build_flow((1, 8, 8), basis="dct", output="none", base=(vecs, log_gain))

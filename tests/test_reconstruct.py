@@ -201,6 +201,19 @@ def test_dense_flow_layout_is_built_and_recorded(grmhd, tmp_path, capsys):
     assert code == 2 and "checkpoint was made with another flow" in cap.err
 
 
+def test_dct_flow_basis_is_built_and_recorded(grmhd, tmp_path, capsys):
+    """``--flow-basis dct``: the final flow's base acts on DCT coefficients (recorded in its checkpoint: a resume
+    with the pixel basis is another flow); the warm start stays a pixel flow."""
+    out = tmp_path / "dct"
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--flow-basis", "dct", "--out", out)
+    assert code == 0, cap.err
+    assert json.loads((out / "dpi-checkpoint.json").read_text())["flow"]["basis"] == "dct"
+    assert "basis" not in json.loads((out / "warm-start" / "dpi-checkpoint.json").read_text())["flow"]
+    code, cap = run(capsys, "reconstruct", grmhd / "obs.uvfits", *TINY, "--resume", "--flow-basis", "pixel",
+                    "--out", out)
+    assert code == 2 and "checkpoint was made with another flow" in cap.err
+
+
 def test_score_prior_method_fits_with_the_prior_gradient_alone(grmhd, tmp_path, capsys):
     """``--prior-method score``: the fit runs and records it; its loss has no prior term (the score's value is
     0), so the recorded prior term is exactly 0 at every step while the data and entropy terms are not."""
@@ -346,6 +359,7 @@ def test_systematic_noise_inflates_the_closure_sigmas(grmhd):
         (["--ensemble", "2", "--method", "map"], "is for --method dpi only"),
         (["--laplace-steps", "-1"], "--laplace-steps: must be >= 0"),
         (["--laplace-start", "middle"], "--laplace-start: invalid choice"),
+        (["--flow-basis", "wavelet"], "--flow-basis: invalid choice"),
         (["--flow", "glow", "--flow-base", "laplace"], "--flow-base laplace needs --flow realnvp"),
         (["--prior-method", "score", "--alpha", "0.5"], "--prior-method score gives the prior's gradient only"),
     ],
