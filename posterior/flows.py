@@ -142,11 +142,12 @@ class InverseDCT(nf.flows.Flow):
     (an orthogonal map: log-det 0; the inverse is the forward DCT).
 
     With it last before the output transform, a flow's diagonal base and its layers act on spatial
-    frequencies rather than pixels. Fourier-plane data (interferometry) fix a set of low frequencies and
-    leave the rest to the prior, so the posterior is close to independent in this basis and far from it
-    in pixels: a diagonal base in pixels gives each pixel its conditional variance, much below its
-    marginal one where the data fix sums of pixels (the mean-field shrinkage), and spreads the samples
-    along the fixed frequencies."""
+    frequencies rather than pixels. Fourier-plane data (interferometry) fix some spatial frequencies and
+    leave the rest to the prior, so the posterior is far closer to independent over DCT coefficients
+    than over pixels: a diagonal Gaussian over pixels keeps each pixel's conditional variance, much below
+    its marginal one where the data fix sums of pixels (mean-field shrinkage; on EHT 2017's exact
+    Gaussian posterior the best one has 0.024 of the exact per-pixel std, over DCT coefficients 0.81:
+    ``scripts/validate_flow_base.py``)."""
 
     def __init__(self, h: int, w: int) -> None:
         super().__init__()
