@@ -36,6 +36,24 @@ def test_sample_log_q_equals_log_prob(kind, shape, layout, output, coupling):
         assert (x > 0).all()
 
 
+def _log_q_by_autograd(flow, seed: int):
+    """A base draw pushed through the flow's layers, and ``log N(z) - log|det dx/dz|`` with the Jacobian from
+    autograd (float64 flows)."""
+    z0 = torch.randn(1, *flow.q0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+    def push(zflat):
+        z = zflat.reshape(1, *flow.q0.shape)
+        for layer in flow.flows:
+            z, _ = layer(z)
+        return z.reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(push, z0.reshape(-1))
+    d = math.prod(flow.x_shape)
+    assert jac.shape == (d, d)
+    x = push(z0.reshape(-1)).reshape(1, *flow.x_shape)
+    return x, flow.q0.log_prob(z0) - torch.linalg.slogdet(jac)[1]
+
+
 @pytest.mark.parametrize("kind,layout,shape,coupling", [("realnvp", "dense", (4,), "exp"),
                                                         ("glow", "dense", (1, 2, 2), "exp"),
                                                         ("glow", "conv", (1, 4, 4), "exp"),
@@ -45,19 +63,7 @@ def test_log_q_matches_autograd_jacobian(kind, layout, shape, coupling):
     flow = _perturb(build_flow(shape, kind=kind, layout=layout, blocks=2, hidden=6, output="softplus", scale=0.7,
                                coupling_scale=coupling))
     flow = flow.double()
-    d = math.prod(shape)
-    z0 = torch.randn(1, *flow.q0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-
-    def push(zflat):
-        z = zflat.reshape(1, *flow.q0.shape)
-        for layer in flow.flows:
-            z, _ = layer(z)
-        return z.reshape(-1)
-
-    jac = torch.autograd.functional.jacobian(push, z0.reshape(-1))
-    assert jac.shape == (d, d)
-    x = push(z0.reshape(-1)).reshape(1, *shape)
-    expected = flow.q0.log_prob(z0) - torch.linalg.slogdet(jac)[1]
+    x, expected = _log_q_by_autograd(flow, seed=2)
     assert torch.allclose(flow.log_prob(x), expected, atol=1e-8)
 
 
@@ -198,17 +204,8 @@ def test_dct_flow_log_q_and_start(layout):
     _perturb(flow, seed=3)
     x, log_q = flow.sample(5)
     assert torch.allclose(flow.log_prob(x), log_q, atol=1e-8)
-    z0 = torch.randn(1, *flow.q0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-
-    def push(zflat):
-        z = zflat.reshape(1, *flow.q0.shape)
-        for layer in flow.flows:
-            z, _ = layer(z)
-        return z.reshape(-1)
-
-    jac = torch.autograd.functional.jacobian(push, z0.reshape(-1))
-    expected = flow.q0.log_prob(z0) - torch.linalg.slogdet(jac)[1]
-    assert torch.allclose(flow.log_prob(push(z0.reshape(-1)).reshape(1, *shape)), expected, atol=1e-8)
+    x, expected = _log_q_by_autograd(flow, seed=4)
+    assert torch.allclose(flow.log_prob(x), expected, atol=1e-8)
 
 
 def test_dct_basis_bad_settings():
