@@ -217,7 +217,8 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
     cal = _calibration_script()
     args = argparse.Namespace(seed=7, steps=10, prior_method="elbo", elbo_draws=1, batch=4, lr=2e-3, samples=8,
                               warm_start="flow",
-                              alpha=1.0, flow_base="diagonal", laplace_start="pooled", ensemble=1, rescore=False,
+                              alpha=1.0, flow_base="diagonal", flow_basis="pixel", laplace_start="pooled", ensemble=1,
+                              rescore=False,
                               jitter=0.001,
                               out=str(tmp_path))
     sets = {"in_distribution": np.zeros((3, 2, 2)), "grmhd_like": np.ones((3, 2, 2))}
@@ -227,6 +228,7 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
         (0, "grmhd_like", "EHT2017"), (0, "grmhd_like", "EHT2017-SPT"), (1, "in_distribution", "EHT2017")]
     assert len(jobs) == 12 and [j["case"] for j in jobs] == sorted(j["case"] for j in jobs)
     assert {j["flow_base"] for j in jobs} == {"diagonal"}  # each case is fitted with the run's flow base
+    assert {j["flow_basis"] for j in jobs} == {"pixel"}
     # a case keeps its truth, seed and folder whatever the order
     j = next(j for j in jobs if j["set"] == "grmhd_like" and j["array"] == "EHT2017-SPT" and j["case"] == 2)
     assert j["truth"] == [[1.0, 1.0], [1.0, 1.0]] and j["seed"] == 9
@@ -359,7 +361,8 @@ def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
     cal = _calibration_script()
     args = argparse.Namespace(seed=7, steps=10, prior_method="elbo", elbo_draws=1, batch=4, lr=2e-3, samples=8,
                               warm_start="flow",
-                              alpha=1.0, flow_base="diagonal", laplace_start="pooled", ensemble=1, rescore=False,
+                              alpha=1.0, flow_base="diagonal", flow_basis="pixel", laplace_start="pooled", ensemble=1,
+                              rescore=False,
                               jitter=0.001,
                               out=str(tmp_path))
     jobs = cal.case_jobs({"in_distribution": np.zeros((2, 2, 2))}, ["EHT2017", "EHT2017-SPT"], args)
