@@ -207,7 +207,7 @@ def _fit_case(job: dict, folder: Path) -> dict:
                             batch=job["batch"], lr=job["lr"], samples=job["samples"], seed=job["seed"], threads=1,
                             ensemble=job["ensemble"], warm_start=job["warm_start"], alpha=job["alpha"],
                             flow_base=job["flow_base"], laplace_start=job["laplace_start"],
-                            flow_basis=job.get("flow_basis", "pixel"))
+                            flow_basis=job["flow_basis"])
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
