@@ -17,7 +17,8 @@ posterior, and writes, each file atomically and the JSON metrics last:
   budget, zero-baseline flux, dropped stations; :mod:`interfero.preparation`),
   the ring features of the samples (``ring``: :mod:`posterior.ring`), and with a
   truth image nxcorr (unblurred and blurred) / PSNR / SSIM and the truth's
-  coverage by the 68% / 95% intervals.
+  coverage by the 68% / 95% intervals, and the truth's log-likelihood rank among the samples'
+  (:func:`posterior.metrics.truth_loglik_rank`).
 
 Several observation files (days, bands) of one source make one posterior
 (:func:`interfero.preparation.combine_observations`).
@@ -79,6 +80,7 @@ from .metrics import (
     reduced_chi2,
     sample_chi2,
     summarize_sample_chi2,
+    truth_loglik_rank,
 )
 from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
@@ -819,6 +821,7 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                                          truth_img, metrics["nxcorr_shift_px"])
             metrics |= error_against_std(post.mean.reshape(n2), post.std.reshape(n2), truth_img,
                                          metrics["nxcorr_shift_px"])
+            metrics |= truth_loglik_rank(op, post.samples, truth_img)
         metrics["truth"] = str(truth)
         # what the featureless starting blob already scores: nxcorr is only meaningful above it
         blob = gaussian_blob(geom, flux, s.init_fwhm_uas)[0].numpy().astype(np.float64)

@@ -95,6 +95,7 @@ GRMHD = ROOT.parent / "shared" / "data" / "observations" / "grmhd_sgra_2017" / "
 GEOM = ImageGeometry(32, 160.0)
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.8, 0.9, 0.95)
 RANK_BINS = 20
+LOGLIK_BINS = 10  # of the histogram of the truth's log-likelihood rank over cases
 JITTER_DRAWS = 20  # draws of the prior's jitter added to each truth (coverage_jittered_68/95)
 SETS = ("in_distribution", "grmhd_like", "prior_draws")
 DEFAULT_SETS = SETS[:2]  # prior_draws is a diagnostic: run it with --sets prior_draws
@@ -148,7 +149,7 @@ def run_case(job: dict) -> dict:
     if done.is_file():
         old = json.loads(done.read_text())
         if not job.get("rescore") or "error" in old:
-            return with_jittered_coverage(job, old)
+            return with_added_scores(job, old)
         check_case_truth(job)
         m = json.loads((folder / "rec" / "metrics.json").read_text())
         res = score_case(job, folder, m, old["seconds"], rescore=True)
@@ -261,7 +262,8 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
         res["diameter_median_uas"] = d["median"]
         res["diameter_interval68_uas"] = [d["lo68"], d["hi68"]]
     res["chi2_samples_median"] = samples_fit(folder, m, samples, sizes)
-    return res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
+    return (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
+            | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, truth))
 
 
 def case_samples(folder: Path) -> tuple[np.ndarray, list[int] | None]:
@@ -298,19 +300,49 @@ def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jit
             for name, lv in (("68", "0.68"), ("95", "0.95"))}
 
 
-def with_jittered_coverage(job: dict, res: dict) -> dict:
-    """A finished case's scores with ``coverage_jittered_68/95`` added (cases scored before they existed),
-    measured on its saved samples and written back to its ``case.json``."""
+def quantile_coverage(samples: np.ndarray, aligned: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """``coverage_quantiles_68/95``: the coverage of the source pixels by the equal-tailed quantiles of all the
+    samples pooled, the intervals of the mixture of the fits itself (for an ensemble, reconstruct's intervals
+    are Rubin's t intervals instead, wider when the fits are few: ``coverage_68/95``)."""
+    out = {}
+    for lv in (0.68, 0.95):
+        lo, hi = np.quantile(samples[:, region], [0.5 - lv / 2, 0.5 + lv / 2], axis=0)
+        t = aligned[region]
+        out[f"coverage_quantiles_{round(lv * 100)}"] = float(((t >= lo) & (t <= hi)).mean())
+    return out
+
+
+def loglik_rank(folder: Path, m: dict, samples: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """``loglik_rank`` and ``loglik_excess``: reconstruct's ``truth_loglik_rank`` / ``truth_loglik_excess``
+    (:func:`posterior.metrics.truth_loglik_rank`; uniform over truths and centred near 0 when calibrated), or for
+    a case whose ``metrics.json`` predates them, measured here on its saved samples."""
+    if "truth_loglik_rank" not in m:
+        from posterior.metrics import truth_loglik_rank
+        from posterior.reconstruct import ReconstructSettings, build_problem
+
+        m = truth_loglik_rank(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples, truth)
+    return {"loglik_rank": m["truth_loglik_rank"], "loglik_excess": m["truth_loglik_excess"]}
+
+
+ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank")  # one key of each later score
+
+
+def with_added_scores(job: dict, res: dict) -> dict:
+    """A finished case's scores with those added after it was scored (``coverage_jittered_68/95``,
+    ``coverage_quantiles_68/95``, ``loglik_rank``, ``loglik_excess``), measured on its saved samples and written
+    back to its ``case.json``."""
     from posterior.metrics import aligned_truth
 
-    if "error" in res or "coverage_jittered_68" in res:
+    if "error" in res or all(k in res for k in ADDED_SCORES):
         return res
     folder = Path(job["folder"])
     samples, sizes = case_samples(folder)
     m = json.loads((folder / "rec" / "metrics.json").read_text())
-    aligned, region = aligned_truth(np.asarray(job["truth"]), m["nxcorr_shift_px"])
-    res = res | jittered_coverage(case_intervals(samples, sizes, (0.68, 0.95)), aligned, region, job["jitter"],
-                                  job["seed"])
+    truth = np.asarray(job["truth"])
+    aligned, region = aligned_truth(truth, m["nxcorr_shift_px"])
+    res = (res | jittered_coverage(case_intervals(samples, sizes, (0.68, 0.95)), aligned, region, job["jitter"],
+                                   job["seed"])
+           | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, truth))
     atomic_write_text(folder / "case.json", json.dumps(res, indent=1))
     return res
 
@@ -368,6 +400,18 @@ def aggregate(cases: list[dict]) -> dict:
            "median_nxcorr_blur10": float(np.median([c["nxcorr_blur10"] for c in cases])),
            "seconds_per_case": {"median": float(np.median([c["seconds"] for c in cases])),
                                 "max": float(np.max([c["seconds"] for c in cases]))}}
+    ranked = [c for c in cases if "loglik_rank" in c]
+    if ranked:  # simulation-based calibration of the data fit: flat histogram, mean 0.5 when calibrated
+        out["loglik_rank_mean"] = float(np.mean([c["loglik_rank"] for c in ranked]))
+        out["loglik_rank_hist"] = np.histogram([c["loglik_rank"] for c in ranked], bins=LOGLIK_BINS,
+                                               range=(0, 1))[0].tolist()
+        out["loglik_excess_median"] = float(np.median([c["loglik_excess"] for c in ranked]))
+    quant = [c for c in cases if "coverage_quantiles_68" in c]
+    if quant:
+        wq = np.array([c["coverage_pixels"] for c in quant], dtype=float)
+        for lv in ("68", "95"):
+            out[f"coverage_quantiles_{lv}"] = float(np.average([c[f"coverage_quantiles_{lv}"] for c in quant],
+                                                               weights=wq))
     fitted = [c for c in cases if "chi2_samples_median" in c]
     if fitted:  # the posterior samples' own data fit beside their mean's (a posterior predictive check)
         out["chi2_samples_median"] = {k: float(np.median([c["chi2_samples_median"][k] for c in fitted]))
@@ -491,7 +535,7 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
         done = Path(j["folder"]) / "case.json"
         if done.is_file():
             check_case_truth(j)
-            results.append(with_jittered_coverage(j, json.loads(done.read_text())))
+            results.append(with_added_scores(j, json.loads(done.read_text())))
         else:
             todo.append(j)
     return results, todo

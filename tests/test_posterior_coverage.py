@@ -202,9 +202,10 @@ def test_calibration_reuses_a_finished_case_only_on_its_own_truth(tmp_path):
     folder.mkdir()
     truth = np.random.default_rng(0).uniform(0, 0.01, (32, 32))
     write_fits_image(truth, ImageGeometry(32, 160.0), folder / "truth.fits")
-    (folder / "case.json").write_text(json.dumps({"case": 0, "coverage_jittered_68": 0.5}))
+    scored = {"case": 0} | dict.fromkeys(cal.ADDED_SCORES, 0.5)
+    (folder / "case.json").write_text(json.dumps(scored))
     job = {"set": "prior_draws", "case": 0, "truth": truth.tolist(), "folder": str(folder)}
-    assert cal.finished_cases([job])[0] == [{"case": 0, "coverage_jittered_68": 0.5}]
+    assert cal.finished_cases([job])[0] == [scored]
     other = job | {"truth": (truth + 1e-4).tolist()}
     with pytest.raises(InterferoError, match="not this run's truth for prior_draws case 0"):
         cal.finished_cases([other])
@@ -245,7 +246,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
 
     from interfero.io import write_uvfits
     from interfero.models import render
-    from posterior.metrics import sample_chi2
+    from posterior.metrics import sample_chi2, truth_loglik_rank
     from posterior.reconstruct import ReconstructSettings, build_problem
     from posterior.ring import ring_samples, summarize_ring
 
@@ -278,8 +279,15 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     noisy = truth[region][None] + 1e-4 * np.random.default_rng(5).standard_normal((cal.JITTER_DRAWS, region.sum()))
     jit = {f"coverage_jittered_{k}": np.mean((noisy >= bounds[lv][0][region]) & (noisy <= bounds[lv][1][region]))
            for k, lv in (("68", "0.68"), ("95", "0.95"))}
+    pooled = np.quantile(stored[:, 0][:, region], [0.16, 0.84, 0.025, 0.975], axis=0)
+    quant = {"coverage_quantiles_68": np.mean((truth[region] >= pooled[0]) & (truth[region] <= pooled[1])),
+             "coverage_quantiles_95": np.mean((truth[region] >= pooled[2]) & (truth[region] <= pooled[3]))}
+    rank = truth_loglik_rank(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], stored, truth)
+    rank = {"loglik_rank": rank["truth_loglik_rank"], "loglik_excess": rank["truth_loglik_excess"]}
     assert {k: old[k] for k in stale} == stale and {k: old[k] for k in jit} == pytest.approx(jit)
-    assert set(old) == set(stale) | set(jit) and json.loads((folder / "case.json").read_text()) == old
+    assert {k: old[k] for k in quant} == pytest.approx(quant) and {k: old[k] for k in rank} == pytest.approx(rank)
+    assert set(old) == set(stale) | set(jit) | set(quant) | set(rank)
+    assert json.loads((folder / "case.json").read_text()) == old
     res = cal.run_case(job | {"rescore": True})
     own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
     assert res["chi2_samples_median"] == pytest.approx({k: float(np.median(v)) for k, v in own.items()}, rel=1e-5)
@@ -319,12 +327,16 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
                      "coverage_jittered_68": 0.4, "coverage_jittered_95": 0.8,
                      "ring_diameter_in68": True, "ring_diameter_in95": True, "diameter_median_uas": 41.0,
                      "diameter_interval68_uas": [39.0, 43.0], "chi2_cphase": 1.0, "chi2_logcamp": 1.2,
-                     "chi2_samples_median": {"cphase": 2.0, "logcamp": 1.5}},
+                     "chi2_samples_median": {"cphase": 2.0, "logcamp": 1.5},
+                     "coverage_quantiles_68": 0.3, "coverage_quantiles_95": 0.6, "loglik_rank": 1.0,
+                     "loglik_excess": 300.0},
              base | {"case": 1, "coverage_68": 0.8, "coverage_95": 1.0, "coverage_pixels": 30,
                      "coverage_jittered_68": 0.6, "coverage_jittered_95": 1.0,
                      "ring_diameter_in68": False, "ring_diameter_in95": True, "diameter_median_uas": 35.0,
                      "diameter_interval68_uas": [33.0, 37.0], "chi2_cphase": 1.4, "chi2_logcamp": 1.0,
-                     "chi2_samples_median": {"cphase": 3.0, "logcamp": 2.5}},
+                     "chi2_samples_median": {"cphase": 3.0, "logcamp": 2.5},
+                     "coverage_quantiles_68": 0.7, "coverage_quantiles_95": 0.8, "loglik_rank": 0.25,
+                     "loglik_excess": -10.0},
              {"case": 2, "set": "in_distribution", "array": "EHT2017", "error": "diverged", "seconds": 1.0}]
     r = cal.aggregate(cases)
     assert r["n_cases"] == 2 and r["n_refused"] == 1
@@ -336,6 +348,10 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     assert r["rank_hist"] == [2, 4]
     assert r["chi2_samples_median"] == {"cphase": 2.5, "logcamp": 2.0}
     assert r["chi2_mean_median"] == {"cphase": pytest.approx(1.2), "logcamp": pytest.approx(1.1)}
+    assert r["coverage_quantiles_68"] == pytest.approx((0.3 * 10 + 0.7 * 30) / 40)
+    assert r["coverage_quantiles_95"] == pytest.approx((0.6 * 10 + 0.8 * 30) / 40)
+    assert r["loglik_rank_mean"] == pytest.approx(0.625) and r["loglik_excess_median"] == pytest.approx(145.0)
+    assert r["loglik_rank_hist"] == [0, 0, 1, 0, 0, 0, 0, 0, 0, 1]
 
 
 @pytest.mark.parametrize("half", [0.5, 1.0, 2.0])
@@ -369,8 +385,8 @@ def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
     for i in (0, 1):
         folder = tmp_path / "in_distribution" / "EHT2017" / f"case_{i:03d}"
         folder.mkdir(parents=True)
-        (folder / "case.json").write_text(json.dumps({"case": i, "array": "EHT2017", "coverage_68": 0.5 + i / 4,
-                                                      "coverage_jittered_68": 0.4}))
+        (folder / "case.json").write_text(json.dumps({"case": i, "array": "EHT2017", "coverage_68": 0.5 + i / 4}
+                                                     | dict.fromkeys(cal.ADDED_SCORES, 0.4)))
     results, todo = cal.finished_cases(jobs)
     assert [(r["case"], r["coverage_68"]) for r in results] == [(0, 0.5), (1, 0.75)]
     assert [(j["case"], j["array"]) for j in todo] == [(0, "EHT2017-SPT"), (1, "EHT2017-SPT")]
@@ -437,6 +453,58 @@ def test_sample_chi2_of_exact_gaussian_posterior_samples_matches_the_closed_form
     summ = summarize_sample_chi2({"vis": chi})["vis"]
     assert summ["p10"] < summ["median"] < summ["p90"]
     assert summ["median"] == pytest.approx(np.median(chi))
+
+
+def test_truth_loglik_rank_is_uniform_for_exact_posterior_draws_and_near_one_for_wide_ones(small_obs):
+    """Simulation-based calibration of the data fit: truths drawn from a Gaussian prior, data from each truth,
+    exact posterior draws (closed form): the truth's log-likelihood rank among the draws' is uniform over the
+    truths and its excess over their median centred near 0; draws from a posterior four times too wide put the
+    truth above nearly all of them. The rank is checked against the closed-form Gaussian log-likelihood."""
+    from dataclasses import replace
+
+    from scipy import stats
+
+    from interfero.operators.closure import InterferometryOperator
+    from posterior.metrics import truth_loglik_rank
+
+    s0 = 0.02
+    geom, a, sigma = _linear_gaussian_problem(small_obs)
+    w = 1.0 / sigma**2
+    cov = np.linalg.inv(np.eye(64) / s0**2 + a.T @ (w[:, None] * a))
+    chol = np.linalg.cholesky(cov)
+    m = a.shape[0] // 2
+    rng = np.random.default_rng(11)
+    exact, wide, excess = [], [], []
+    for i in range(200):
+        x = s0 * rng.standard_normal(64)
+        y = a @ x + sigma * rng.standard_normal(2 * m)
+        mean = cov @ (a.T @ (w * y))
+        z = rng.standard_normal((64, 64))
+        op = InterferometryOperator(replace(small_obs, vis=y[:m] + 1j * y[m:]), geom, products=("vis",))
+        r = truth_loglik_rank(op, (mean + z @ chol.T).reshape(64, 1, 8, 8), x.reshape(8, 8))
+        exact.append(r["truth_loglik_rank"])
+        excess.append(r["truth_loglik_excess"])
+        wide.append(truth_loglik_rank(op, (mean + 2 * z @ chol.T).reshape(64, 1, 8, 8), x)["truth_loglik_rank"])
+        if i == 0:  # against the closed form: log p(y | x) = -|y - A x|^2_W / 2 + const
+            lls = [-0.5 * np.sum(w * (y - a @ v) ** 2) for v in [x, *(mean + z @ chol.T)]]
+            assert r["truth_loglik_rank"] == np.mean(np.array(lls[1:]) < lls[0])
+            assert r["truth_loglik_excess"] == pytest.approx(lls[0] - np.median(lls[1:]), abs=1e-3)  # float32
+    assert np.mean(exact) == pytest.approx(0.5, abs=0.05)
+    assert stats.kstest(exact, "uniform").pvalue > 0.01
+    assert abs(np.median(excess)) < 0.25 * np.std(excess)
+    assert np.mean(wide) > 0.9
+
+
+def test_truth_loglik_rank_bad_input(small_obs):
+    from interfero.io import ImageGeometry
+    from interfero.operators.closure import InterferometryOperator
+    from posterior.metrics import truth_loglik_rank
+
+    op = InterferometryOperator(small_obs, ImageGeometry(8, 160.0), products=("vis",))
+    with pytest.raises(InterferoError, match="no samples to score"):
+        truth_loglik_rank(op, np.zeros((0, 1, 8, 8)), np.zeros((8, 8)))
+    with pytest.raises(InterferoError, match="NaN or infinite"):
+        truth_loglik_rank(op, np.zeros((2, 1, 8, 8)), np.full((8, 8), np.nan))
 
 
 @pytest.mark.parametrize("flag", [["--lr", "0"], ["--lr", "nan"], ["--steps", "0"]])

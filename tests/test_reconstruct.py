@@ -63,6 +63,8 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
     assert not (out / "diagonal-fit").exists()
     assert 0 <= m["truth_coverage_68"] <= m["truth_coverage_95"] <= 1 and m["coverage_pixels"] > 0
     assert m["truth_rms_error"] > 0 and m["posterior_rms_std"] > 0 and m["truth_median_abs_z"] > 0
+    # two steps from the blob: the truth fits its data better than every sample
+    assert m["truth_loglik_rank"] == 1.0 and m["truth_loglik_excess"] > 0
     # a 50 uas Gaussian of the right flux already scores 0.91 after 10 uas blurring on this truth
     assert m["init_blob_nxcorr_blur10"] == pytest.approx(0.914, abs=0.01)
     assert m["flux_from"] == "zero-baseline amplitude"
