@@ -178,9 +178,10 @@ def truth_loglik_rank(operator, samples: np.ndarray, truth: np.ndarray, chunk: i
     prior and the data from the truth, the truth and a draw of the exact posterior are exchangeable given the
     data, so over many truths the rank is uniform on [0, 1] (mean 0.5) and the excess is centred near 0.
     A rank of 1 in case after case (the truth fits better than every sample) means the samples lie outside
-    the posterior's typical set. Closure data and the flux term do not depend on the image's position, so
-    the samples are scored where they are. ``samples``: ``(n, ...)`` images of the operator's image shape,
-    ``truth``: one such image (Jy/pixel)."""
+    the posterior's typical set. ``samples``: ``(n, ...)`` images of the operator's image shape, each where
+    it was fitted (an ensemble's pooled samples moved back: ``posterior.summary.fitted_samples``; the
+    whole-pixel move is circular, and pixel noise carried across the field's edge spoils the fit to the
+    longest baselines), ``truth``: one such image (Jy/pixel)."""
     import torch
 
     x = np.asarray(samples, dtype=np.float64)

@@ -85,7 +85,7 @@ from .metrics import (
 from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
-from .summary import Posterior, summarize_fits
+from .summary import Posterior, fitted_samples, summarize_fits
 
 LAPLACE_STEPS = 300  # default length of the Laplace-based final flow (ReconstructSettings.laplace_steps)
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
@@ -821,7 +821,10 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                                          truth_img, metrics["nxcorr_shift_px"])
             metrics |= error_against_std(post.mean.reshape(n2), post.std.reshape(n2), truth_img,
                                          metrics["nxcorr_shift_px"])
-            metrics |= truth_loglik_rank(op, post.samples, truth_img)
+            members = run_info.get("ensemble_members")  # each fit's samples scored where it was fitted
+            fitted = post.samples if not members else fitted_samples(post.samples, post.fit_sizes,
+                                                                    [m["shift_px"] for m in members])
+            metrics |= truth_loglik_rank(op, fitted, truth_img)
         metrics["truth"] = str(truth)
         # what the featureless starting blob already scores: nxcorr is only meaningful above it
         blob = gaussian_blob(geom, flux, s.init_fwhm_uas)[0].numpy().astype(np.float64)

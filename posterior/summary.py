@@ -75,6 +75,14 @@ def split_fits(samples: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return np.split(np.asarray(samples), np.cumsum(sizes)[:-1])
 
 
+def fitted_samples(samples: np.ndarray, sizes: list[int], shifts: list) -> np.ndarray:
+    """Pooled ``samples`` ``(N, ..., H, W)`` with each fit's moved back by its ``(dy, dx)`` shift (whole pixels,
+    circular) to where it was fitted: the inverse of the alignment that pools an ensemble's fits
+    (``posterior.reconstruct.pool_components``), for scoring the samples against their data."""
+    return np.concatenate([np.roll(g, (int(sh[0]), int(sh[1])), axis=(-2, -1))
+                           for g, sh in zip(split_fits(samples, sizes), shifts, strict=True)])
+
+
 def combined_fits(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rubin's rules (module docstring) over K >= 2 fits' samples ``(n_k, ...)``: the combined mean, the total
     std ``sqrt(T)`` and the degrees of freedom ``nu`` (``inf`` where the fits agree), each of the samples'

@@ -263,7 +263,7 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
         res["diameter_interval68_uas"] = [d["lo68"], d["hi68"]]
     res["chi2_samples_median"] = samples_fit(folder, m, samples, sizes)
     return (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
-            | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, truth))
+            | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth))
 
 
 def case_samples(folder: Path) -> tuple[np.ndarray, list[int] | None]:
@@ -312,15 +312,18 @@ def quantile_coverage(samples: np.ndarray, aligned: np.ndarray, region: np.ndarr
     return out
 
 
-def loglik_rank(folder: Path, m: dict, samples: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | None,
+                truth: np.ndarray) -> dict[str, float]:
     """``loglik_rank`` and ``loglik_excess``: reconstruct's ``truth_loglik_rank`` / ``truth_loglik_excess``
     (:func:`posterior.metrics.truth_loglik_rank`; uniform over truths and centred near 0 when calibrated), or for
-    a case whose ``metrics.json`` predates them, measured here on its saved samples."""
+    a case whose ``metrics.json`` predates them, measured here on its saved samples, each fit's moved back to
+    where it was fitted."""
     if "truth_loglik_rank" not in m:
         from posterior.metrics import truth_loglik_rank
         from posterior.reconstruct import ReconstructSettings, build_problem
 
-        m = truth_loglik_rank(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples, truth)
+        op = build_problem(folder / "obs.uvfits", ReconstructSettings())[2]
+        m = truth_loglik_rank(op, case_fitted_samples(m, samples, sizes), truth)
     return {"loglik_rank": m["truth_loglik_rank"], "loglik_excess": m["truth_loglik_excess"]}
 
 
@@ -342,7 +345,7 @@ def with_added_scores(job: dict, res: dict) -> dict:
     aligned, region = aligned_truth(truth, m["nxcorr_shift_px"])
     res = (res | jittered_coverage(case_intervals(samples, sizes, (0.68, 0.95)), aligned, region, job["jitter"],
                                    job["seed"])
-           | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, truth))
+           | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth))
     atomic_write_text(folder / "case.json", json.dumps(res, indent=1))
     return res
 
@@ -355,13 +358,19 @@ def samples_fit(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
         return {k: v["median"] for k, v in m["chi2_samples"].items()}
     from posterior.metrics import sample_chi2
     from posterior.reconstruct import ReconstructSettings, build_problem
-    from posterior.summary import split_fits
 
     op = build_problem(folder / "obs.uvfits", ReconstructSettings())[2]
-    groups = split_fits(samples, sizes) if sizes else [samples]
-    shifts = [mm.get("shift_px", [0, 0]) for mm in m.get("ensemble_members", [{}])]
-    values = [sample_chi2(op, np.roll(g, sh, axis=(-2, -1))) for g, sh in zip(groups, shifts)]
-    return {k: float(np.median(np.concatenate([v[k] for v in values]))) for k in values[0]}
+    return {k: float(np.median(v)) for k, v in sample_chi2(op, case_fitted_samples(m, samples, sizes)).items()}
+
+
+def case_fitted_samples(m: dict, samples: np.ndarray, sizes: list[int] | None) -> np.ndarray:
+    """A case's saved samples with each fit's moved back to where it was fitted (its ``metrics.json`` ``m``
+    records the moves that pooled them)."""
+    from posterior.summary import fitted_samples
+
+    if not sizes:
+        return samples
+    return fitted_samples(samples, sizes, [mm.get("shift_px", [0, 0]) for mm in m.get("ensemble_members", [{}])])
 
 
 def case_bootstrap(values: list[float], weights: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:

@@ -239,7 +239,8 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
 def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):
     """A finished case rescored: the ring features come from its saved samples with the current extractor
     (Rubin's rules over its fits), the pixel scores from its metrics; no fit is run. The samples' own
-    data fit, which its metrics predate, is measured on them, each fit's moved back where it was fitted."""
+    data fit and the truth's log-likelihood rank, which its metrics predate, are measured on them, each fit's
+    moved back where it was fitted."""
     import json
 
     import h5py
@@ -282,7 +283,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     pooled = np.quantile(stored[:, 0][:, region], [0.16, 0.84, 0.025, 0.975], axis=0)
     quant = {"coverage_quantiles_68": np.mean((truth[region] >= pooled[0]) & (truth[region] <= pooled[1])),
              "coverage_quantiles_95": np.mean((truth[region] >= pooled[2]) & (truth[region] <= pooled[3]))}
-    rank = truth_loglik_rank(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], stored, truth)
+    rank = truth_loglik_rank(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples, truth)
     rank = {"loglik_rank": rank["truth_loglik_rank"], "loglik_excess": rank["truth_loglik_excess"]}
     assert {k: old[k] for k in stale} == stale and {k: old[k] for k in jit} == pytest.approx(jit)
     assert {k: old[k] for k in quant} == pytest.approx(quant) and {k: old[k] for k in rank} == pytest.approx(rank)

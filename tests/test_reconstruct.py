@@ -314,6 +314,12 @@ def test_pooled_members_form_the_equal_weight_mixture():
     assert shifts[1] == [1, -2]
     # aligned by whole pixels (no interpolation), member b is back on a: only the brightness differs
     np.testing.assert_array_equal(aligned.samples[400:], np.roll(b, (-1, 2), axis=(-2, -1)))
+    # and moved back to where each was fitted, the members are as they were
+    from posterior.summary import fitted_samples
+
+    np.testing.assert_array_equal(fitted_samples(aligned.samples, aligned.fit_sizes, shifts), np.concatenate([a, b]))
+    with pytest.raises(ValueError):
+        fitted_samples(aligned.samples, aligned.fit_sizes, shifts[:1])  # one move per fit
     inside = base > 0
     # brightness 1 against 1.5 on the source: sqrt(0.75 * 0.5^2) = 0.43 once aligned
     assert np.sqrt(np.mean(aligned.std[0][inside] ** 2)) == pytest.approx(0.433, abs=0.01)
