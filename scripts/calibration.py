@@ -65,7 +65,12 @@ made), empirical coverage at nominal levels 10-95% (reliability diagram,
 interval (``ring_diameters_uas``: ``[case, truth, median, lo68, hi68]``; the
 PNG's third panel), the median over cases of the samples' own reduced chi^2 beside the mean's
 (``chi2_samples_median``, ``chi2_mean_median``: reconstruct's ``chi2_samples``; calibrated samples fit
-the data about as well as the truth, near 1), and per-case run times (``seconds_per_case``: this run's
+the data about as well as the truth, near 1), the truth's log-likelihood rank among the samples'
+(``loglik_rank_mean``, ``loglik_rank_hist`` over cases, ``loglik_excess_median``: reconstruct's
+``truth_loglik_rank`` / ``truth_loglik_excess``, a test of simulation-based calibration that is uniform over
+truths, mean 0.5, with an excess near 0 nats for an exact posterior), the coverage by the pooled samples' own
+equal-tailed quantiles (``coverage_quantiles_68/95``; for an ensemble, the intervals of the mixture itself
+rather than Rubin's t intervals), and per-case run times (``seconds_per_case``: this run's
 wall clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed
 case keeps). ``coverage_68_interval`` and ``coverage_95_interval``: the
 central 90% of the pooled coverage when the cases are resampled (how far the
