@@ -55,7 +55,7 @@ density ``p_eps`` is the training law smoothed by ``N(0, eps_std^2)`` per
 pixel, 1.2 mJy for the shipped prior, so a calibrated posterior holds such
 truths at about the nominal rates, slightly less as the data come from the
 clean truth, and the clean truth more often: the two bracket the nominal
-rate), coverage of the ring
+rate; the ``prior_draws`` truths carry the jitter, so none is added to them), coverage of the ring
 diameter's 68% / 95% intervals (truth: the same extractor on the regridded
 truth), the rank of the truth among the samples per source pixel (a
 histogram, flat when calibrated; for an ensemble the truth's place in the
@@ -298,7 +298,8 @@ def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jit
     intervals. The posterior is over images of the prior's density ``p_eps``, the training law smoothed by
     that jitter, so a calibrated one holds such truths at about the nominal rates (slightly less: the data
     were simulated from the clean truth) and the clean truth (``coverage_68/95``) more often, by the
-    jitter's share of the interval widths. The two bracket the nominal rate."""
+    jitter's share of the interval widths. The two bracket the nominal rate. The ``prior_draws`` truths are
+    draws of ``p_eps`` and carry the jitter already: their jobs add none (``jitter`` 0, the two coverages equal)."""
     rng = np.random.default_rng(seed)
     t = aligned[region][None] + jitter * rng.standard_normal((JITTER_DRAWS, int(region.sum())))
     return {f"coverage_jittered_{name}": float(((t >= bounds[lv][0][region]) & (t <= bounds[lv][1][region])).mean())
@@ -521,7 +522,8 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
                              "samples": args.samples, "warm_start": args.warm_start, "alpha": args.alpha,
                              "flow_base": args.flow_base, "laplace_start": args.laplace_start,
                              "flow_basis": args.flow_basis,
-                             "ensemble": args.ensemble, "rescore": args.rescore, "jitter": args.jitter,
+                             "ensemble": args.ensemble, "rescore": args.rescore,
+                             "jitter": 0.0 if s == "prior_draws" else args.jitter,  # those truths carry it
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
 

@@ -224,6 +224,9 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
                               out=str(tmp_path))
     sets = {"in_distribution": np.zeros((3, 2, 2)), "grmhd_like": np.ones((3, 2, 2))}
     jobs = cal.case_jobs(sets, ["EHT2017", "EHT2017-SPT"], args)
+    # the prior's own draws carry its jitter: none is added to them for coverage_jittered
+    draws = cal.case_jobs({"prior_draws": np.zeros((1, 2, 2))}, ["EHT2017"], args)
+    assert {j["jitter"] for j in jobs} == {0.001} and draws[0]["jitter"] == 0.0
     assert [(j["case"], j["set"], j["array"]) for j in jobs[:5]] == [
         (0, "in_distribution", "EHT2017"), (0, "in_distribution", "EHT2017-SPT"),
         (0, "grmhd_like", "EHT2017"), (0, "grmhd_like", "EHT2017-SPT"), (1, "in_distribution", "EHT2017")]
