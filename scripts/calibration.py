@@ -88,6 +88,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -310,12 +311,9 @@ def quantile_coverage(samples: np.ndarray, aligned: np.ndarray, region: np.ndarr
     """``coverage_quantiles_68/95``: the coverage of the source pixels by the equal-tailed quantiles of all the
     samples pooled, the intervals of the mixture of the fits itself (for an ensemble, reconstruct's intervals
     are Rubin's t intervals instead, wider when the fits are few: ``coverage_68/95``)."""
-    out = {}
-    for lv in (0.68, 0.95):
-        lo, hi = np.quantile(samples[:, region], [0.5 - lv / 2, 0.5 + lv / 2], axis=0)
-        t = aligned[region]
-        out[f"coverage_quantiles_{round(lv * 100)}"] = float(((t >= lo) & (t <= hi)).mean())
-    return out
+    bounds, t = case_intervals(samples, None, (0.68, 0.95)), aligned[region]
+    return {f"coverage_quantiles_{name}": float(((t >= bounds[lv][0][region]) & (t <= bounds[lv][1][region])).mean())
+            for name, lv in (("68", "0.68"), ("95", "0.95"))}
 
 
 def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | None,
@@ -326,10 +324,8 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
     where it was fitted."""
     if "truth_loglik_rank" not in m:
         from posterior.metrics import truth_loglik_rank
-        from posterior.reconstruct import ReconstructSettings, build_problem
 
-        op = build_problem(folder / "obs.uvfits", ReconstructSettings())[2]
-        m = truth_loglik_rank(op, case_fitted_samples(m, samples, sizes), truth)
+        m = truth_loglik_rank(case_operator(str(folder)), case_fitted_samples(m, samples, sizes), truth)
     return {"loglik_rank": m["truth_loglik_rank"], "loglik_excess": m["truth_loglik_excess"]}
 
 
@@ -363,10 +359,18 @@ def samples_fit(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
     if "chi2_samples" in m:
         return {k: v["median"] for k, v in m["chi2_samples"].items()}
     from posterior.metrics import sample_chi2
+
+    op = case_operator(str(folder))
+    return {k: float(np.median(v)) for k, v in sample_chi2(op, case_fitted_samples(m, samples, sizes)).items()}
+
+
+@lru_cache(maxsize=1)
+def case_operator(folder: str):
+    """The operator reconstruct fitted a case's data with (its ``obs.uvfits``, the default settings), built
+    once per case for the scores measured on its saved samples."""
     from posterior.reconstruct import ReconstructSettings, build_problem
 
-    op = build_problem(folder / "obs.uvfits", ReconstructSettings())[2]
-    return {k: float(np.median(v)) for k, v in sample_chi2(op, case_fitted_samples(m, samples, sizes)).items()}
+    return build_problem(Path(folder) / "obs.uvfits", ReconstructSettings())[2]
 
 
 def case_fitted_samples(m: dict, samples: np.ndarray, sizes: list[int] | None) -> np.ndarray:
