@@ -9,6 +9,7 @@
 | ``dps`` | diffusion posterior sampling, :mod:`posterior.dps` | independent runs |
 | ``ald`` | Score-ALD annealed Langevin, :mod:`posterior.ald` | independent chains |
 | ``sdedit`` | pseudo-inverse, diffused to ``t0``, reverse SDE, :mod:`posterior.sdedit` | independent runs |
+| ``pnp-dm`` | split Gibbs: MALA for the data, DDPM for the prior, :mod:`posterior.pnp_dm` | independent chains |
 | ``pnp-admm`` | plug-and-play ADMM with the score denoiser, :mod:`posterior.pnp_admm` | point estimate |
 | ``map`` | L-BFGS on ``log p(y|x) + log p(x)``, :mod:`posterior.map_estimate` | point estimate |
 
@@ -31,6 +32,7 @@ from .dps import DPSConfig, dps
 from .flows import build_flow
 from .map_estimate import MAPConfig, map_estimate
 from .pnp_admm import PnPADMMConfig, pnp_admm
+from .pnp_dm import PnPDMConfig, pnp_dm
 from .problem import InverseProblem
 from .runs import check_count, check_positive, config_from_options
 from .sdedit import SDEditConfig, sdedit
@@ -108,9 +110,10 @@ METHODS = {
     "ald": (ALDConfig, ald),
     "sdedit": (SDEditConfig, sdedit),
     "pnp-admm": (PnPADMMConfig, pnp_admm),
+    "pnp-dm": (PnPDMConfig, pnp_dm),
     "map": (MAPConfig, map_estimate),
 }
-SAMPLING_METHODS = ("dpi", "dps", "ald", "sdedit")  # methods whose posterior has samples and intervals
+SAMPLING_METHODS = ("dpi", "dps", "ald", "sdedit", "pnp-dm")  # methods whose posterior has samples and intervals
 
 
 def method_config(name: str, options: dict | None = None):

@@ -70,7 +70,7 @@ from .flows import BASES, build_flow
 from .laplace import MAX_PIXELS as LAPLACE_MAX_PIXELS
 from .laplace import correlated_base, laplace_precision
 from .map_estimate import MAPConfig, map_estimate
-from .methods import method_config, run_method
+from .methods import SAMPLING_METHODS, method_config, run_method
 from .metrics import (
     blur_circular,
     error_against_std,
@@ -752,7 +752,7 @@ def _fit(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume
     else:
         problem = InverseProblem(op, op.data, prior, init=gaussian_blob(geom, flux, s.init_fwhm_uas)[None])
         options = dict(s.method_options)
-        if s.method in ("dps", "ald", "sdedit"):
+        if s.method in SAMPLING_METHODS:
             options.setdefault("n_samples", s.samples)
             options.setdefault("seed", s.seed)
         post = run_method(s.method, problem, options, progress=progress)

@@ -66,6 +66,64 @@ def test_ald_on_inpainting_samples_the_unobserved_pixels():
     assert _rel(post.mean, mean) < 0.05 and _rel(post.std, std) < 0.10, (_rel(post.mean, mean), _rel(post.std, std))
 
 
+@pytest.mark.parametrize("task", ["denoise", "inpaint"])
+def test_pnp_dm_samples_the_gaussian_posterior_of_the_rho_smoothed_prior(task):
+    """Split Gibbs returns the likelihood copy ``v``, whose law is exactly the posterior under the prior
+    convolved with ``N(0, rho_min^2)``: a closed form for a Gaussian prior and a linear operator."""
+    op, sigma, seed = ((Denoising(SHAPE, GaussianNoise(0.2)), 0.2, 0) if task == "denoise" else
+                       (random_inpainting(SHAPE, 0.5, seed=3, noise=GaussianNoise(0.1)), 0.1, 2))
+    pb, _, exact_std, gp = _problem(op, sigma, seed=seed)
+    rho = 0.05
+    mean, cov = exact_gaussian_posterior(operator_matrix(op, SHAPE), sigma, pb.y.reshape(-1).double().numpy(),
+                                         gp.mean.reshape(-1).numpy(), gp.cov.numpy() + rho**2 * np.eye(16))
+    std = np.sqrt(np.diag(cov))
+    post = run_method("pnp-dm", pb, {"n_samples": 2048, "batch": 2048, "rho_min": rho})
+    assert _rel(post.mean, mean) < 0.03 and _rel(post.std, std) < 0.05, (_rel(post.mean, mean), _rel(post.std, std))
+    assert 0.3 < np.mean(post.diagnostics["acceptance_final"]) < 0.9
+    assert np.all(std > exact_std)  # the smoothing widens the posterior: what the check above tells apart
+
+
+def test_pnp_dm_refuses_a_coupling_below_the_prior_s_smallest_noise_level(denoise):
+    with pytest.raises(InterferoError, match="smallest noise level"):
+        run_method("pnp-dm", denoise[0], {"rho_min": 0.01, "n_samples": 2, "batch": 2})
+
+
+def _mala_moments(log_target, metric, steps: int, dim: int = 3, chains: int = 4000, seed: int = 0):
+    from posterior.pnp_dm import mala
+
+    g = torch.Generator().manual_seed(seed)
+    v = torch.full((chains, dim), 0.5, dtype=torch.float64)
+    h = torch.full((chains,), 0.5, dtype=torch.float64)
+    v, h, _ = mala(log_target, v, h, 200, g, True, metric)  # adapt the step sizes
+    v, h, rate = mala(log_target, v, h, steps, g, False, metric)
+    return v.numpy(), float(rate.mean())
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_mala_samples_a_gaussian_and_its_metric_undoes_bad_scaling(preconditioned):
+    """Unpreconditioned MALA mixes over ``(largest / smallest scale)^2`` steps; with the covariance as its
+    metric, a 100:1 scaling costs nothing."""
+    scales = torch.tensor([0.01 if preconditioned else 0.4, 0.3, 1.0], dtype=torch.float64)
+    mu = torch.tensor([0.2, -1.0, 0.5], dtype=torch.float64)
+    metric = (torch.eye(3, dtype=torch.float64), scales**2) if preconditioned else None
+    v, rate = _mala_moments(lambda u: -0.5 * (((u - mu) / scales) ** 2).sum(1), metric,
+                            100 if preconditioned else 2000)
+    err_mean = np.abs(v.mean(0) - mu.numpy()) / scales.numpy()
+    err_std = np.abs(v.std(0) / scales.numpy() - 1)
+    assert np.all(err_mean < 0.08) and np.all(err_std < 0.06) and 0.4 < rate < 0.8, (err_mean, err_std, rate)
+
+
+def test_mala_rejects_proposals_where_the_target_is_not_finite():
+    """A half-normal (log-density -inf below 0, where the gradient is NaN): no chain ever leaves the support,
+    and the moments are the half-normal's."""
+    def log_target(u):
+        return torch.where(u[:, 0] > 0, -0.5 * (u**2).sum(1), torch.log(u[:, 0]))
+
+    v, _ = _mala_moments(log_target, None, 400, dim=1)
+    assert np.all(v > 0)
+    assert abs(v.mean() - math.sqrt(2 / math.pi)) < 0.03 and abs(v.std() - math.sqrt(1 - 2 / math.pi)) < 0.03
+
+
 def test_pnp_admm_with_the_exact_denoiser_reaches_the_posterior_mean(denoise):
     """For a Gaussian prior the MMSE denoiser is the proximal map of the (scaled) log-density, so PnP-ADMM's
     fixed point is the MAP, which is the posterior mean; the data step is exact (conjugate gradients)."""
@@ -173,13 +231,15 @@ def test_samples_are_reproducible_from_the_seed(denoise):
     ("ald", {"levels": 1}, "levels"),
     ("pnp-admm", {"sigma_end": 2.0, "sigma_start": 1.0}, "sigma_end"),
     ("map", {"iterations": 0}, "iterations"),
+    ("pnp-dm", {"rho_min": 2.0, "rho_start": 1.0}, "rho_min"),
+    ("pnp-dm", {"prior_steps": 0}, "prior_steps"),
 ])
 def test_bad_settings_are_one_line_errors(method, options, match):
     with pytest.raises(InterferoError, match=match):
         method_config(method, options)
 
 
-@pytest.mark.parametrize("method", ["dps", "ald", "sdedit", "pnp-admm"])
+@pytest.mark.parametrize("method", ["dps", "ald", "sdedit", "pnp-admm", "pnp-dm"])
 def test_score_methods_refuse_a_prior_without_a_score(denoise, method):
     pb0 = denoise[0]
     with pytest.raises(InterferoError, match="score-based prior"):
