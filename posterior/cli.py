@@ -49,8 +49,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="shipped prior (default = bh32lnflux; bh32disk, bh32), a prior file stem, or a classical"
                         " regulariser: tv, mem, tv+mem (flux-normalised; MEM against the starting blob)")
     p.add_argument("--method", default=d.method, choices=tuple(METHODS),
-                   help="inference method: dpi (default; normalizing-flow posterior) or a baseline: dps, ald, sdedit"
-                        " (samples), pnp-admm, map (point estimates); see docs/methods.md")
+                   help="inference method: dpi (default; normalizing-flow posterior) or a baseline: dps, ald, sdedit,"
+                        " pnp-dm (samples), pnp-admm, map (point estimates); see docs/methods.md")
     p.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting of the --method baseline (repeatable), e.g. --opt zeta=0.5 --opt steps=500")
     p.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode", "score"),

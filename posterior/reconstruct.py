@@ -139,7 +139,7 @@ class ReconstructSettings:
     seed: int = 0
     allow_fov_mismatch: bool = False
     threads: int | None = None
-    method: str = "dpi"  # dpi (the flow fit below) or a baseline of posterior.methods: dps, ald, sdedit, pnp-admm, map
+    method: str = "dpi"  # dpi (the flow fit below) or a baseline of posterior.methods (dps, ald, pnp-dm, ...)
     max_chi2: float = 1000.0  # a fit whose reduced chi^2 of any product exceeds this is refused
     method_options: dict = field(default_factory=dict)  # the baseline's settings (posterior.methods), by name
 

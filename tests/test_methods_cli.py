@@ -21,6 +21,7 @@ FAST = {
     "ald": ["--opt", "levels=4", "--opt", "steps_per_level=1"],
     "sdedit": ["--opt", "steps=4"],
     "pnp-admm": ["--opt", "iterations=2", "--opt", "grad_steps=2"],
+    "pnp-dm": ["--opt", "anneal=2", "--opt", "sweeps=1", "--opt", "prior_steps=2", "--opt", "langevin_steps=2"],
     "map": ["--opt", "iterations=3"],
     "dpi": ["--opt", "steps=2", "--opt", "batch=2", "--opt", "n_samples=4", "--opt", "blocks=1",
             "--opt", "hidden=8"],
@@ -42,7 +43,7 @@ def clean_image(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("method", ["dps", "sdedit", "map"])
+@pytest.mark.parametrize("method", ["dps", "sdedit", "pnp-dm", "map"])
 def test_reconstruct_with_a_baseline_method(tmp_path, capsys, method):
     out = tmp_path / method
     code, cap = run(capsys, "reconstruct", OBS, "--method", method, *FAST[method], "--samples", "3", "--quiet",
