@@ -10,11 +10,12 @@ conditional:
 
 - **likelihood step**, ``v | x ~ p(y | v) N(v; x, rho^2)``: Metropolis-adjusted Langevin (MALA) steps
   preconditioned by ``(H + I / rho^2)^-1``, ``H`` the data's Gauss-Newton Hessian
-  (:func:`posterior.laplace.data_hessian`; constant for a linear operator, else taken at the chains'
-  mean image while ``rho`` falls). The accept/reject step needs only the likelihood and the Gaussian,
-  both exact: the unbounded gradients of closure phases near visibility nulls cost a rejected move,
-  never a diverged chain. The step (a fraction of the metric) adapts per chain towards an acceptance
-  rate of 0.57 while ``rho`` falls, then stays fixed with the metric;
+  (:func:`posterior.laplace.data_hessian`; constant for a linear operator, else taken at each chain's own
+  image, or at the chains' mean with ``metric="mean"``, every sweep while ``rho`` falls). The
+  accept/reject step needs only the likelihood and the Gaussian, both exact: the unbounded gradients of
+  closure phases near visibility nulls cost a rejected move, never a diverged chain. The step (a fraction
+  of the metric) adapts per chain towards an acceptance rate of 0.57 while ``rho`` falls, then stays
+  fixed with the metric, so that the last ``sweeps`` are a fixed Markov kernel;
 - **prior step**, ``x | v ~ p(x) N(v; x, rho^2)``: the posterior of denoising ``v`` at noise level
   ``rho``, which a diffusion model samples directly: ``alpha(t) v`` is a draw of ``z(t)`` at the time
   ``t`` whose noise-to-signal ratio is ``rho``, so ancestral (DDPM) steps from ``t`` to ``eps``, then
@@ -29,6 +30,11 @@ of ``std(eps) / alpha(eps) * scale``. ``rho`` falls geometrically from ``rho_sta
 prior step is nearly a fresh prior draw: the chains forget their start) to ``rho_min`` over ``anneal``
 sweeps, then stays there for ``sweeps`` more. At ``rho_min`` a sweep moves an image by about ``rho_min``
 where the data do not pin it, so the spread the chains end with there is set while ``rho`` falls.
+
+The start: ``init_steps`` Adam steps (rate ``init_lr``) take each chain's ``v`` from the problem's start
+image (jittered: a symmetric image is a saddle of closure phases) up ``p(y | v) N(v; x, rho_start^2)``.
+Closure data seen from a Gaussian blob sit some 10^6 nats below a fitting image, out of reach of
+Langevin steps; the ascent is only a starting point, the sweeps then sample.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from .problem import InverseProblem
 from .runs import check_count, check_finite, check_positive, sampled_posterior
 from .summary import Posterior
 
+START_JITTER = 0.02  # white noise on the start before the ascent (score-model units): breaks its symmetry
 TARGET_ACCEPT = 0.57  # MALA's optimal acceptance rate in high dimension (Roberts & Rosenthal 1998)
 
 
@@ -57,8 +64,11 @@ class PnPDMConfig:
     alpha(eps)``); anneal: sweeps over which rho falls geometrically; sweeps: sweeps at ``rho_min`` after
     that; langevin_steps: MALA steps of each likelihood step; step: their starting size as a fraction of
     the metric (adapted while rho falls); prior_steps: ancestral (DDPM) steps of each prior step (10 give
-    samples 7% too narrow on the Gaussian checks, 50 within 2%); n_samples: independent chains (one image
-    each), ``batch`` at a time; seed."""
+    samples 7% too narrow on the Gaussian checks, 50 within 2%); metric: the Gauss-Newton Hessian of
+    each ``chain`` at its own image or one at the chains' ``mean`` (a linear operator has one anyway);
+    init_steps / init_lr: Adam steps (and their rate, score-model units) from the start up the data
+    before the first sweep (0: none); n_samples: independent chains (one image each), ``batch`` at a
+    time; seed."""
 
     rho_start: float = 1.0
     rho_min: float = 0.05
@@ -67,6 +77,9 @@ class PnPDMConfig:
     langevin_steps: int = 10
     step: float = 0.5
     prior_steps: int = 50
+    metric: str = "chain"
+    init_steps: int = 0
+    init_lr: float = 0.01
     n_samples: int = 64
     batch: int = 64
     seed: int = 0
@@ -81,6 +94,10 @@ class PnPDMConfig:
         check_count("PnP-DM langevin_steps", self.langevin_steps)
         check_positive("PnP-DM step", self.step)
         check_count("PnP-DM prior_steps", self.prior_steps)
+        check_count("PnP-DM init_steps", self.init_steps, 0)
+        check_positive("PnP-DM init_lr", self.init_lr)
+        if self.metric not in ("chain", "mean"):
+            raise InterferoError(f"unknown PnP-DM metric {self.metric!r} (choose from chain, mean)")
         check_count("number of samples", self.n_samples, 2)
         check_count("batch", self.batch)
 
@@ -94,25 +111,63 @@ def coupling_schedule(cfg: PnPDMConfig) -> list[float]:
     return [cfg.rho_start * ratio**k for k in range(cfg.anneal)] + [cfg.rho_min] * cfg.sweeps
 
 
+class Metric:
+    """The identity preconditioner; subclasses hold a symmetric positive-definite ``M`` (``(D, D)``, shared or
+    one per chain) and give ``M a``, a draw of ``N(0, M)`` from white noise, and ``a^T M^-1 a``, on
+    ``(chains, D)`` rows."""
+
+    def apply(self, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+    def draw(self, n: torch.Tensor) -> torch.Tensor:
+        return n
+
+    def inv_quad(self, r: torch.Tensor) -> torch.Tensor:
+        return (r**2).sum(1)
+
+
+class EigenMetric(Metric):
+    """``M = U diag(d) U^T``, shared by all chains (``U`` orthogonal)."""
+
+    def __init__(self, u: torch.Tensor, d: torch.Tensor) -> None:
+        self.u, self.d = u, d
+
+    def apply(self, a):
+        return ((a @ self.u) * self.d) @ self.u.T
+
+    def draw(self, n):
+        return (n * self.d.sqrt()) @ self.u.T
+
+    def inv_quad(self, r):
+        return ((r @ self.u) ** 2 / self.d).sum(1)
+
+
+class CholeskyMetric(Metric):
+    """``M = A^-1`` with ``A = L L^T`` one per chain (``L``: ``(chains, D, D)`` lower triangular)."""
+
+    def __init__(self, chol: torch.Tensor) -> None:
+        self.chol = chol
+
+    def apply(self, a):  # two triangular solves: much faster than cholesky_solve on batched vectors
+        u = torch.linalg.solve_triangular(self.chol, a[..., None], upper=False)
+        return torch.linalg.solve_triangular(self.chol.mT, u, upper=True)[..., 0]
+
+    def draw(self, n):
+        return torch.linalg.solve_triangular(self.chol.mT, n[..., None], upper=True)[..., 0]
+
+    def inv_quad(self, r):
+        return ((self.chol.mT @ r[..., None])[..., 0] ** 2).sum(1)
+
+
 def mala(log_target, v: torch.Tensor, h: torch.Tensor, steps: int, g: torch.Generator, adapt: bool,
-         metric: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         metric: Metric | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``steps`` Metropolis-adjusted Langevin steps of size ``h`` (one per chain) on ``log_target`` (one
-    value per chain, differentiable), preconditioned by ``metric = (U, d)``, the matrix ``M = U diag(d) U^T``
-    (``U`` orthogonal, ``(D, D)``; None: the identity): proposals ``v + h M grad + (2 h)^1/2 M^1/2 n``. A
-    proposal whose log-density or gradient is not finite is rejected. With ``adapt`` each chain's ``h``
-    moves towards the acceptance rate ``TARGET_ACCEPT``. Returns the new states, the step sizes and the
-    chains' acceptance rates."""
+    value per chain, differentiable), preconditioned by ``metric`` (None: the identity): proposals
+    ``v + h M grad + (2 h)^1/2 M^1/2 n``. A proposal whose log-density or gradient is not finite is
+    rejected. With ``adapt`` each chain's ``h`` moves towards the acceptance rate ``TARGET_ACCEPT``.
+    Returns the new states, the step sizes and the chains' acceptance rates."""
     shape, m = v.shape, v.shape[0]
-    u_mat, d = metric if metric is not None else (None, None)
-
-    def to_eig(a):  # coordinates in the metric's eigenbasis
-        return a if u_mat is None else a @ u_mat
-
-    def from_eig(c):
-        return c if u_mat is None else c @ u_mat.T
-
-    def precondition(a):
-        return a if u_mat is None else from_eig(to_eig(a) * d)
+    metric = metric or Metric()
 
     def value_and_grad(u):
         with torch.enable_grad():
@@ -122,30 +177,47 @@ def mala(log_target, v: torch.Tensor, h: torch.Tensor, steps: int, g: torch.Gene
         ok = torch.isfinite(lp) & torch.isfinite(gr).all(1)
         return lp.detach().double(), gr.detach(), ok
 
-    def log_q(a, b, gb, hh):  # log density (up to a constant) of proposing a from b
-        r = to_eig(a - b - hh * precondition(gb))
-        w = r**2 if d is None else r**2 / d
-        return -w.sum(1) / (4 * hh[:, 0])
+    def log_q(a, b, mgb, hh):  # log density (up to a constant) of proposing a from b (mgb: M grad at b)
+        return -metric.inv_quad(a - b - hh * mgb) / (4 * hh[:, 0])
 
     x = v.detach().reshape(m, -1).double()
     lp, gr, ok = value_and_grad(x)
     if not bool(ok.all()):
         raise InterferoError("pnp-dm: the likelihood is not finite at a chain's state")
+    mg = metric.apply(gr)
     accepted = torch.zeros(m, dtype=torch.float64)
     for _ in range(steps):
         hh = h[:, None]
         noise = torch.randn(x.shape, generator=g, dtype=torch.float64)
-        step_noise = noise if d is None else from_eig(noise * d.sqrt())
-        prop = x + hh * precondition(gr) + (2 * hh).sqrt() * step_noise
+        prop = x + hh * mg + (2 * hh).sqrt() * metric.draw(noise)
         lp_p, gr_p, ok_p = value_and_grad(prop)
-        log_ratio = (lp_p - lp + log_q(x, prop, gr_p, hh) - log_q(prop, x, gr, hh)).nan_to_num(nan=-math.inf)
+        mg_p = metric.apply(torch.where(ok_p[:, None], gr_p, 0.0))
+        log_ratio = (lp_p - lp + log_q(x, prop, mg_p, hh) - log_q(prop, x, mg, hh)).nan_to_num(nan=-math.inf)
         take = ok_p & (torch.log(torch.rand(m, generator=g, dtype=torch.float64)) < log_ratio)
         t = take[:, None]
-        x, gr, lp = torch.where(t, prop, x), torch.where(t, gr_p, gr), torch.where(take, lp_p, lp)
+        x, mg, lp = torch.where(t, prop, x), torch.where(t, mg_p, mg), torch.where(take, lp_p, lp)
         accepted += take.double()
         if adapt:
             h = h * torch.exp(0.5 * (torch.exp(log_ratio.clamp(max=0.0)) - TARGET_ACCEPT))
     return x.to(v.dtype).reshape(shape), h, accepted / steps
+
+
+def ascend(log_target, v: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    """``steps`` Adam steps up ``log_target`` (summed over chains) from ``v``; a step to a non-finite value
+    is undone and ends the ascent."""
+    u = v.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=lr)
+    good = v.detach()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = -log_target(u).sum()
+        if not bool(torch.isfinite(loss)):
+            return good
+        good = u.detach().clone()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return u.detach() if bool(torch.isfinite(log_target(u)).all()) else good
 
 
 def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress: bool = False) -> Posterior:
@@ -168,6 +240,7 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
     z_init = prior.to_z(problem.initial_image()[:1])
     linear = isinstance(problem.operator, LinearOperator)
     stats: dict[str, list[float]] = {"acceptance": [], "step": []}
+    trace: list[dict] = []
 
     def prior_step(v: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
         ts = time_grid(sde, cfg.prior_steps, t_start=times[k])
@@ -175,34 +248,55 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
         zt = ddpm(score, sde, zt, ts, generator=g)
         return tweedie_denoise(score, sde, zt)
 
-    def metric(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The eigenvectors and eigenvalues of the data's Gauss-Newton Hessian in score-model units at the
-        chains' mean image (the same everywhere for a linear operator)."""
-        hx = data_hessian(problem.operator, prior.from_z(v.mean(0)).double())
-        lam, u = torch.linalg.eigh(hx * (problem.data_weight * prior.scale**2))
-        return u, lam.clamp_min(0.0)
+    def hessian_z(image_z: torch.Tensor) -> torch.Tensor:
+        """The data's Gauss-Newton Hessian at one image, in score-model units."""
+        return data_hessian(problem.operator, prior.from_z(image_z).double()) * (problem.data_weight * prior.scale**2)
+
+    def metric(v: torch.Tensor, rho: float, cache: dict) -> Metric:
+        """``(H + I / rho^2)^-1``: one ``H`` for a linear operator or ``metric="mean"`` (at the chains' mean image),
+        else one per chain at its own image (``cache`` keeps what ``rho`` does not change)."""
+        if linear or cfg.metric == "mean":
+            if "eig" not in cache or not linear:
+                lam, u = torch.linalg.eigh(hessian_z(v.mean(0)))
+                cache["eig"] = (u, lam.clamp_min(0.0))
+            u, lam = cache["eig"]
+            return EigenMetric(u, 1.0 / (lam + rho**-2))
+        eye = torch.eye(v[0].numel(), dtype=torch.float64)
+        chol, info = torch.linalg.cholesky_ex(torch.stack([hessian_z(vi) for vi in v]) + eye / rho**2)
+        if bool(info.any()):
+            raise InterferoError("pnp-dm: the data's Hessian at a chain's image is not positive semi-definite")
+        return CholeskyMetric(chol)
+
+    def log_target_at(x: torch.Tensor, rho: float):
+        def log_target(u):
+            ll = problem.data_weight * problem.log_likelihood(prior.from_z(u))
+            return ll - ((u - x) ** 2).flatten(1).sum(1) / (2 * rho**2)
+        return log_target
 
     def draw(m: int, g: torch.Generator) -> torch.Tensor:
         x = z_init.expand(m, *problem.image_shape).double().clone()
         v = x.clone()
+        if cfg.init_steps:  # the data's mode near the start (a starting point only: the chains then sample)
+            jitter = START_JITTER * torch.randn(v.shape, generator=g, dtype=v.dtype)  # a symmetric start is a
+            v = ascend(log_target_at(x, rhos[0]), v + jitter, cfg.init_steps, cfg.init_lr)  # saddle of closure phases
         h = torch.full((m,), cfg.step, dtype=torch.float64)
         rates = torch.zeros(m, dtype=torch.float64)
+        cache: dict = {}
         for k, rho in enumerate(rhos):
-            def log_target(u, x=x, rho=rho):
-                ll = problem.data_weight * problem.log_likelihood(prior.from_z(u))
-                return ll - ((u - x) ** 2).flatten(1).sum(1) / (2 * rho**2)
-
             adapt = k < cfg.anneal
-            if k == 0 or (k <= cfg.anneal and not linear):  # frozen with the step sizes once rho stops falling
-                u_mat, lam = metric(v)
-            v, h, rates = mala(log_target, v, h, cfg.langevin_steps, g, adapt, (u_mat, 1.0 / (lam + rho**-2)))
+            if k <= cfg.anneal:  # frozen with the step sizes once rho stops falling
+                pre = metric(v, rho, cache)
+            v, h, rates = mala(log_target_at(x, rho), v, h, cfg.langevin_steps, g, adapt, pre)
             check_finite(v, "pnp-dm", k)
             x = prior_step(v.float(), k, g).double()
             check_finite(x, "pnp-dm", k)
+            with torch.no_grad():
+                ll = problem.log_likelihood(prior.from_z(v))
+            trace.append({"rho": rho, "acceptance": float(rates.mean()), "log_likelihood_median": float(ll.median())})
         stats["acceptance"].append(float(rates.mean()))
         stats["step"].append(float(h.median()))
         return prior.from_z(v.float())
 
     post = sampled_posterior("pnp-dm", cfg, draw, problem.image_shape, progress)
-    post.diagnostics |= {"acceptance_final": stats["acceptance"], "step_final": stats["step"]}
+    post.diagnostics |= {"acceptance_final": stats["acceptance"], "step_final": stats["step"], "trace": trace}
     return post

@@ -2,7 +2,7 @@
 
     python scripts/calibration.py --n N --json OUT.json [--out DIR] [--arrays EHT2017,EHT2017-JCMT-PV-SPT]
         [--sets in_distribution,grmhd_like] [--steps 1000] [--elbo-draws 1] [--batch 16] [--lr 2e-3] [--samples 256]
-        [--ensemble 3] [--warm-start-kind map] [--alpha 1]
+        [--ensemble 3] [--warm-start-kind map] [--alpha 1] [--method pnp-dm --opt NAME=VALUE ...]
         [--jobs 2]
         [--png OUT.png] [--rescore]
 
@@ -32,7 +32,8 @@ ALMA APEX LMT SMA SMT), 24 h of Sgr A*, 60 s every 10 min, thermal noise,
 seeded by the case, then reconstructed with the defaults (``--steps``,
 ``--elbo-draws``, ``--batch``, ``--lr``, ``--samples``; ``--ensemble``: independent flow fits pooled,
 as ``interfero reconstruct --ensemble``; ``--warm-start-kind``: what starts each flow, as in ``reconstruct``;
-``--alpha``: the Renyi order of the fits' objective, as ``reconstruct --alpha``).
+``--alpha``: the Renyi order of the fits' objective, as ``reconstruct --alpha``; ``--method`` and ``--opt``:
+another sampling method of ``reconstruct --method`` and its settings, in place of the DPI fits).
 Cases run ``--jobs`` at a time with one torch thread each, in order of
 their index with every set and array in turn (a run stopped early has
 measured each set and array on the same number of truths);
@@ -214,7 +215,8 @@ def _fit_case(job: dict, folder: Path) -> dict:
                             batch=job["batch"], lr=job["lr"], samples=job["samples"], seed=job["seed"], threads=1,
                             ensemble=job["ensemble"], warm_start=job["warm_start"], alpha=job["alpha"],
                             flow_base=job["flow_base"], laplace_start=job["laplace_start"],
-                            flow_basis=job["flow_basis"])
+                            flow_basis=job["flow_basis"], method=job.get("method", "dpi"),
+                            method_options=dict(job.get("method_options", {})))
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
@@ -496,7 +498,7 @@ def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[s
 # settings added after runs began, at the values those runs used
 SETTINGS_BEFORE = {"lr": 2e-3, "prior": "bh32lnflux", "law": "disk-lnflux", "warm_start": "flow",
                    "alpha": 1.0, "flow_base": "diagonal", "laplace_start": "own", "prior_method": "elbo",
-                   "flow_basis": "pixel"}
+                   "flow_basis": "pixel", "method": "dpi", "method_options": {}}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:
@@ -527,6 +529,7 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
                              "flow_base": args.flow_base, "laplace_start": args.laplace_start,
                              "flow_basis": args.flow_basis,
                              "ensemble": args.ensemble, "rescore": args.rescore,
+                             "method": args.method, "method_options": args.method_options,
                              "jitter": 0.0 if s == "prior_draws" else args.jitter,  # those truths carry it
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
@@ -562,7 +565,9 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
 
 
 def main() -> None:
+    from posterior.cli import parse_options
     from posterior.flows import BASES
+    from posterior.methods import SAMPLING_METHODS, method_config
     from posterior.reconstruct import FLOW_BASES, LAPLACE_STARTS, WARM_STARTS, ReconstructSettings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -590,13 +595,25 @@ def main() -> None:
     p.add_argument("--laplace-start", dest="laplace_start", choices=LAPLACE_STARTS, default=d.laplace_start,
                    help="where the Laplace-based flows of a case start (reconstruct --laplace-start)")
     p.add_argument("--samples", type=int, default=d.samples)
-    p.add_argument("--ensemble", type=int, default=d.ensemble, help="independent flow fits pooled per case")
+    p.add_argument("--ensemble", type=int, default=None,
+                   help=f"independent flow fits pooled per case (default {d.ensemble} for --method dpi, else 1)")
+    p.add_argument("--method", default="dpi", choices=SAMPLING_METHODS,
+                   help="inference method of every case (reconstruct --method; the DPI settings above are for dpi)")
+    p.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of the --method baseline (repeatable), as reconstruct --opt")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=20261201)
     p.add_argument("--rescore", action="store_true",
                    help="score the finished cases anew from their saved samples (ring features with the current"
                         " extractor) without refitting; unfinished cases are run")
     args = p.parse_args()
+    if args.ensemble is None:
+        args.ensemble = d.ensemble if args.method == "dpi" else 1
+    args.method_options = parse_options(args.opt)
+    if args.method != "dpi" and args.ensemble != 1:
+        raise InterferoError(f"--ensemble is for --method dpi only, got {args.ensemble} with --method {args.method}")
+    if args.method != "dpi" or args.method_options:
+        method_config(args.method, args.method_options)  # unknown settings: one line before any work
     for name in ("n", "steps", "elbo_draws", "batch", "jobs", "ensemble"):
         if getattr(args, name) < 1:
             raise InterferoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -619,7 +636,8 @@ def main() -> None:
     jobs = case_jobs({s: truths(s, args.n, args.seed, args.law) for s in sets}, arrays, args)
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "prior_method", "elbo_draws", "batch",
                                               "lr", "samples", "ensemble", "warm_start", "alpha", "flow_base",
-                                              "flow_basis", "laplace_start", "seed", "prior", "law")}
+                                              "flow_basis", "laplace_start", "seed", "prior", "law", "method",
+                                              "method_options")}
     check_run_settings(Path(args.out), settings)
     results, todo = finished_cases(jobs, args.rescore)
 

@@ -189,6 +189,10 @@ def test_calibration_resumes_only_with_the_same_settings(tmp_path):
     cal.check_run_settings(tmp_path, settings | {"prior_method": "elbo"})
     with pytest.raises(InterferoError, match=r"other settings \(prior_method: elbo\)"):
         cal.check_run_settings(tmp_path, settings | {"prior_method": "score"})
+    # ... and DPI (runs before --method); another method, or other settings of one, is a new run
+    cal.check_run_settings(tmp_path, settings | {"method": "dpi", "method_options": {}})
+    with pytest.raises(InterferoError, match=r"other settings \(method: dpi\)"):
+        cal.check_run_settings(tmp_path, settings | {"method": "pnp-dm"})
 
 
 def test_calibration_reuses_a_finished_case_only_on_its_own_truth(tmp_path):
@@ -219,7 +223,7 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
     args = argparse.Namespace(seed=7, steps=10, prior_method="elbo", elbo_draws=1, batch=4, lr=2e-3, samples=8,
                               warm_start="flow",
                               alpha=1.0, flow_base="diagonal", flow_basis="pixel", laplace_start="pooled", ensemble=1,
-                              rescore=False,
+                              rescore=False, method="pnp-dm", method_options={"rho_min": "0.02"},
                               jitter=0.001,
                               out=str(tmp_path))
     sets = {"in_distribution": np.zeros((3, 2, 2)), "grmhd_like": np.ones((3, 2, 2))}
@@ -233,6 +237,7 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
     assert len(jobs) == 12 and [j["case"] for j in jobs] == sorted(j["case"] for j in jobs)
     assert {j["flow_base"] for j in jobs} == {"diagonal"}  # each case is fitted with the run's flow base
     assert {j["flow_basis"] for j in jobs} == {"pixel"}
+    assert all(j["method"] == "pnp-dm" and j["method_options"] == {"rho_min": "0.02"} for j in jobs)
     # a case keeps its truth, seed and folder whatever the order
     j = next(j for j in jobs if j["set"] == "grmhd_like" and j["array"] == "EHT2017-SPT" and j["case"] == 2)
     assert j["truth"] == [[1.0, 1.0], [1.0, 1.0]] and j["seed"] == 9
@@ -382,7 +387,7 @@ def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
     args = argparse.Namespace(seed=7, steps=10, prior_method="elbo", elbo_draws=1, batch=4, lr=2e-3, samples=8,
                               warm_start="flow",
                               alpha=1.0, flow_base="diagonal", flow_basis="pixel", laplace_start="pooled", ensemble=1,
-                              rescore=False,
+                              rescore=False, method="pnp-dm", method_options={"rho_min": "0.02"},
                               jitter=0.001,
                               out=str(tmp_path))
     jobs = cal.case_jobs({"in_distribution": np.zeros((2, 2, 2))}, ["EHT2017", "EHT2017-SPT"], args)
