@@ -71,15 +71,15 @@ class PnPDMConfig:
     time; seed."""
 
     rho_start: float = 1.0
-    rho_min: float = 0.05
-    anneal: int = 40
-    sweeps: int = 20
-    langevin_steps: int = 10
+    rho_min: float = 0.02
+    anneal: int = 20
+    sweeps: int = 5
+    langevin_steps: int = 20
     step: float = 0.5
     prior_steps: int = 50
     metric: str = "chain"
-    init_steps: int = 0
-    init_lr: float = 0.01
+    init_steps: int = 1000
+    init_lr: float = 0.003
     n_samples: int = 64
     batch: int = 64
     seed: int = 0
