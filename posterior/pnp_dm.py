@@ -292,7 +292,8 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
             check_finite(x, "pnp-dm", k)
             with torch.no_grad():
                 ll = problem.log_likelihood(prior.from_z(v))
-            trace.append({"rho": rho, "acceptance": float(rates.mean()), "log_likelihood_median": float(ll.median())})
+            trace.append({"batch": len(stats["step"]), "sweep": k, "rho": rho, "acceptance": float(rates.mean()),
+                          "log_likelihood_median": float(ll.median())})
         stats["acceptance"].append(float(rates.mean()))
         stats["step"].append(float(h.median()))
         return prior.from_z(v.float())

@@ -85,7 +85,7 @@ from .metrics import (
 from .problem import InverseProblem
 from .report import plot_report, write_fits_summaries, write_json, write_samples_h5
 from .ring import ring_samples, summarize_ring
-from .summary import Posterior, fitted_samples, summarize_fits
+from .summary import Posterior, fitted_samples, summarize, summarize_fits
 
 LAPLACE_STEPS = 300  # default length of the Laplace-based final flow (ReconstructSettings.laplace_steps)
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
@@ -760,7 +760,25 @@ def _fit(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume
                     "point_estimate": bool(post.diagnostics.get("point_estimate", False))}
         if post.n_samples > 1:
             run_info["chi2_samples"] = summarize_sample_chi2(sample_chi2(op, post.samples))
+            post, shifts = align_runs(post, op)
+            if shifts is not None:
+                run_info["run_shifts_px"] = shifts
     return post, run_info
+
+
+def align_runs(post: Posterior, op: InterferometryOperator) -> tuple[Posterior, list[list[int]] | None]:
+    """A sampling baseline's independent runs, each moved by whole pixels onto the first's position as
+    :func:`pool_components` moves ensemble members, and summarised anew; with their moves ``[dy, dx]``
+    (None, and the runs unmoved, where complex visibilities fix the position). Closure data leave the
+    position free, so independent runs land a pixel or two apart and their plain mean is a blur that fits
+    the data far worse than any run: PnP-DM chains that each fit the data as well as the truth does give a
+    mean some 10^5 nats below it on five stations."""
+    align, misfit = member_alignment(op)
+    if not align:
+        return post, None
+    shifts = member_shifts(list(post.samples), True, misfit)
+    moved = np.stack([np.roll(x, (-sh[0], -sh[1]), axis=(-2, -1)) for x, sh in zip(post.samples, shifts)])
+    return summarize(moved, diagnostics=post.diagnostics), shifts
 
 
 def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, truth=None, resume: bool = False,
@@ -824,6 +842,9 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
             members = run_info.get("ensemble_members")  # each fit's samples scored where it was fitted
             fitted = post.samples if not members else fitted_samples(post.samples, post.fit_sizes,
                                                                     [m["shift_px"] for m in members])
+            if run_info.get("run_shifts_px"):  # each run of a baseline likewise
+                fitted = np.stack([np.roll(x, (sh[0], sh[1]), axis=(-2, -1))
+                                   for x, sh in zip(post.samples, run_info["run_shifts_px"], strict=True)])
             metrics |= truth_loglik_rank(op, fitted, truth_img)
         metrics["truth"] = str(truth)
         # what the featureless starting blob already scores: nxcorr is only meaningful above it

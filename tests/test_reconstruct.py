@@ -588,3 +588,32 @@ def test_an_ensembles_laplace_flows_all_start_at_one_image(grmhd, tmp_path, caps
                     "own", "--out", tmp_path / "own")
     assert code == 0, cap.err
     assert not torch.equal(starts[-2][1], starts[-1][1])  # each member from its own diagonal fit's mean
+
+
+def test_independent_runs_of_a_baseline_are_moved_onto_the_first_run_s_position():
+    """Closure data leave the position free: runs that differ only by whole-pixel moves are put back on the
+    first run's grid (their mean then fits the data as each run does), and their moves undo exactly; data
+    with complex visibilities fix the position, and nothing moves."""
+    from interfero.regrid import regrid
+    from posterior.reconstruct import align_runs
+    from posterior.summary import summarize
+
+    obs = DEMO / "eht2017_crescent_grf.uvfits"
+    _, geom, op, _, _ = build_problem(obs, ReconstructSettings())
+    truth, tgeom = read_fits_image(DEMO / "crescent_grf_64.fits")
+    img = regrid(truth, tgeom, geom)[None]
+    moves = [(0, 0), (1, -2), (-1, 0), (2, 1), (0, 1)]
+    runs = np.stack([np.roll(img, m, axis=(-2, -1)) for m in moves])
+    post, shifts = align_runs(summarize(runs), op)
+    assert shifts == [list(m) for m in moves]  # each run is moved back by -shift onto the first
+    np.testing.assert_allclose(post.samples, np.repeat(runs[:1], len(moves), 0), atol=1e-12)
+
+    def loglik(x):
+        return float(op.log_likelihood(torch.tensor(x[None], dtype=torch.float32), op.data)[0])
+
+    assert loglik(post.mean) > loglik(runs.mean(0)) + 100
+    back = np.stack([np.roll(x, sh, axis=(-2, -1)) for x, sh in zip(post.samples, shifts)])
+    np.testing.assert_allclose(back, runs, atol=1e-12)
+    _, _, vis_op, _, _ = build_problem(obs, ReconstructSettings(products=("vis",)))
+    unmoved, none = align_runs(summarize(runs), vis_op)
+    assert none is None and np.array_equal(unmoved.samples, runs)
