@@ -245,18 +245,22 @@ def image_chi2(op: InterferometryOperator, image: np.ndarray) -> dict[str, float
 
 
 def check_data_fit(op: InterferometryOperator, mean: np.ndarray, max_chi2: float, out: Path,
-                   method: str = "dpi") -> dict[str, float]:
+                   method: str = "dpi", runs_chi2: dict | None = None) -> dict[str, float]:
     """The reduced chi^2 per data product of a posterior mean (``chi2_<product>``), refusing one above
     ``max_chi2`` (default 1000) on any product: a fit that did not converge, or data the model cannot
     describe at all; never a result to write. Sound fits of real data sit near 1; poorly converged
-    baselines at tens to hundreds."""
+    baselines at tens to hundreds. With ``runs_chi2`` (a sampling baseline's independent runs:
+    :func:`~posterior.metrics.summarize_sample_chi2` of them) the runs' median is judged instead: runs that
+    each fit the data but differ in shape have a mean that fits none (:func:`fits_disagree_warning`)."""
     chi2 = image_chi2(op, mean)
-    bad = {k[5:]: v for k, v in chi2.items() if not (math.isfinite(v) and v <= max_chi2)}
+    judged = chi2 if runs_chi2 is None else {f"chi2_{p}": v["median"] for p, v in runs_chi2.items()}
+    bad = {k[5:]: v for k, v in judged.items() if not (math.isfinite(v) and v <= max_chi2)}
     if bad:
         shown = ", ".join(f"{k} {v:.3g}" for k, v in bad.items())
+        whose = "" if runs_chi2 is None else " (the runs' median)"
         kept = f"checkpoint kept in {out}" if method == "dpi" else "nothing written"
-        raise InterferoError(f"{method} fit refused: reduced chi^2 {shown} is above --max-chi2 {max_chi2:g} (the fit"
-                             f" did not converge, or the model cannot describe these data); {kept}")
+        raise InterferoError(f"{method} fit refused: reduced chi^2 {shown}{whose} is above --max-chi2 {max_chi2:g}"
+                             f" (the fit did not converge, or the model cannot describe these data); {kept}")
     return chi2
 
 
@@ -728,21 +732,24 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
     return post, run_info
 
 
-def fits_disagree_warning(chi2: dict[str, float], members: list[dict] | None) -> list[str]:
+def fits_disagree_warning(chi2: dict[str, float], members: list[dict] | None, what: str = "fits") -> list[str]:
     """One line when the pooled mean fits a data product far worse than each fit's own mean does (reduced
     chi^2 above 2 and above twice the worst fit's): the fits found different images, the posterior has
     several modes, and their mean is not an image the data allow. ``chi2``: the mean's ``chi2_<product>``;
-    ``members``: ``ensemble_members`` (each with its own mean's ``chi2_<product>``)."""
+    ``members``: ``ensemble_members`` (each with its own mean's ``chi2_<product>``); ``what``: what they are
+    called in the line (a sampling baseline's ``runs``, one entry holding their median chi^2)."""
     if not members:
         return []
     bad = [(k[5:], v, max(m[k] for m in members)) for k, v in chi2.items()
            if all(k in m for m in members) and v > 2 and v > 2 * max(m[k] for m in members)]
     if not bad:
         return []
-    shown = ", ".join(f"{p} {v:.3g} (fits' own at most {w:.3g})" for p, v, w in bad)
-    return [f"the {len(members)} fits found different images: their pooled mean fits the data at reduced chi^2"
+    own = "fits' own at most" if what == "fits" else "runs' own median"
+    count = f"{len(members)} fits" if what == "fits" else what
+    shown = ", ".join(f"{p} {v:.3g} ({own} {w:.3g})" for p, v, w in bad)
+    return [f"the {count} found different images: their pooled mean fits the data at reduced chi^2"
             f" {shown}; the posterior has several modes and its mean is not an image the data allow: look at each"
-            " fit's samples (report.png, samples.h5) rather than the mean"]
+            f" {what[:-1]}'s samples (report.png, samples.h5) rather than the mean"]
 
 
 def _fit(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
@@ -807,7 +814,8 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
     try:
         post, run_info = _fit(s, geom, flux, op, prior, out, resume, progress)
         check_total_flux(float(post.mean.sum()), flux, op.flux_sigma, out, s.method)
-        chi2 = check_data_fit(op, post.mean, s.max_chi2, out, s.method)
+        runs_chi2 = run_info.get("chi2_samples") if s.method != "dpi" else None
+        chi2 = check_data_fit(op, post.mean, s.max_chi2, out, s.method, runs_chi2)
     except BaseException:
         discard_if_empty(out, created)  # a DPI fit keeps its checkpoints; a refused baseline leaves nothing
         raise
@@ -822,7 +830,9 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
                "flux_from": "flag" if s.flux is not None else "zero-baseline amplitude",
                "n_samples": post.n_samples, "warnings": obs.meta.get("warnings", []), **run_info}
     metrics |= chi2
-    for line in fits_disagree_warning(chi2, run_info.get("ensemble_members")):
+    runs = [{f"chi2_{p}": v["median"] for p, v in runs_chi2.items()}] if runs_chi2 else None
+    disagree = fits_disagree_warning(chi2, run_info.get("ensemble_members")) + fits_disagree_warning(chi2, runs, "runs")
+    for line in disagree:
         print(f"interfero reconstruct: warning: {line}", file=sys.stderr)
         metrics["warnings"] = metrics["warnings"] + [line]
     ring = ring_samples(post.samples.reshape(post.n_samples, s.npix, s.npix), s.fov_uas)

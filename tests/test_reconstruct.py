@@ -450,6 +450,12 @@ def test_an_absurd_data_fit_is_refused(small_obs, tmp_path):
     assert max(chi2.values()) > 1000, chi2
     with pytest.raises(InterferoError, match="reduced chi\\^2 .* above --max-chi2 1000"):
         check_data_fit(op, blob, 1000.0, tmp_path, method="dps")
+    # a sampling baseline's runs are judged by their own median fit, not by their mean's
+    runs = {p: {"median": 1.2, "p10": 1.0, "p90": 1.5} for p in ("cphase", "logcamp")}
+    assert check_data_fit(op, blob, 1000.0, tmp_path, "pnp-dm", runs) == chi2
+    runs["logcamp"]["median"] = 2e3
+    with pytest.raises(InterferoError, match=r"pnp-dm fit refused: reduced chi\^2 logcamp 2e\+03 \(the runs' median\)"):
+        check_data_fit(op, truth, 1000.0, tmp_path, "pnp-dm", runs)
 
 
 def test_data_and_prior_disagreements_are_warnings():
@@ -525,6 +531,8 @@ def test_fits_that_disagree_are_reported():
     assert fits_disagree_warning({"chi2_cphase": 1.9, "chi2_logcamp": 1.9}, [{"chi2_cphase": 0.5,
                                                                               "chi2_logcamp": 0.5}] * 3) == []
     assert fits_disagree_warning({"chi2_cphase": 50.0}, None) == []
+    (line,) = fits_disagree_warning({"chi2_logcamp": 1920.0}, [{"chi2_logcamp": 1.1}], "runs")
+    assert line.startswith("the runs found different images") and "logcamp 1.92e+03 (runs' own median 1.1)" in line
 
 
 def test_fit_bound_averages_the_last_fifth_of_the_reverse_kl_steps():
