@@ -502,8 +502,8 @@ def prior_method_name(s: ReconstructSettings) -> str:
     return f"closed form, weight {s.reg_weight:g}" if prior_kind(s.prior).classical else s.prior_method
 
 
-def build_problem(obs_path, s: ReconstructSettings):
-    """Observation, geometry, operator, prior and total flux after all input checks."""
+def check_settings(s: ReconstructSettings) -> None:
+    """The checks of the settings alone (one-line errors), before any file is read."""
     if s.steps < 1:
         raise InterferoError(f"--steps must be >= 1, got {s.steps}")
     if s.warm_start_steps is not None and s.warm_start_steps < 0:
@@ -547,6 +547,11 @@ def build_problem(obs_path, s: ReconstructSettings):
                              f" --method {s.method}")
     if s.samples < 2 * s.ensemble:
         raise InterferoError(f"--samples {s.samples} is too few for --ensemble {s.ensemble}: each member needs 2")
+
+
+def build_problem(obs_path, s: ReconstructSettings):
+    """Observation, geometry, operator, prior and total flux after all input checks."""
+    check_settings(s)
     geom = ImageGeometry(s.npix, s.fov_uas)
     paths = [obs_path] if isinstance(obs_path, (str, Path)) else list(obs_path)
     prepared = [prepare_observation(read_uvfits(p), s.avg, s.sys_noise, compact_flux=s.flux) for p in paths]

@@ -567,8 +567,8 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
 def main() -> None:
     from posterior.cli import parse_options
     from posterior.flows import BASES
-    from posterior.methods import SAMPLING_METHODS, method_config
-    from posterior.reconstruct import FLOW_BASES, LAPLACE_STARTS, WARM_STARTS, ReconstructSettings
+    from posterior.methods import SAMPLING_METHODS
+    from posterior.reconstruct import FLOW_BASES, LAPLACE_STARTS, WARM_STARTS, ReconstructSettings, check_settings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, required=True, help="truths per test set")
@@ -607,13 +607,11 @@ def main() -> None:
                    help="score the finished cases anew from their saved samples (ring features with the current"
                         " extractor) without refitting; unfinished cases are run")
     args = p.parse_args()
-    if args.ensemble is None:
-        args.ensemble = d.ensemble if args.method == "dpi" else 1
     args.method_options = parse_options(args.opt)
-    if args.method != "dpi" and args.ensemble != 1:
-        raise InterferoError(f"--ensemble is for --method dpi only, got {args.ensemble} with --method {args.method}")
-    if args.method != "dpi" or args.method_options:
-        method_config(args.method, args.method_options)  # unknown settings: one line before any work
+    case_settings = ReconstructSettings(method=args.method, method_options=args.method_options,
+                                        ensemble=args.ensemble, samples=args.samples)
+    check_settings(case_settings)  # reconstruct's own checks (method, its settings, ensemble), before any work
+    args.ensemble = case_settings.ensemble  # None: reconstruct's default for the method
     for name in ("n", "steps", "elbo_draws", "batch", "jobs", "ensemble"):
         if getattr(args, name) < 1:
             raise InterferoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
