@@ -63,9 +63,12 @@ class PnPDMConfig:
     fraction of the prior's ``scale``; ``rho_min`` above 1.5x the model's smallest level ``std(eps) /
     alpha(eps)``); anneal: sweeps over which rho falls geometrically; sweeps: sweeps at ``rho_min`` after
     that; langevin_steps: MALA steps of each likelihood step; step: their starting size as a fraction of
-    the metric (adapted while rho falls); prior_steps: ancestral (DDPM) steps of each prior step (10 give
-    samples 7% too narrow on the Gaussian checks, 50 within 2%); metric: the Gauss-Newton Hessian of
-    each ``chain`` at its own image or one at the chains' ``mean`` (a linear operator has one anyway);
+    the metric (adapted while rho falls); prior_steps: ancestral (DDPM) steps of the prior step at
+    ``rho_start`` (10 give samples 7% too narrow on the Gaussian checks, 50 within 2%); at a smaller ``rho``
+    the same geometric time grid from its own time, so fewer steps of the same size; metric: the
+    Gauss-Newton Hessian of each ``chain`` at its own image or one at the chains' ``mean`` (a linear
+    operator has one anyway); renew: sweeps between new Hessians at the chains' images while rho falls
+    (the ``1 / rho^2`` part follows every sweep);
     init_steps / init_lr: Adam steps (and their rate, score-model units) from the start up the data
     before the first sweep (0: none); n_samples: independent chains (one image each), ``batch`` at a
     time; seed."""
@@ -78,6 +81,7 @@ class PnPDMConfig:
     step: float = 0.5
     prior_steps: int = 50
     metric: str = "chain"
+    renew: int = 1
     init_steps: int = 1000
     init_lr: float = 0.003
     n_samples: int = 64
@@ -94,6 +98,7 @@ class PnPDMConfig:
         check_count("PnP-DM langevin_steps", self.langevin_steps)
         check_positive("PnP-DM step", self.step)
         check_count("PnP-DM prior_steps", self.prior_steps)
+        check_count("PnP-DM renew", self.renew)
         check_count("PnP-DM init_steps", self.init_steps, 0)
         check_positive("PnP-DM init_lr", self.init_lr)
         if self.metric not in ("chain", "mean"):
@@ -233,6 +238,8 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
                              f" {r_eps:.3g} (score-model units)")
     rhos = coupling_schedule(cfg)
     times = [float(noise_time(sde, r)) for r in rhos]
+    span = math.log(times[0] / sde.eps)  # DDPM steps of the same size at every rho: fewer as rho falls
+    n_steps = [max(1, math.ceil(cfg.prior_steps * math.log(t / sde.eps) / span - 1e-9)) for t in times]
     alphas = [float(sde.coefficients(torch.tensor(t, dtype=torch.float64))[0]) for t in times]
     if math.prod(problem.image_shape) > MAX_PIXELS:
         raise InterferoError(f"pnp-dm's metric is a dense Hessian: images of at most {MAX_PIXELS} pixels, got"
@@ -243,7 +250,7 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
     trace: list[dict] = []
 
     def prior_step(v: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-        ts = time_grid(sde, cfg.prior_steps, t_start=times[k])
+        ts = time_grid(sde, n_steps[k], t_start=times[k])
         zt = alphas[k] * v
         zt = ddpm(score, sde, zt, ts, generator=g)
         return tweedie_denoise(score, sde, zt)
@@ -252,17 +259,19 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
         """The data's Gauss-Newton Hessian at one image, in score-model units."""
         return data_hessian(problem.operator, prior.from_z(image_z).double()) * (problem.data_weight * prior.scale**2)
 
-    def metric(v: torch.Tensor, rho: float, cache: dict) -> Metric:
+    def metric(v: torch.Tensor, rho: float, renew: bool, cache: dict) -> Metric:
         """``(H + I / rho^2)^-1``: one ``H`` for a linear operator or ``metric="mean"`` (at the chains' mean image),
-        else one per chain at its own image (``cache`` keeps what ``rho`` does not change)."""
+        else one per chain at its own image; ``H`` is taken anew where ``renew`` (``cache`` keeps it)."""
         if linear or cfg.metric == "mean":
-            if "eig" not in cache or not linear:
+            if "eig" not in cache or (renew and not linear):
                 lam, u = torch.linalg.eigh(hessian_z(v.mean(0)))
                 cache["eig"] = (u, lam.clamp_min(0.0))
             u, lam = cache["eig"]
             return EigenMetric(u, 1.0 / (lam + rho**-2))
+        if "h" not in cache or renew:
+            cache["h"] = torch.stack([hessian_z(vi) for vi in v])
         eye = torch.eye(v[0].numel(), dtype=torch.float64)
-        chol, info = torch.linalg.cholesky_ex(torch.stack([hessian_z(vi) for vi in v]) + eye / rho**2)
+        chol, info = torch.linalg.cholesky_ex(cache["h"] + eye / rho**2)
         if bool(info.any()):
             raise InterferoError("pnp-dm: the data's Hessian at a chain's image is not positive semi-definite")
         return CholeskyMetric(chol)
@@ -285,7 +294,7 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
         for k, rho in enumerate(rhos):
             adapt = k < cfg.anneal
             if k <= cfg.anneal:  # frozen with the step sizes once rho stops falling
-                pre = metric(v, rho, cache)
+                pre = metric(v, rho, k % cfg.renew == 0 or k == cfg.anneal, cache)
             v, h, rates = mala(log_target_at(x, rho), v, h, cfg.langevin_steps, g, adapt, pre)
             check_finite(v, "pnp-dm", k)
             x = prior_step(v.float(), k, g).double()

@@ -38,7 +38,7 @@ import numpy as np
 from interfero.errors import InterferoError
 from interfero.features import RingExtractor
 
-from .summary import combined_interval, split_fits
+from .summary import combined_interval, sample_quantiles, split_fits
 
 QUANTILES = {"lo95": 0.025, "lo68": 0.16, "median": 0.5, "hi68": 0.84, "hi95": 0.975}
 POSITIVE = ("diameter_uas", "peak_diameter_uas", "width_uas")  # combined over fits on the log scale
@@ -55,8 +55,9 @@ def _unwrap_degrees(a: np.ndarray, around: np.ndarray | None = None) -> np.ndarr
 
 
 def interval_summary(values: np.ndarray) -> dict[str, float]:
-    """Median and equal-tailed 68% / 95% bounds of a sample, and its size ``n``."""
-    q = np.quantile(values, list(QUANTILES.values()))
+    """Median and equal-tailed 68% / 95% bounds of a sample (:func:`posterior.summary.sample_quantiles`), and
+    its size ``n``."""
+    q = sample_quantiles(values, list(QUANTILES.values()))
     return {k: float(v) for k, v in zip(QUANTILES, q)} | {"n": int(len(values))}
 
 

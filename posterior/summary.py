@@ -1,6 +1,11 @@
 """Posterior summaries shared by every inference method: samples, mean, std, credible intervals.
 
 :func:`summarize` summarises one set of samples: its mean, std and equal-tailed quantile intervals.
+The quantiles are the samples' predictive ones (:func:`sample_quantiles`): of N exchangeable draws, the
+interval between the k-th smallest and the k-th largest holds one more draw of the same law (the truth,
+if the samples are posterior draws) with probability ``(N + 1 - 2k) / (N + 1)``, so the level-``p``
+quantile sits at rank ``p (N + 1)``. numpy's default (rank ``1 + p (N - 1)``) makes intervals that hold a
+new draw less often than their level: 64% instead of 68% for 32 samples, 66% for 64.
 
 :func:`summarize_fits` summarises the pooled samples of K >= 2 independent fits (``reconstruct
 --ensemble``) by Rubin's rules for combining K analyses (Rubin 1987; Little & Rubin, *Statistical
@@ -31,7 +36,7 @@ from interfero.errors import InterferoError
 class Posterior:
     """Samples of ``p(x | y)`` and their per-pixel summaries (same units as the images).
 
-    ``lo68/hi68`` and ``lo95/hi95``: equal-tailed 68% and 95% intervals per pixel.
+    ``lo68/hi68`` and ``lo95/hi95``: equal-tailed 68% and 95% intervals per pixel (:func:`sample_quantiles`).
     ``diagnostics``: method, settings, loss history, timings (JSON-able).
     ``fit_sizes``: for the pooled samples of independent fits (:func:`summarize_fits`), how many of the
     samples, in order, each fit gave; None for one fit.
@@ -53,6 +58,13 @@ class Posterior:
         return int(self.samples.shape[0])
 
 
+def sample_quantiles(values, probs, axis: int = 0) -> np.ndarray:
+    """The level-``probs`` quantiles of ``values`` along ``axis`` at ranks ``p (N + 1)`` (Hyndman & Fan's
+    type 6, numpy's ``"weibull"``; clipped to the smallest and largest value), so that equal-tailed
+    intervals between them hold a new draw of the samples' law with their nominal probability."""
+    return np.quantile(values, probs, axis=axis, method="weibull")
+
+
 def summarize(samples: np.ndarray, log_q: np.ndarray | None = None, diagnostics: dict | None = None) -> Posterior:
     """Summaries of ``samples`` ``(N, ...)`` (N >= 2, finite)."""
     samples = np.asarray(samples)
@@ -60,7 +72,7 @@ def summarize(samples: np.ndarray, log_q: np.ndarray | None = None, diagnostics:
         raise InterferoError("a posterior summary needs at least 2 samples")
     if not np.all(np.isfinite(samples)):
         raise InterferoError("posterior samples contain NaN or infinite values")
-    q = np.quantile(samples, [0.025, 0.16, 0.84, 0.975], axis=0)
+    q = sample_quantiles(samples, [0.025, 0.16, 0.84, 0.975])
     return Posterior(
         samples=samples, mean=samples.mean(0), std=samples.std(0, ddof=1), lo68=q[1], hi68=q[2], lo95=q[0],
         hi95=q[3], log_q=None if log_q is None else np.asarray(log_q), diagnostics=dict(diagnostics or {}),

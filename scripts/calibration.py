@@ -285,13 +285,12 @@ def case_samples(folder: Path) -> tuple[np.ndarray, list[int] | None]:
 def case_intervals(samples: np.ndarray, sizes: list[int] | None, levels) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-pixel intervals at each level as reconstruct makes them: Rubin's rules over an ensemble's fits,
     else the samples' equal-tailed quantiles."""
-    from posterior.summary import combined_interval, split_fits
+    from posterior.summary import combined_interval, sample_quantiles, split_fits
 
     if sizes:
         groups = split_fits(samples, sizes)
         return {str(lv): combined_interval(groups, lv) for lv in levels}
-    return {str(lv): (np.quantile(samples, 0.5 - lv / 2, axis=0), np.quantile(samples, 0.5 + lv / 2, axis=0))
-            for lv in levels}
+    return {str(lv): tuple(sample_quantiles(samples, [0.5 - lv / 2, 0.5 + lv / 2])) for lv in levels}
 
 
 def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jitter: float,

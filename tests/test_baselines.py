@@ -252,6 +252,7 @@ def test_samples_are_reproducible_from_the_seed(denoise):
     ("map", {"iterations": 0}, "iterations"),
     ("pnp-dm", {"rho_min": 2.0, "rho_start": 1.0}, "rho_min"),
     ("pnp-dm", {"prior_steps": 0}, "prior_steps"),
+    ("pnp-dm", {"renew": 0}, "renew"),
 ])
 def test_bad_settings_are_one_line_errors(method, options, match):
     with pytest.raises(InterferoError, match=match):
