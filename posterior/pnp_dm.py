@@ -231,8 +231,8 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
     cfg.validate()
     prior = problem.score_prior("pnp-dm")
     sde, score = prior.sde, prior.score_model
-    r_eps = float(sde.coefficients(torch.tensor(sde.eps, dtype=torch.float64))[1]
-                  / sde.coefficients(torch.tensor(sde.eps, dtype=torch.float64))[0])
+    alpha_eps, std_eps = sde.coefficients(torch.tensor(sde.eps, dtype=torch.float64))
+    r_eps = float(std_eps / alpha_eps)
     if cfg.rho_min <= 1.5 * r_eps:
         raise InterferoError(f"PnP-DM rho_min {cfg.rho_min:g} must be above 1.5x the prior's smallest noise level"
                              f" {r_eps:.3g} (score-model units)")

@@ -71,7 +71,11 @@ the data about as well as the truth, near 1), the truth's log-likelihood rank am
 ``truth_loglik_rank`` / ``truth_loglik_excess``, a test of simulation-based calibration that is uniform over
 truths, mean 0.5, with an excess near 0 nats for an exact posterior), the coverage by the pooled samples' own
 equal-tailed quantiles (``coverage_quantiles_68/95``; for an ensemble, the intervals of the mixture itself
-rather than Rubin's t intervals), and per-case run times (``seconds_per_case``: this run's
+rather than Rubin's t intervals), the coverage over the pixels where the posterior mean is at or above 10% of its
+peak (``coverage_mean_region_68/95`` with their resampling ranges: pixels chosen from the data, over which an
+exact posterior's intervals hold the truth at the nominal rates, where over the truth's own bright pixels, those
+of ``coverage_68/95``, they hold it more or less often once the posterior is wide:
+``posterior.metrics.posterior_region``), and per-case run times (``seconds_per_case``: this run's
 wall clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed
 case keeps). ``coverage_68_interval`` and ``coverage_95_interval``: the
 central 90% of the pooled coverage when the cases are resampled (how far the
@@ -109,8 +113,9 @@ DEFAULT_SETS = SETS[:2]  # prior_draws is a diagnostic: run it with --sets prior
 DRAW_BATCH = 4  # prior_draws: reverse-SDE draws per batch, batch k seeded by seed + k
 
 
-def truths(kind: str, n: int, seed: int, law: str) -> np.ndarray:
-    """``(n, 32, 32)`` truths of a test set (module docstring; ``law``: the default prior's training law)."""
+def truths(kind: str, n: int, seed: int, law: str, prior=None) -> np.ndarray:
+    """``(n, 32, 32)`` truths of a test set (module docstring; ``law``: the default prior's training law;
+    ``prior``: the default prior, loaded here if not given, for ``prior_draws``)."""
     from scipy import ndimage
 
     if kind == "in_distribution":
@@ -122,7 +127,7 @@ def truths(kind: str, n: int, seed: int, law: str) -> np.ndarray:
 
         from priors.pretrained import load_prior
 
-        prior = load_prior("default", expect_image_size=GEOM.npix)
+        prior = prior or load_prior("default", expect_image_size=GEOM.npix)
         draws = [prior.sample(DRAW_BATCH, steps=500, generator=torch.Generator().manual_seed(seed + k), denoise=False)
                  for k in range(-(-n // DRAW_BATCH))]  # truth i is the same for any n >= i + 1
         return torch.cat(draws)[:n, 0].double().numpy()
@@ -259,7 +264,7 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
     d = ring.get("diameter_uas")
     res = {"case": job["case"], "array": job["array"], "set": job["set"], "seconds": seconds,
            "fit_seconds": m["fit_seconds"],
-           "coverage_68": m["truth_coverage_68"], "coverage_95": m["truth_coverage_95"],
+           "coverage_68": inside["0.68"], "coverage_95": inside["0.95"],
            "coverage_pixels": m["coverage_pixels"], "levels": inside,
            "rank_hist": np.histogram(ranks, bins=RANK_BINS, range=(0, 1))[0].tolist(),
            "nxcorr_blur10": m["nxcorr_blur10"], "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
@@ -271,7 +276,8 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
         res["diameter_interval68_uas"] = [d["lo68"], d["hi68"]]
     res["chi2_samples_median"] = samples_fit(folder, m, samples, sizes)
     return (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
-            | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth))
+            | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
+            | mean_region_coverage(bounds, truth, shift, samples))
 
 
 def case_samples(folder: Path) -> tuple[np.ndarray, list[int] | None]:
@@ -308,6 +314,19 @@ def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jit
             for name, lv in (("68", "0.68"), ("95", "0.95"))}
 
 
+def mean_region_coverage(bounds: dict, truth: np.ndarray, shift, samples: np.ndarray) -> dict:
+    """``coverage_mean_region_68/95``: the coverage over the pixels where the posterior mean is at or above 10%
+    of its peak (``coverage_mean_region_pixels`` of them), chosen from the data rather than the truth
+    (:func:`posterior.metrics.posterior_region`: the rate an exact posterior's intervals hold on average)."""
+    from posterior.metrics import interval_coverage, posterior_region
+
+    region = posterior_region(samples.mean(0))
+    cov = interval_coverage({lv: bounds[lv] for lv in ("0.68", "0.95")}, truth, shift, region=region)
+    return {"coverage_mean_region_68": cov["truth_coverage_0.68"],
+            "coverage_mean_region_95": cov["truth_coverage_0.95"],
+            "coverage_mean_region_pixels": cov["coverage_pixels"]}
+
+
 def quantile_coverage(samples: np.ndarray, aligned: np.ndarray, region: np.ndarray) -> dict[str, float]:
     """``coverage_quantiles_68/95``: the coverage of the source pixels by the equal-tailed quantiles of all the
     samples pooled, the intervals of the mixture of the fits itself (for an ensemble, reconstruct's intervals
@@ -330,13 +349,14 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
     return {"loglik_rank": m["truth_loglik_rank"], "loglik_excess": m["truth_loglik_excess"]}
 
 
-ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank")  # one key of each later score
+ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "coverage_mean_region_68")  # one
+# key of each score added later
 
 
 def with_added_scores(job: dict, res: dict) -> dict:
     """A finished case's scores with those added after it was scored (``coverage_jittered_68/95``,
-    ``coverage_quantiles_68/95``, ``loglik_rank``, ``loglik_excess``), measured on its saved samples and written
-    back to its ``case.json``."""
+    ``coverage_quantiles_68/95``, ``loglik_rank``, ``loglik_excess``, ``coverage_mean_region_68/95``), measured on
+    its saved samples and written back to its ``case.json``."""
     from posterior.metrics import aligned_truth
 
     if "error" in res or all(k in res for k in ADDED_SCORES):
@@ -346,9 +366,10 @@ def with_added_scores(job: dict, res: dict) -> dict:
     m = json.loads((folder / "rec" / "metrics.json").read_text())
     truth = np.asarray(job["truth"])
     aligned, region = aligned_truth(truth, m["nxcorr_shift_px"])
-    res = (res | jittered_coverage(case_intervals(samples, sizes, (0.68, 0.95)), aligned, region, job["jitter"],
-                                   job["seed"])
-           | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth))
+    bounds = case_intervals(samples, sizes, (0.68, 0.95))
+    res = (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
+           | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
+           | mean_region_coverage(bounds, truth, m["nxcorr_shift_px"], samples))
     atomic_write_text(folder / "case.json", json.dumps(res, indent=1))
     return res
 
@@ -426,6 +447,13 @@ def aggregate(cases: list[dict]) -> dict:
         out["loglik_rank_hist"] = np.histogram([c["loglik_rank"] for c in ranked], bins=LOGLIK_BINS,
                                                range=(0, 1))[0].tolist()
         out["loglik_excess_median"] = float(np.median([c["loglik_excess"] for c in ranked]))
+    chosen = [c for c in cases if "coverage_mean_region_68" in c]
+    if chosen:  # pixels chosen from the data: an exact posterior's rate (posterior.metrics.posterior_region)
+        wc = np.array([c["coverage_mean_region_pixels"] for c in chosen], dtype=float)
+        for lv in ("68", "95"):
+            vals = [c[f"coverage_mean_region_{lv}"] for c in chosen]
+            out[f"coverage_mean_region_{lv}"] = float(np.average(vals, weights=wc))
+            out[f"coverage_mean_region_{lv}_interval"] = case_bootstrap(vals, wc)
     quant = [c for c in cases if "coverage_quantiles_68" in c]
     if quant:
         wq = np.array([c["coverage_pixels"] for c in quant], dtype=float)
@@ -629,8 +657,9 @@ def main() -> None:
     from priors.pretrained import load_prior, prior_path, training_law
 
     args.prior, args.law = prior_path("default").name, training_law("default")  # recorded: a new default is a new run
-    args.jitter = load_prior("default").eps_std
-    jobs = case_jobs({s: truths(s, args.n, args.seed, args.law) for s in sets}, arrays, args)
+    prior = load_prior("default", expect_image_size=GEOM.npix)
+    args.jitter = prior.eps_std
+    jobs = case_jobs({s: truths(s, args.n, args.seed, args.law, prior) for s in sets}, arrays, args)
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "prior_method", "elbo_draws", "batch",
                                               "lr", "samples", "ensemble", "warm_start", "alpha", "flow_base",
                                               "flow_basis", "laplace_start", "seed", "prior", "law", "method",
@@ -666,6 +695,7 @@ def main() -> None:
                 print(f"{s:16s} {a:22s} no case finished ({r['n_refused']} refused)")
                 continue
             print(f"{s:16s} {a:22s} n={r['n_cases']:3d} pixels 68/95: {r['coverage_68']:.2f}/{r['coverage_95']:.2f}"
+                  f" (mean's region {r['coverage_mean_region_68']:.2f}/{r['coverage_mean_region_95']:.2f})"
                   f"  ring diameter 68/95: {r['ring_diameter_coverage_68']}/{r['ring_diameter_coverage_95']}")
 
 

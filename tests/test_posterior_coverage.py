@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interfero.errors import InterferoError
-from posterior.metrics import error_against_std, interval_coverage, nxcorr
+from posterior.metrics import error_against_std, interval_coverage, nxcorr, posterior_region
 from posterior.summary import summarize
 
 
@@ -54,6 +54,47 @@ def test_sample_intervals_hold_a_new_draw_at_their_nominal_rate(n):
         assert np.mean((new >= lo) & (new <= hi)) == pytest.approx(level, abs=0.012)
     default = np.quantile(draws[:n], [0.16, 0.84], axis=0)
     assert np.mean((new >= default[0]) & (new <= default[1])) < 0.68 - 0.6 / (n + 1)
+
+
+@pytest.mark.parametrize("noise, frac", [(0.1, 0.1), (3.0, 0.1), (3.0, 0.3)])
+def test_coverage_over_pixels_chosen_from_the_data_is_nominal_for_an_exact_posterior(noise, frac):
+    """Truths drawn from a Gaussian prior around a ring (pixel std 0.5), data = truth + white noise, the exact
+    posterior per pixel: over the pixels where the posterior mean is at or above ``frac`` of its peak, its
+    intervals hold the truth at the nominal rates (pooled over 300 truths). Over the truth's own bright
+    pixels they do when the data pin every pixel (noise 0.1), but not once the posterior is wide (noise 3):
+    72% with the 10% threshold, 61% with 30% (which pixels the truth picks depends on where it sits in the
+    posterior's spread)."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    mu = np.exp(-0.5 * ((np.hypot(yy, xx) - 5.0) / 1.5) ** 2)
+    tau = 0.5
+    var = 1.0 / (1.0 / tau**2 + 1.0 / noise**2)
+    hits = {"data": [], "truth": []}
+    for _ in range(300):
+        truth = mu + tau * rng.standard_normal(mu.shape)
+        mean = var * (mu / tau**2 + (truth + noise * rng.standard_normal(mu.shape)) / noise**2)
+        iv = {lv: (mean - z * np.sqrt(var), mean + z * np.sqrt(var)) for lv, z in (("68", 0.9945), ("95", 1.96))}
+        for key, region in (("data", posterior_region(mean, frac)), ("truth", None)):
+            c = interval_coverage(iv, truth, region=region, region_frac=frac)
+            n = c["coverage_pixels"]
+            hits[key].append((c["truth_coverage_68"] * n, c["truth_coverage_95"] * n, n))
+    data, own = (np.sum(hits[k], axis=0) for k in ("data", "truth"))
+    assert data[0] / data[2] == pytest.approx(0.68, abs=0.01) and data[1] / data[2] == pytest.approx(0.95, abs=0.01)
+    if noise < 1:
+        assert own[0] / own[2] == pytest.approx(0.68, abs=0.01)
+    elif frac < 0.2:
+        assert own[0] / own[2] > 0.70
+    else:
+        assert own[0] / own[2] < 0.63
+
+
+def test_posterior_region_bad_input():
+    with pytest.raises(InterferoError, match="positive peak"):
+        posterior_region(np.zeros((4, 4)))
+    with pytest.raises(InterferoError, match="region_frac"):
+        posterior_region(np.ones((4, 4)), 1.5)
+    with pytest.raises(InterferoError, match="non-empty mask"):
+        interval_coverage({"68": (np.zeros((4, 4)), np.ones((4, 4)))}, np.ones((4, 4)), region=np.zeros((4, 4), bool))
 
 
 def test_coverage_aligns_the_truth_by_the_nxcorr_shift():
@@ -262,7 +303,7 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
 
 def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):
     """A finished case rescored: the ring features come from its saved samples with the current extractor
-    (Rubin's rules over its fits), the pixel scores from its metrics; no fit is run. The samples' own
+    (Rubin's rules over its fits), the pixel scores from its samples' intervals; no fit is run. The samples' own
     data fit and the truth's log-likelihood rank, which its metrics predate, are measured on them, each fit's
     moved back where it was fitted."""
     import json
@@ -309,9 +350,15 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
              "coverage_quantiles_95": np.mean((truth[region] >= pooled[2]) & (truth[region] <= pooled[3]))}
     rank = truth_loglik_rank(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples, truth)
     rank = {"loglik_rank": rank["truth_loglik_rank"], "loglik_excess": rank["truth_loglik_excess"]}
+    mean = stored[:, 0].mean(0)
+    chosen = mean >= 0.1 * mean.max()  # the pixels the posterior mean picks, not the truth
+    by_mean = {f"coverage_mean_region_{k}": np.mean((truth[chosen] >= bounds[lv][0][chosen])
+                                                    & (truth[chosen] <= bounds[lv][1][chosen]))
+               for k, lv in (("68", "0.68"), ("95", "0.95"))} | {"coverage_mean_region_pixels": int(chosen.sum())}
     assert {k: old[k] for k in stale} == stale and {k: old[k] for k in jit} == pytest.approx(jit)
     assert {k: old[k] for k in quant} == pytest.approx(quant) and {k: old[k] for k in rank} == pytest.approx(rank)
-    assert set(old) == set(stale) | set(jit) | set(quant) | set(rank)
+    assert {k: old[k] for k in by_mean} == pytest.approx(by_mean)
+    assert set(old) == set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean)
     assert json.loads((folder / "case.json").read_text()) == old
     res = cal.run_case(job | {"rescore": True})
     own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
@@ -320,7 +367,9 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     assert res["diameter_median_uas"] == pytest.approx(ring["median"])
     assert res["diameter_interval68_uas"] == [pytest.approx(ring["lo68"]), pytest.approx(ring["hi68"])]
     assert ring["lo68"] < res["true_diameter_uas"] < ring["hi68"] and res["ring_diameter_in68"] is True
-    assert res["seconds"] == 30.0 and res["fit_seconds"] == 12.0 and res["coverage_68"] == 0.7
+    assert res["seconds"] == 30.0 and res["fit_seconds"] == 12.0  # the pixel scores from the samples' intervals
+    assert res["coverage_68"] == pytest.approx(np.mean((truth[region] >= bounds["0.68"][0][region])
+                                                       & (truth[region] <= bounds["0.68"][1][region])))
     assert res["coverage_jittered_68"] == pytest.approx(jit["coverage_jittered_68"])
     assert json.loads((folder / "case.json").read_text()) == json.loads(json.dumps(res))
 
