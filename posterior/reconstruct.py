@@ -77,6 +77,7 @@ from .metrics import (
     image_metrics,
     interval_coverage,
     nxcorr,
+    posterior_region,
     reduced_chi2,
     sample_chi2,
     summarize_sample_chi2,
@@ -849,9 +850,15 @@ def reconstruct(obs_path, out, settings: ReconstructSettings | None = None, trut
         metrics |= image_metrics(post.mean.reshape(s.npix, s.npix), truth_img, geom)
         n2 = (s.npix, s.npix)
         if post.n_samples > 1:  # a point estimate has no intervals to score
-            metrics |= interval_coverage({"68": (post.lo68.reshape(n2), post.hi68.reshape(n2)),
-                                          "95": (post.lo95.reshape(n2), post.hi95.reshape(n2))},
-                                         truth_img, metrics["nxcorr_shift_px"])
+            bounds = {"68": (post.lo68.reshape(n2), post.hi68.reshape(n2)),
+                      "95": (post.lo95.reshape(n2), post.hi95.reshape(n2))}
+            metrics |= interval_coverage(bounds, truth_img, metrics["nxcorr_shift_px"])
+            mean_img = post.mean.reshape(n2)
+            if mean_img.max() > 0:  # over the pixels the mean picks: what an exact posterior holds at the level
+                chosen = interval_coverage(bounds, truth_img, metrics["nxcorr_shift_px"],
+                                           region=posterior_region(mean_img))
+                metrics |= {f"truth_coverage_mean_region_{lv}": chosen[f"truth_coverage_{lv}"] for lv in bounds}
+                metrics["coverage_mean_region_pixels"] = chosen["coverage_pixels"]
             metrics |= error_against_std(post.mean.reshape(n2), post.std.reshape(n2), truth_img,
                                          metrics["nxcorr_shift_px"])
             members = run_info.get("ensemble_members")  # each fit's samples scored where it was fitted

@@ -13,8 +13,9 @@ import torch
 from interfero.errors import InterferoError
 from interfero.io import read_fits_image, read_uvfits, write_uvfits
 from interfero.preparation import zero_baseline_flux
+from interfero.regrid import regrid
 from posterior.cli import main
-from posterior.metrics import sample_chi2
+from posterior.metrics import aligned_truth, sample_chi2
 from posterior.reconstruct import ReconstructSettings, build_problem, check_total_flux, gaussian_blob
 
 from .conftest import shared_path
@@ -87,6 +88,14 @@ def test_tiny_reconstruction_writes_every_output(grmhd, tmp_path, capsys):
         np.testing.assert_allclose(f["mean"][...], mean.reshape(1, 32, 32), rtol=1e-6)
         meta = json.loads(f.attrs["metadata"])
         assert meta["operator"]["products"] == ["cphase", "logcamp"] and meta["prior"]["name"] == "bh32lnflux"
+        # coverage over the pixels where the posterior mean is at or above 10% of its peak (chosen from the data)
+        pm, lo, hi = f["mean"][0], f["lo68"][0], f["hi68"][0]
+        chosen = pm >= 0.1 * pm.max()
+        truth, truth_geom = read_fits_image(grmhd / "truth.fits")
+        aligned, _ = aligned_truth(regrid(truth, truth_geom, geom), m["nxcorr_shift_px"])
+        inside = (aligned >= lo) & (aligned <= hi)
+        assert m["truth_coverage_mean_region_68"] == pytest.approx(inside[chosen].mean())
+        assert m["coverage_mean_region_pixels"] == chosen.sum()
     for png in ("report.png", "uv_coverage.png"):
         assert (out / png).stat().st_size > 10_000
 
