@@ -58,7 +58,8 @@ truths at about the nominal rates, slightly less as the data come from the
 clean truth, and the clean truth more often: the two bracket the nominal
 rate; the ``prior_draws`` truths carry the jitter, so none is added to them), coverage of the ring
 diameter's 68% / 95% intervals (truth: the same extractor on the regridded
-truth), the rank of the truth among the samples per source pixel (a
+truth; ``ring_diameter_jittered_coverage_68/95``: on the truth plus the prior's jitter, as the samples are
+measured), the rank of the truth among the samples per source pixel (a
 histogram, flat when calibrated; for an ensemble the truth's place in the
 combined t distribution of Rubin's rules, as reconstruct's intervals are
 made), empirical coverage at nominal levels 10-95% (reliability diagram,
@@ -274,6 +275,7 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
         res["ring_diameter_in68"], res["ring_diameter_in95"] = cov["in68"], cov["in95"]
         res["diameter_median_uas"] = d["median"]
         res["diameter_interval68_uas"] = [d["lo68"], d["hi68"]]
+        res |= jittered_diameter_coverage(d, truth, job["jitter"], job["seed"])
     res["chi2_samples_median"] = samples_fit(folder, m, samples, sizes)
     return (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
             | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
@@ -327,6 +329,27 @@ def mean_region_coverage(bounds: dict, truth: np.ndarray, shift, samples: np.nda
             "coverage_mean_region_pixels": cov["coverage_pixels"]}
 
 
+def jittered_diameter_coverage(d: dict, truth: np.ndarray, jitter: float, seed: int) -> dict:
+    """``ring_diameter_jittered_in68/95``: the fraction of ``JITTER_DRAWS`` draws of the truth plus the prior's
+    jitter (as :func:`jittered_coverage`, seeded by the case) whose ring diameter falls inside the case's 68% /
+    95% interval ``d`` (``{"lo68", "hi68", "lo95", "hi95"}``, uas). The samples are images of ``p_eps`` and
+    carry the jitter, which moves the extractor's null on some rings by several uas: the jittered truth is
+    measured as they are. For ``prior_draws`` (no jitter added) it is the clean truth's in / out."""
+    from interfero.features import RingExtractor
+
+    ex = RingExtractor(GEOM.npix, GEOM.fov_uas)
+    rng = np.random.default_rng(seed + 1)  # not the pixels' draws
+    diam = []
+    for _ in range(JITTER_DRAWS if jitter > 0 else 1):
+        try:
+            diam.append(ex(truth + jitter * rng.standard_normal(truth.shape)).null_diameter)
+        except InterferoError:  # no ring in this draw: it counts as outside
+            diam.append(np.nan)
+    diam = np.asarray(diam)
+    return {f"ring_diameter_jittered_in{lv}": float(np.mean((diam >= d[f"lo{lv}"]) & (diam <= d[f"hi{lv}"])))
+            for lv in ("68", "95")}
+
+
 def quantile_coverage(samples: np.ndarray, aligned: np.ndarray, region: np.ndarray) -> dict[str, float]:
     """``coverage_quantiles_68/95``: the coverage of the source pixels by the equal-tailed quantiles of all the
     samples pooled, the intervals of the mixture of the fits itself (for an ensemble, reconstruct's intervals
@@ -350,7 +373,7 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
 
 
 ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "coverage_mean_region_68")  # one
-# key of each score added later
+# key of each score added later (and ring_diameter_jittered_in68 where the case has a ring interval)
 
 
 def with_added_scores(job: dict, res: dict) -> dict:
@@ -359,7 +382,8 @@ def with_added_scores(job: dict, res: dict) -> dict:
     its saved samples and written back to its ``case.json``."""
     from posterior.metrics import aligned_truth
 
-    if "error" in res or all(k in res for k in ADDED_SCORES):
+    ringed = "diameter_median_uas" in res
+    if "error" in res or (all(k in res for k in ADDED_SCORES) and (not ringed or "ring_diameter_jittered_in68" in res)):
         return res
     folder = Path(job["folder"])
     samples, sizes = case_samples(folder)
@@ -370,6 +394,11 @@ def with_added_scores(job: dict, res: dict) -> dict:
     res = (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
            | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
            | mean_region_coverage(bounds, truth, m["nxcorr_shift_px"], samples))
+    if ringed:  # the interval as the case's own scores measured it (a rescored case's: the current extractor's)
+        from posterior.ring import ring_posterior
+
+        res |= jittered_diameter_coverage(ring_posterior(samples, GEOM.fov_uas, sizes)["diameter_uas"], truth,
+                                          job["jitter"], job["seed"])
     atomic_write_text(folder / "case.json", json.dumps(res, indent=1))
     return res
 
@@ -447,6 +476,11 @@ def aggregate(cases: list[dict]) -> dict:
         out["loglik_rank_hist"] = np.histogram([c["loglik_rank"] for c in ranked], bins=LOGLIK_BINS,
                                                range=(0, 1))[0].tolist()
         out["loglik_excess_median"] = float(np.median([c["loglik_excess"] for c in ranked]))
+    jring = [c for c in cases if "ring_diameter_jittered_in68" in c]
+    if jring:  # the truth plus the prior's jitter, measured as the samples are
+        for lv in ("68", "95"):
+            out[f"ring_diameter_jittered_coverage_{lv}"] = float(np.mean([c[f"ring_diameter_jittered_in{lv}"]
+                                                                          for c in jring]))
     chosen = [c for c in cases if "coverage_mean_region_68" in c]
     if chosen:  # pixels chosen from the data: an exact posterior's rate (posterior.metrics.posterior_region)
         wc = np.array([c["coverage_mean_region_pixels"] for c in chosen], dtype=float)
@@ -696,7 +730,9 @@ def main() -> None:
                 continue
             print(f"{s:16s} {a:22s} n={r['n_cases']:3d} pixels 68/95: {r['coverage_68']:.2f}/{r['coverage_95']:.2f}"
                   f" (mean's region {r['coverage_mean_region_68']:.2f}/{r['coverage_mean_region_95']:.2f})"
-                  f"  ring diameter 68/95: {r['ring_diameter_coverage_68']}/{r['ring_diameter_coverage_95']}")
+                  f"  ring diameter 68/95: {r['ring_diameter_coverage_68']}/{r['ring_diameter_coverage_95']}"
+                  f" (jittered truth {r.get('ring_diameter_jittered_coverage_68')}"
+                  f"/{r.get('ring_diameter_jittered_coverage_95')})")
 
 
 if __name__ == "__main__":

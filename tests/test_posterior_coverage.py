@@ -367,6 +367,15 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     assert res["diameter_median_uas"] == pytest.approx(ring["median"])
     assert res["diameter_interval68_uas"] == [pytest.approx(ring["lo68"]), pytest.approx(ring["hi68"])]
     assert ring["lo68"] < res["true_diameter_uas"] < ring["hi68"] and res["ring_diameter_in68"] is True
+    # the truth plus the prior's jitter (draws seeded by the case), measured as the samples are
+    from interfero.features import RingExtractor
+
+    jrng = np.random.default_rng(job["seed"] + 1)
+    jd = [RingExtractor(32, cal.GEOM.fov_uas)(truth + 1e-4 * jrng.standard_normal(truth.shape)).null_diameter
+          for _ in range(cal.JITTER_DRAWS)]
+    for lv in ("68", "95"):
+        expect = np.mean([(ring[f"lo{lv}"] <= x <= ring[f"hi{lv}"]) for x in jd])
+        assert res[f"ring_diameter_jittered_in{lv}"] == pytest.approx(expect)
     assert res["seconds"] == 30.0 and res["fit_seconds"] == 12.0  # the pixel scores from the samples' intervals
     assert res["coverage_68"] == pytest.approx(np.mean((truth[region] >= bounds["0.68"][0][region])
                                                        & (truth[region] <= bounds["0.68"][1][region])))
@@ -403,14 +412,18 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
                      "diameter_interval68_uas": [39.0, 43.0], "chi2_cphase": 1.0, "chi2_logcamp": 1.2,
                      "chi2_samples_median": {"cphase": 2.0, "logcamp": 1.5},
                      "coverage_quantiles_68": 0.3, "coverage_quantiles_95": 0.6, "loglik_rank": 1.0,
-                     "loglik_excess": 300.0},
+                     "loglik_excess": 300.0, "coverage_mean_region_68": 0.6, "coverage_mean_region_95": 0.9,
+                     "coverage_mean_region_pixels": 40, "ring_diameter_jittered_in68": 0.75,
+                     "ring_diameter_jittered_in95": 1.0},
              base | {"case": 1, "coverage_68": 0.8, "coverage_95": 1.0, "coverage_pixels": 30,
                      "coverage_jittered_68": 0.6, "coverage_jittered_95": 1.0,
                      "ring_diameter_in68": False, "ring_diameter_in95": True, "diameter_median_uas": 35.0,
                      "diameter_interval68_uas": [33.0, 37.0], "chi2_cphase": 1.4, "chi2_logcamp": 1.0,
                      "chi2_samples_median": {"cphase": 3.0, "logcamp": 2.5},
                      "coverage_quantiles_68": 0.7, "coverage_quantiles_95": 0.8, "loglik_rank": 0.25,
-                     "loglik_excess": -10.0},
+                     "loglik_excess": -10.0, "coverage_mean_region_68": 0.7, "coverage_mean_region_95": 1.0,
+                     "coverage_mean_region_pixels": 60, "ring_diameter_jittered_in68": 0.25,
+                     "ring_diameter_jittered_in95": 0.5},
              {"case": 2, "set": "in_distribution", "array": "EHT2017", "error": "diverged", "seconds": 1.0}]
     r = cal.aggregate(cases)
     assert r["n_cases"] == 2 and r["n_refused"] == 1
@@ -426,6 +439,9 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     assert r["coverage_quantiles_95"] == pytest.approx((0.6 * 10 + 0.8 * 30) / 40)
     assert r["loglik_rank_mean"] == pytest.approx(0.625) and r["loglik_excess_median"] == pytest.approx(145.0)
     assert r["loglik_rank_hist"] == [0, 0, 1, 0, 0, 0, 0, 0, 0, 1]
+    assert r["coverage_mean_region_68"] == pytest.approx((0.6 * 40 + 0.7 * 60) / 100)  # by the mean's pixels
+    assert r["coverage_mean_region_95"] == pytest.approx((0.9 * 40 + 1.0 * 60) / 100)
+    assert r["ring_diameter_jittered_coverage_68"] == 0.5 and r["ring_diameter_jittered_coverage_95"] == 0.75
 
 
 @pytest.mark.parametrize("half", [0.5, 1.0, 2.0])
