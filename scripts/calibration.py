@@ -532,7 +532,8 @@ def plot(result: dict, path: Path) -> None:
     a.set_xlabel("nominal interval level")
     a.set_ylabel("fraction of source pixels inside")
     a.set_title("reliability of the per-pixel intervals")
-    a.legend(fontsize=7)
+    if a.get_legend_handles_labels()[0]:  # no case finished yet: no legend to draw
+        a.legend(fontsize=7)
     b.axhline(1.0, color="k", ls=":", lw=0.8)
     b.set_xlabel("rank of the truth among the samples (ensemble: its t CDF, Rubin's rules)")
     b.set_ylabel("density (flat = calibrated)")
@@ -543,7 +544,8 @@ def plot(result: dict, path: Path) -> None:
     c.set_xlabel("true ring diameter (visibility null, uas)")
     c.set_ylabel("posterior median and 68% interval (uas)")
     c.set_title("ring diameter per case")
-    c.legend(fontsize=7)
+    if c.get_legend_handles_labels()[0]:
+        c.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 
