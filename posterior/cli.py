@@ -177,6 +177,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                         " posterior's correlations, so that the arrays' std compare)")
     a.add_argument("--laplace-start", default=d.laplace_start, choices=rec.LAPLACE_STARTS,
                    help="where an ensemble's Laplace-based flows start, as reconstruct --laplace-start")
+    a.add_argument("--flow-basis", default=d.flow_basis, choices=BASES,
+                   help="what each diagonal flow acts on, as reconstruct --flow-basis")
+    a.add_argument("--prior-method", default=d.prior_method, choices=("elbo", "ode", "score"),
+                   help="the score prior's term in each fit, as reconstruct --prior-method")
     a.add_argument("--seed", type=seed, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
     a.add_argument("--threads", type=count(), help="torch CPU threads (of each reconstruction)")
     a.add_argument("--jobs", type=count(), default=1,
@@ -230,7 +234,8 @@ def _array_study(args) -> None:
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
     s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, ensemble=args.ensemble,
                                 seed=args.seed, threads=args.threads, max_chi2=args.max_chi2,
-                                flow_base=args.flow_base, laplace_start=args.laplace_start)
+                                flow_base=args.flow_base, laplace_start=args.laplace_start,
+                                flow_basis=args.flow_basis, prior_method=args.prior_method)
     res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite,
                       resume=args.resume, workers=args.jobs)
     if args.json:

@@ -103,6 +103,24 @@ def test_array_study_resumes_from_its_reconstructions(tmp_path, capsys):
 
 
 
+def test_array_study_passes_the_fit_settings_to_each_reconstruction(tmp_path, monkeypatch):
+    import posterior.array_study as study
+    from posterior.cli import main
+
+    seen = {}
+
+    def fake(truth, arrays, out, settings, **kw):
+        seen["s"] = settings
+        return {"arrays": {}}
+
+    monkeypatch.setattr(study, "array_study", fake)
+    monkeypatch.setattr(study, "markdown", lambda rows: "")
+    code = main(["array-study", "--truth", str(DEMO_TRUTH), "--arrays", "EHT2017", "--out", str(tmp_path / "o"),
+                 "--flow-basis", "dct", "--prior-method", "score", "--laplace-start", "own"])
+    assert code == 0
+    assert (seen["s"].flow_basis, seen["s"].prior_method, seen["s"].laplace_start) == ("dct", "score", "own")
+
+
 def test_array_study_ends_each_fit_in_a_laplace_based_flow_by_default(tmp_path):
     """The study compares posterior widths: by default (CLI and settings) each fit ends in a flow with the
     Laplace covariance; a study run with it writes that flow's checkpoint."""
@@ -111,6 +129,10 @@ def test_array_study_ends_each_fit_in_a_laplace_based_flow_by_default(tmp_path):
 
     args = build_parser().parse_args(["array-study", "--truth", "t.fits", "--arrays", "EHT2017", "--out", "o"])
     assert args.flow_base == STUDY_FLOW_BASE == "laplace"
+    assert (args.flow_basis, args.prior_method) == ("pixel", "elbo")  # reconstruct's defaults, settable as there
+    args = build_parser().parse_args(["array-study", "--truth", "t.fits", "--arrays", "EHT2017", "--out", "o",
+                                      "--flow-basis", "dct", "--prior-method", "score"])
+    assert (args.flow_basis, args.prior_method) == ("dct", "score")
     array_study(str(DEMO_TRUTH), ["EHT2017"], tmp_path / "l", replace(TINY, flow_base="laplace"), progress=False)
     assert json.loads((tmp_path / "l" / "EHT2017" / "dpi-checkpoint.json").read_text())["flow"]["base_rank"] > 0
 
