@@ -319,14 +319,15 @@ def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jit
 def mean_region_coverage(bounds: dict, truth: np.ndarray, shift, samples: np.ndarray) -> dict:
     """``coverage_mean_region_68/95``: the coverage over the pixels where the posterior mean is at or above 10%
     of its peak (``coverage_mean_region_pixels`` of them), chosen from the data rather than the truth
-    (:func:`posterior.metrics.posterior_region`: the rate an exact posterior's intervals hold on average)."""
+    (:func:`posterior.metrics.posterior_region`: the rate an exact posterior's intervals hold on average), and
+    ``levels_mean_region``, the same at every level of ``bounds`` (its reliability diagram)."""
     from posterior.metrics import interval_coverage, posterior_region
 
-    region = posterior_region(samples.mean(0))
-    cov = interval_coverage({lv: bounds[lv] for lv in ("0.68", "0.95")}, truth, shift, region=region)
+    cov = interval_coverage(bounds, truth, shift, region=posterior_region(samples.mean(0)))
     return {"coverage_mean_region_68": cov["truth_coverage_0.68"],
             "coverage_mean_region_95": cov["truth_coverage_0.95"],
-            "coverage_mean_region_pixels": cov["coverage_pixels"]}
+            "coverage_mean_region_pixels": cov["coverage_pixels"],
+            "levels_mean_region": {lv: cov[f"truth_coverage_{lv}"] for lv in bounds}}
 
 
 def jittered_diameter_coverage(d: dict, truth: np.ndarray, jitter: float, seed: int) -> dict:
@@ -372,7 +373,7 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
     return {"loglik_rank": m["truth_loglik_rank"], "loglik_excess": m["truth_loglik_excess"]}
 
 
-ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "coverage_mean_region_68")  # one
+ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "levels_mean_region")  # one
 # key of each score added later (and ring_diameter_jittered_in68 where the case has a ring interval)
 
 
@@ -390,7 +391,7 @@ def with_added_scores(job: dict, res: dict) -> dict:
     m = json.loads((folder / "rec" / "metrics.json").read_text())
     truth = np.asarray(job["truth"])
     aligned, region = aligned_truth(truth, m["nxcorr_shift_px"])
-    bounds = case_intervals(samples, sizes, (0.68, 0.95))
+    bounds = case_intervals(samples, sizes, LEVELS)
     res = (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
            | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
            | mean_region_coverage(bounds, truth, m["nxcorr_shift_px"], samples))
@@ -488,6 +489,10 @@ def aggregate(cases: list[dict]) -> dict:
             vals = [c[f"coverage_mean_region_{lv}"] for c in chosen]
             out[f"coverage_mean_region_{lv}"] = float(np.average(vals, weights=wc))
             out[f"coverage_mean_region_{lv}_interval"] = case_bootstrap(vals, wc)
+        if all("levels_mean_region" in c for c in chosen):
+            out["reliability_mean_region"] = {
+                lv: float(np.average([c["levels_mean_region"][lv] for c in chosen], weights=wc))
+                for lv in chosen[0]["levels_mean_region"]}
     quant = [c for c in cases if "coverage_quantiles_68" in c]
     if quant:
         wq = np.array([c["coverage_pixels"] for c in quant], dtype=float)
@@ -521,8 +526,11 @@ def plot(result: dict, path: Path) -> None:
             if not r.get("n_cases"):
                 continue
             lv = sorted(r["reliability"], key=float)
-            a.plot([float(x) for x in lv], [r["reliability"][x] for x in lv],
-                   "o-", ms=3, label=f"{s}, {arr} (n={r['n_cases']})")
+            line = a.plot([float(x) for x in lv], [r["reliability"][x] for x in lv],
+                          "o-", ms=3, label=f"{s}, {arr} (n={r['n_cases']})")[0]
+            if "reliability_mean_region" in r:  # dashed: over the pixels the posterior mean picks
+                a.plot([float(x) for x in lv], [r["reliability_mean_region"][x] for x in lv], "s--", ms=3,
+                       color=line.get_color(), label=f"{s}, {arr}: the mean's pixels")
             h = np.asarray(r["rank_hist"], dtype=float)
             b.step(np.linspace(0, 1, len(h) + 1)[:-1], h / h.sum() * len(h), where="post", label=f"{s}, {arr}")
             d = np.array([row[1:] for row in r.get("ring_diameters_uas", []) if None not in row], dtype=float)

@@ -358,7 +358,9 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     assert {k: old[k] for k in stale} == stale and {k: old[k] for k in jit} == pytest.approx(jit)
     assert {k: old[k] for k in quant} == pytest.approx(quant) and {k: old[k] for k in rank} == pytest.approx(rank)
     assert {k: old[k] for k in by_mean} == pytest.approx(by_mean)
-    assert set(old) == set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean)
+    assert old["levels_mean_region"]["0.68"] == pytest.approx(by_mean["coverage_mean_region_68"])
+    assert set(old["levels_mean_region"]) == {str(lv) for lv in cal.LEVELS}  # the mean's pixels' reliability
+    assert set(old) == set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean) | {"levels_mean_region"}
     assert json.loads((folder / "case.json").read_text()) == old
     res = cal.run_case(job | {"rescore": True})
     own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
@@ -414,6 +416,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
                      "coverage_quantiles_68": 0.3, "coverage_quantiles_95": 0.6, "loglik_rank": 1.0,
                      "loglik_excess": 300.0, "coverage_mean_region_68": 0.6, "coverage_mean_region_95": 0.9,
                      "coverage_mean_region_pixels": 40, "ring_diameter_jittered_in68": 0.75,
+                     "levels_mean_region": {"0.68": 0.6, "0.95": 0.9},
                      "ring_diameter_jittered_in95": 1.0},
              base | {"case": 1, "coverage_68": 0.8, "coverage_95": 1.0, "coverage_pixels": 30,
                      "coverage_jittered_68": 0.6, "coverage_jittered_95": 1.0,
@@ -423,6 +426,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
                      "coverage_quantiles_68": 0.7, "coverage_quantiles_95": 0.8, "loglik_rank": 0.25,
                      "loglik_excess": -10.0, "coverage_mean_region_68": 0.7, "coverage_mean_region_95": 1.0,
                      "coverage_mean_region_pixels": 60, "ring_diameter_jittered_in68": 0.25,
+                     "levels_mean_region": {"0.68": 0.7, "0.95": 1.0},
                      "ring_diameter_jittered_in95": 0.5},
              {"case": 2, "set": "in_distribution", "array": "EHT2017", "error": "diverged", "seconds": 1.0}]
     r = cal.aggregate(cases)
@@ -442,6 +446,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     assert r["coverage_mean_region_68"] == pytest.approx((0.6 * 40 + 0.7 * 60) / 100)  # by the mean's pixels
     assert r["coverage_mean_region_95"] == pytest.approx((0.9 * 40 + 1.0 * 60) / 100)
     assert r["ring_diameter_jittered_coverage_68"] == 0.5 and r["ring_diameter_jittered_coverage_95"] == 0.75
+    assert r["reliability_mean_region"] == {"0.68": pytest.approx(0.66), "0.95": pytest.approx(0.96)}
 
 
 @pytest.mark.parametrize("half", [0.5, 1.0, 2.0])
