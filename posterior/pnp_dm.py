@@ -116,6 +116,14 @@ def coupling_schedule(cfg: PnPDMConfig) -> list[float]:
     return [cfg.rho_start * ratio**k for k in range(cfg.anneal)] + [cfg.rho_min] * cfg.sweeps
 
 
+def prior_step_counts(cfg: PnPDMConfig, sde) -> list[int]:
+    """The DDPM steps of each sweep's prior step: ``prior_steps`` from the time of ``rho_start``, and from a
+    later sweep's (smaller) coupling as many of the same geometric size as its span down to ``eps`` holds."""
+    times = [float(noise_time(sde, r)) for r in coupling_schedule(cfg)]
+    span = math.log(times[0] / sde.eps)
+    return [max(1, math.ceil(cfg.prior_steps * math.log(t / sde.eps) / span - 1e-9)) for t in times]
+
+
 class Metric:
     """The identity preconditioner; subclasses hold a symmetric positive-definite ``M`` (``(D, D)``, shared or
     one per chain) and give ``M a``, a draw of ``N(0, M)`` from white noise, and ``a^T M^-1 a``, on
@@ -238,8 +246,7 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
                              f" {r_eps:.3g} (score-model units)")
     rhos = coupling_schedule(cfg)
     times = [float(noise_time(sde, r)) for r in rhos]
-    span = math.log(times[0] / sde.eps)  # DDPM steps of the same size at every rho: fewer as rho falls
-    n_steps = [max(1, math.ceil(cfg.prior_steps * math.log(t / sde.eps) / span - 1e-9)) for t in times]
+    n_steps = prior_step_counts(cfg, sde)  # DDPM steps of the same size at every rho: fewer as rho falls
     alphas = [float(sde.coefficients(torch.tensor(t, dtype=torch.float64))[0]) for t in times]
     if math.prod(problem.image_shape) > MAX_PIXELS:
         raise InterferoError(f"pnp-dm's metric is a dense Hessian: images of at most {MAX_PIXELS} pixels, got"

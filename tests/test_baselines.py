@@ -83,6 +83,25 @@ def test_pnp_dm_samples_the_gaussian_posterior_of_the_rho_smoothed_prior(task):
     assert np.all(std > exact_std)  # the smoothing widens the posterior: what the check above tells apart
 
 
+def test_pnp_dm_prior_steps_keep_one_size_as_rho_falls():
+    """``prior_steps`` DDPM steps from rho_start; below it fewer, none longer (in log time) than those at
+    rho_start, and not one more than that needs."""
+    import math
+
+    from posterior.pnp_dm import PnPDMConfig, coupling_schedule, prior_step_counts
+    from priors.sampling import noise_time
+
+    sde = VPSDE()
+    cfg = PnPDMConfig(prior_steps=20, anneal=30, sweeps=3, rho_min=0.05)
+    counts = prior_step_counts(cfg, sde)
+    times = [float(noise_time(sde, r)) for r in coupling_schedule(cfg)]
+    size0 = math.log(times[0] / sde.eps) / 20
+    assert counts[0] == 20 and len(counts) == 33 and counts == sorted(counts, reverse=True) and counts[-1] < 10
+    for n, t in zip(counts, times):
+        assert math.log(t / sde.eps) / n <= size0 * (1 + 1e-9)  # no step longer than at rho_start
+        assert n == 1 or math.log(t / sde.eps) / (n - 1) > size0  # and no step more than that needs
+
+
 def test_pnp_dm_refuses_a_coupling_below_the_prior_s_smallest_noise_level(denoise):
     with pytest.raises(InterferoError, match="smallest noise level"):
         run_method("pnp-dm", denoise[0], {"rho_min": 0.01, "n_samples": 2, "batch": 2})
