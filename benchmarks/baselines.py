@@ -28,7 +28,6 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -36,6 +35,7 @@ import torch  # noqa: E402
 
 from interfero.io import atomic_write_text  # noqa: E402
 from interfero.operators import GaussianBlur, GaussianNoise  # noqa: E402
+from interfero.timing import median_seconds  # noqa: E402
 from posterior.dps import DPSConfig, dps  # noqa: E402
 from posterior.methods import run_method  # noqa: E402
 from posterior.problem import InverseProblem  # noqa: E402
@@ -51,16 +51,6 @@ def problem():
     op = GaussianBlur((1, 32, 32), 1.5, GaussianNoise(0.02 * float(img.max())))
     y = op.sample(torch.tensor(img), torch.Generator().manual_seed(0))
     return InverseProblem(op, y, prior), prior, torch.tensor(img)
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def deepinv_dps(prior, truth: torch.Tensor, steps: int, batch: int):
@@ -102,10 +92,10 @@ def main() -> None:
     res = {"torch_threads": torch.get_num_threads(), "machine": platform.machine(), "repeats": args.repeats,
            "steps": args.steps, "batch": args.batch, "image": "32x32"}
     cfg = DPSConfig(steps=args.steps, n_samples=args.batch, batch=args.batch)
-    res["dps_ours_s"] = timed(lambda: dps(pb, cfg), args.repeats)
+    res["dps_ours_s"] = median_seconds(lambda: dps(pb, cfg), args.repeats)
     ts = time_grid(prior.sde, args.steps)
     z = prior.sde.prior_sampling((args.batch, 1, 32, 32), generator=torch.Generator().manual_seed(0))
-    res["ddpm_same_grid_s"] = timed(lambda: ddpm(prior.score_model, prior.sde, z, ts), args.repeats)
+    res["ddpm_same_grid_s"] = median_seconds(lambda: ddpm(prior.score_model, prior.sde, z, ts), args.repeats)
     res["dps_vs_ddpm"] = res["dps_ours_s"] / res["ddpm_same_grid_s"]
     theirs = deepinv_dps(prior, truth, args.steps, args.batch)
     if isinstance(theirs, str):
@@ -114,7 +104,7 @@ def main() -> None:
     else:
         import deepinv
 
-        res["dps_deepinv_s"] = timed(theirs, args.repeats)
+        res["dps_deepinv_s"] = median_seconds(theirs, args.repeats)
         res["dps_speed_ratio_vs_deepinv"] = res["dps_ours_s"] / res["dps_deepinv_s"]
         res["deepinv"] = f"deepinv {deepinv.__version__}, torch {torch.__version__}"
         tail = f"deepinv {res['dps_deepinv_s']:.2f} s (ours / theirs {res['dps_speed_ratio_vs_deepinv']:.2f})"

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -29,17 +27,8 @@ from interfero.io import ImageGeometry, atomic_write_text, import_ehtim, quiet
 from interfero.models import render
 from interfero.operators import InterferometryOperator
 from interfero.simulate import simulate
+from interfero.timing import median_seconds
 from interfero.uvcoverage import ObservingSetup
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_simulation(eh, repeats: int) -> dict:
@@ -47,7 +36,7 @@ def bench_simulation(eh, repeats: int) -> dict:
     img = render("crescent", geom, flux=2.0)
     setup = ObservingSetup(tint=60.0, tadv=600.0, tstart=0.0, tstop=24.0, mjd=57850)
     array = load_array("EHT2017")
-    ours = median_time(lambda: simulate(img, geom, array, setup, seed=0), repeats)
+    ours = median_seconds(lambda: simulate(img, geom, array, setup, seed=0), repeats)
     with quiet():
         earr = eh.array.Array(_ehtim_tarr(eh, array))
         im = eh.image.make_empty(64, geom.fov_uas * eh.RADPERUAS, setup.ra, setup.dec, rf=setup.rf, mjd=setup.mjd)
@@ -60,7 +49,7 @@ def bench_simulation(eh, repeats: int) -> dict:
                            dcal=True, frcal=True, stabilize_scan_phase=True, stabilize_scan_amp=True,
                            jones=False, inv_jones=False, seed=1, verbose=False)
 
-        theirs = median_time(theirs_fn, repeats)
+        theirs = median_seconds(theirs_fn, repeats)
     n_vis = simulate(img, geom, array, setup).n_vis
     return {"uv_sim_ours_s": ours, "uv_sim_ehtim_s": theirs, "uv_sim_speedup_vs_ehtim": theirs / ours,
             "uv_sim_n_vis": n_vis}
@@ -90,7 +79,7 @@ def bench_closure_chi2(eh, repeats: int, batch: int = 64) -> dict:
         (c["cphase"].sum() + c["logcamp"].sum()).backward()
         return x.grad
 
-    ours = median_time(ours_fn, repeats)
+    ours = median_seconds(ours_fn, repeats)
     iu = eh.imaging.imager_utils
     from interfero.io import observation_to_ehtim
 
@@ -106,7 +95,7 @@ def bench_closure_chi2(eh, repeats: int, batch: int = 64) -> dict:
                 iu.chisq(v, a, data, sigma, d, ttype="direct")
                 iu.chisqgrad(v, a, data, sigma, d, ttype="direct")
 
-    theirs = median_time(theirs_fn, repeats)
+    theirs = median_seconds(theirs_fn, repeats)
     # agreement of the values (a benchmark that is also a check)
     c = op.chi2(x0[:1])
     ref = {}

@@ -28,12 +28,12 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 
 from interfero.io import atomic_write_text  # noqa: E402
+from interfero.timing import median_seconds  # noqa: E402
 from posterior.laplace import data_hessian  # noqa: E402
 from posterior.pnp_dm import CholeskyMetric, PnPDMConfig, mala, pnp_dm, prior_step_counts  # noqa: E402
 from posterior.problem import InverseProblem  # noqa: E402
@@ -41,15 +41,6 @@ from posterior.reconstruct import ReconstructSettings, build_problem, gaussian_b
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/observations/grmhd_sgra_2017/obs.uvfits"
 
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -71,18 +62,18 @@ def main() -> None:
     res: dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                  "chains": m, "observation": str(args.obs)}
     with torch.no_grad():
-        res["network_eval_s"] = median_time(lambda: prior.score_model(z, t), args.repeats)
-    res["hessian_one_image_s"] = median_time(lambda: data_hessian(op, images[0]), args.repeats)
+        res["network_eval_s"] = median_seconds(lambda: prior.score_model(z, t), args.repeats)
+    res["hessian_one_image_s"] = median_seconds(lambda: data_hessian(op, images[0]), args.repeats)
     eye = torch.eye(d, dtype=torch.float64)
     hz = torch.stack([data_hessian(op, x) for x in images]) * prior.scale**2 + eye / 0.1**2  # at rho = 0.1
-    res["cholesky_all_chains_s"] = median_time(lambda: torch.linalg.cholesky(hz), args.repeats)
+    res["cholesky_all_chains_s"] = median_seconds(lambda: torch.linalg.cholesky(hz), args.repeats)
     metric = CholeskyMetric(torch.linalg.cholesky(hz))
 
     def log_target(u):
         return problem.log_likelihood(prior.from_z(u)) - ((u - z.double()) ** 2).flatten(1).sum(1) / (2 * 0.1**2)
 
     h = torch.full((m,), 0.5, dtype=torch.float64)
-    res["mala_step_all_chains_s"] = median_time(lambda: mala(log_target, z.double(), h, 1, g, False, metric),
+    res["mala_step_all_chains_s"] = median_seconds(lambda: mala(log_target, z.double(), h, 1, g, False, metric),
                                                 args.repeats)
     cfg = PnPDMConfig()
     res["prior_steps_per_sweep"] = steps = prior_step_counts(cfg, prior.sde)
