@@ -80,7 +80,12 @@ of ``coverage_68/95``, they hold it more or less often once the posterior is wid
 wall clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed
 case keeps). ``coverage_68_interval`` and ``coverage_95_interval``: the
 central 90% of the pooled coverage when the cases are resampled (how far the
-finite test set leaves it uncertain).
+finite test set leaves it uncertain); ``ring_diameter_coverage_68/95_interval``: the exact binomial 90%
+range of the ring's hit rate; ``rank_hist_mean_region``: the rank histogram over the mean's pixels.
+``goal``: the calibration goal (the truth's pixels and the ring diameter, 68% and 95% each within 5 points
+of nominal, on at least 50 truths) checked item by item (``met``); each ring check adds the chance that a
+calibrated posterior passes it with this many truths (at 50 truths 0.55 for the 68% interval: the goal's
+ring test is a coin toss even for an exact posterior).
 """
 
 from __future__ import annotations
@@ -109,6 +114,8 @@ LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.8, 0.9, 0.95)
 RANK_BINS = 20
 LOGLIK_BINS = 10  # of the histogram of the truth's log-likelihood rank over cases
 JITTER_DRAWS = 20  # draws of the prior's jitter added to each truth (coverage_jittered_68/95)
+GOAL_TRUTHS = 50  # the calibration goal: this many truths, 68% and 95% coverage each within GOAL_WITHIN of nominal
+GOAL_WITHIN = 0.05
 SETS = ("in_distribution", "grmhd_like", "prior_draws")
 DEFAULT_SETS = SETS[:2]  # prior_draws is a diagnostic: run it with --sets prior_draws
 DRAW_BATCH = 4  # prior_draws: reverse-SDE draws per batch, batch k seeded by seed + k
@@ -242,17 +249,12 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
     from interfero.features import RingExtractor
     from posterior.metrics import aligned_truth, interval_coverage
     from posterior.ring import feature_coverage, ring_posterior
-    from posterior.summary import combined_cdf, split_fits
 
     truth = np.asarray(job["truth"])
     samples, sizes = case_samples(folder)
     shift = m["nxcorr_shift_px"]
     aligned, region = aligned_truth(truth, shift)
     bounds = case_intervals(samples, sizes, LEVELS)
-    if sizes:  # the truth's place in Rubin's combined t distribution, as reconstruct makes its intervals
-        ranks = combined_cdf([g[:, region] for g in split_fits(samples, sizes)], aligned[region])
-    else:
-        ranks = (samples[:, region] < aligned[region][None]).mean(0)  # in [0, 1]
     cov = interval_coverage(bounds, truth, shift)
     inside = {lv: cov[f"truth_coverage_{lv}"] for lv in bounds}
     true_ring = RingExtractor(GEOM.npix, GEOM.fov_uas)(truth)
@@ -267,7 +269,7 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
            "fit_seconds": m["fit_seconds"],
            "coverage_68": inside["0.68"], "coverage_95": inside["0.95"],
            "coverage_pixels": m["coverage_pixels"], "levels": inside,
-           "rank_hist": np.histogram(ranks, bins=RANK_BINS, range=(0, 1))[0].tolist(),
+           "rank_hist": rank_histogram(samples, sizes, aligned, region),
            "nxcorr_blur10": m["nxcorr_blur10"], "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
            "true_diameter_uas": true_ring.null_diameter}
     if d is not None and np.isfinite(true_ring.null_diameter):
@@ -279,7 +281,21 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
     res["chi2_samples_median"] = samples_fit(folder, m, samples, sizes)
     return (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
             | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
-            | mean_region_coverage(bounds, truth, shift, samples))
+            | mean_region_coverage(bounds, truth, shift, samples, sizes))
+
+
+def rank_histogram(samples: np.ndarray, sizes: list[int] | None, aligned: np.ndarray,
+                   region: np.ndarray) -> list[int]:
+    """The histogram (``RANK_BINS`` bins over [0, 1]) of the aligned truth's place in each ``region`` pixel's
+    distribution: for an ensemble its t CDF under Rubin's rules, as reconstruct makes its intervals, else the
+    fraction of the samples below it. Flat when the intervals are calibrated over these pixels."""
+    from posterior.summary import combined_cdf, split_fits
+
+    if sizes:
+        ranks = combined_cdf([g[:, region] for g in split_fits(samples, sizes)], aligned[region])
+    else:
+        ranks = (samples[:, region] < aligned[region][None]).mean(0)
+    return np.histogram(ranks, bins=RANK_BINS, range=(0, 1))[0].tolist()
 
 
 def case_samples(folder: Path) -> tuple[np.ndarray, list[int] | None]:
@@ -316,18 +332,23 @@ def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jit
             for name, lv in (("68", "0.68"), ("95", "0.95"))}
 
 
-def mean_region_coverage(bounds: dict, truth: np.ndarray, shift, samples: np.ndarray) -> dict:
+def mean_region_coverage(bounds: dict, truth: np.ndarray, shift, samples: np.ndarray,
+                         sizes: list[int] | None = None) -> dict:
     """``coverage_mean_region_68/95``: the coverage over the pixels where the posterior mean is at or above 10%
     of its peak (``coverage_mean_region_pixels`` of them), chosen from the data rather than the truth
     (:func:`posterior.metrics.posterior_region`: the rate an exact posterior's intervals hold on average), and
-    ``levels_mean_region``, the same at every level of ``bounds`` (its reliability diagram)."""
-    from posterior.metrics import interval_coverage, posterior_region
+    ``levels_mean_region``, the same at every level of ``bounds`` (its reliability diagram), and
+    ``rank_hist_mean_region``, the rank histogram over those pixels (:func:`rank_histogram`; ``sizes`` as
+    :func:`case_samples` gives them)."""
+    from posterior.metrics import aligned_truth, interval_coverage, posterior_region
 
-    cov = interval_coverage(bounds, truth, shift, region=posterior_region(samples.mean(0)))
+    region = posterior_region(samples.mean(0))
+    cov = interval_coverage(bounds, truth, shift, region=region)
     return {"coverage_mean_region_68": cov["truth_coverage_0.68"],
             "coverage_mean_region_95": cov["truth_coverage_0.95"],
             "coverage_mean_region_pixels": cov["coverage_pixels"],
-            "levels_mean_region": {lv: cov[f"truth_coverage_{lv}"] for lv in bounds}}
+            "levels_mean_region": {lv: cov[f"truth_coverage_{lv}"] for lv in bounds},
+            "rank_hist_mean_region": rank_histogram(samples, sizes, aligned_truth(truth, shift)[0], region)}
 
 
 def jittered_diameter_coverage(d: dict, truth: np.ndarray, jitter: float, seed: int) -> dict:
@@ -373,7 +394,7 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
     return {"loglik_rank": m["truth_loglik_rank"], "loglik_excess": m["truth_loglik_excess"]}
 
 
-ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "levels_mean_region")  # one
+ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "rank_hist_mean_region")  # one
 # key of each score added later (and ring_diameter_jittered_in68 where the case has a ring interval)
 
 
@@ -394,7 +415,7 @@ def with_added_scores(job: dict, res: dict) -> dict:
     bounds = case_intervals(samples, sizes, LEVELS)
     res = (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
            | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
-           | mean_region_coverage(bounds, truth, m["nxcorr_shift_px"], samples))
+           | mean_region_coverage(bounds, truth, m["nxcorr_shift_px"], samples, sizes))
     if ringed:  # the interval as the case's own scores measured it (a rescored case's: the current extractor's)
         from posterior.ring import ring_posterior
 
@@ -468,6 +489,7 @@ def aggregate(cases: list[dict]) -> dict:
            "reliability": {lv: float(np.average([c["levels"][lv] for c in cases], weights=w))
                            for lv in cases[0]["levels"]},
            "rank_hist": np.sum([c["rank_hist"] for c in cases], axis=0).tolist(),
+           **binomial_ranges(ring),
            "median_nxcorr_blur10": float(np.median([c["nxcorr_blur10"] for c in cases])),
            "seconds_per_case": {"median": float(np.median([c["seconds"] for c in cases])),
                                 "max": float(np.max([c["seconds"] for c in cases]))}}
@@ -493,6 +515,8 @@ def aggregate(cases: list[dict]) -> dict:
             out["reliability_mean_region"] = {
                 lv: float(np.average([c["levels_mean_region"][lv] for c in chosen], weights=wc))
                 for lv in chosen[0]["levels_mean_region"]}
+        if all("rank_hist_mean_region" in c for c in chosen):
+            out["rank_hist_mean_region"] = np.sum([c["rank_hist_mean_region"] for c in chosen], axis=0).tolist()
     quant = [c for c in cases if "coverage_quantiles_68" in c]
     if quant:
         wq = np.array([c["coverage_pixels"] for c in quant], dtype=float)
@@ -508,7 +532,53 @@ def aggregate(cases: list[dict]) -> dict:
     fits = [c["fit_seconds"] for c in cases if "fit_seconds" in c]  # the fits' own time, also across a resume
     if fits:
         out["fit_seconds_per_case"] = {"median": float(np.median(fits)), "max": float(np.max(fits))}
+    out["goal"] = goal_verdict(out)
     return out
+
+
+def binomial_ranges(ring: list[dict]) -> dict:
+    """``ring_diameter_coverage_68/95_interval``: the exact (Clopper-Pearson) central 90% range of the rate of
+    which the ring-diameter hits of the cases are draws: its uncertainty from the finite number of truths
+    (beside the pixels' resampling ranges, also 90%)."""
+    from scipy.stats import binomtest
+
+    if not ring:
+        return {}
+    out = {}
+    for lv in ("68", "95"):
+        hits = int(sum(bool(c[f"ring_diameter_in{lv}"]) for c in ring))
+        ci = binomtest(hits, len(ring)).proportion_ci(confidence_level=0.9, method="exact")
+        out[f"ring_diameter_coverage_{lv}_interval"] = [float(ci.low), float(ci.high)]
+    return out
+
+
+def calibrated_pass_chance(n: int, level: float, within: float = GOAL_WITHIN) -> float:
+    """The probability that ``n`` truths, each inside a calibrated ``level`` interval with probability ``level``
+    independently, give a coverage within ``within`` of ``level``: how often the goal's test passes for a
+    posterior that deserves it (the ring diameter's test; a case's pixels are not independent)."""
+    from scipy.stats import binom
+
+    k = np.arange(n + 1)
+    ok = np.abs(k / n - level) <= within + 1e-12
+    return float(binom.pmf(k[ok], n, level).sum())
+
+
+def goal_verdict(r: dict) -> dict:
+    """The calibration goal for one set and array: ``coverage_68/95`` (the truth's source pixels) and
+    ``ring_diameter_coverage_68/95`` each within ``GOAL_WITHIN`` of nominal, on at least ``GOAL_TRUTHS`` truths
+    (``met``). Each check gives its value and whether it is within; the ring's also the chance that a calibrated
+    posterior passes it with this many ring cases (:func:`calibrated_pass_chance`)."""
+    checks = {}
+    for name, key, ncases in (("pixels", "coverage", None), ("ring_diameter", "ring_diameter_coverage", "ring_cases")):
+        for lv in ("68", "95"):
+            value, nominal = r.get(f"{key}_{lv}"), int(lv) / 100
+            check = {"value": value, "nominal": nominal,
+                     "within": value is not None and abs(value - nominal) <= GOAL_WITHIN + 1e-12}
+            if ncases and r.get(ncases):
+                check["calibrated_pass_chance"] = calibrated_pass_chance(r[ncases], nominal)
+            checks[f"{name}_{lv}"] = check
+    return {"n_required": GOAL_TRUTHS, "within": GOAL_WITHIN, "checks": checks,
+            "met": r["n_cases"] >= GOAL_TRUTHS and all(c["within"] for c in checks.values())}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -532,7 +602,11 @@ def plot(result: dict, path: Path) -> None:
                 a.plot([float(x) for x in lv], [r["reliability_mean_region"][x] for x in lv], "s--", ms=3,
                        color=line.get_color(), label=f"{s}, {arr}: the mean's pixels")
             h = np.asarray(r["rank_hist"], dtype=float)
-            b.step(np.linspace(0, 1, len(h) + 1)[:-1], h / h.sum() * len(h), where="post", label=f"{s}, {arr}")
+            step = b.stairs(h / h.sum() * len(h), np.linspace(0, 1, len(h) + 1), label=f"{s}, {arr}")
+            if "rank_hist_mean_region" in r:
+                h = np.asarray(r["rank_hist_mean_region"], dtype=float)
+                b.stairs(h / h.sum() * len(h), np.linspace(0, 1, len(h) + 1), ls="--", color=step.get_edgecolor(),
+                         label=f"{s}, {arr}: the mean's pixels")
             d = np.array([row[1:] for row in r.get("ring_diameters_uas", []) if None not in row], dtype=float)
             if len(d):
                 c.errorbar(d[:, 0], d[:, 1], yerr=[d[:, 1] - d[:, 2], d[:, 3] - d[:, 1]], fmt="o", ms=3, capsize=2,
@@ -545,7 +619,9 @@ def plot(result: dict, path: Path) -> None:
     b.axhline(1.0, color="k", ls=":", lw=0.8)
     b.set_xlabel("rank of the truth among the samples (ensemble: its t CDF, Rubin's rules)")
     b.set_ylabel("density (flat = calibrated)")
-    b.set_title("rank histogram (source pixels)")
+    b.set_title("rank histogram (source pixels; dashed: the mean's)")
+    if b.get_legend_handles_labels()[0]:
+        b.legend(fontsize=7)
     lim = c.get_xlim() + c.get_ylim()
     lo, hi = min(lim), max(lim)
     c.plot([lo, hi], [lo, hi], "k:", lw=0.8)
@@ -743,6 +819,11 @@ def main() -> None:
                   f"  ring diameter 68/95: {r['ring_diameter_coverage_68']}/{r['ring_diameter_coverage_95']}"
                   f" (jittered truth {r.get('ring_diameter_jittered_coverage_68')}"
                   f"/{r.get('ring_diameter_jittered_coverage_95')})")
+            g = r["goal"]
+            missed = [k for k, c in g["checks"].items() if not c["within"]]
+            print(f"{'':16s} {'':22s} goal ({g['n_required']} truths, within {g['within']:.2f}):"
+                  f" {'met' if g['met'] else 'not met'}"
+                  f"{' (outside: ' + ', '.join(missed) + ')' if missed else ''}")
 
 
 if __name__ == "__main__":

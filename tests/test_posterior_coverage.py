@@ -360,7 +360,17 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     assert {k: old[k] for k in by_mean} == pytest.approx(by_mean)
     assert old["levels_mean_region"]["0.68"] == pytest.approx(by_mean["coverage_mean_region_68"])
     assert set(old["levels_mean_region"]) == {str(lv) for lv in cal.LEVELS}  # the mean's pixels' reliability
-    assert set(old) == set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean) | {"levels_mean_region"}
+    # the truth's place in Rubin's t distribution over the mean's pixels, from the fits' moments directly
+    from scipy import stats
+
+    g = stored[:, 0].reshape(3, 8, *truth.shape)[:, :, chosen]
+    mk, wv = g.mean(1), g.var(1, ddof=1).mean(0)
+    tv = wv + (1 + 1 / 3) * mk.var(0, ddof=1)
+    nu = 2 * (1 + wv / ((1 + 1 / 3) * mk.var(0, ddof=1))) ** 2
+    cdf = stats.t.cdf((truth[chosen] - mk.mean(0)) / np.sqrt(tv), nu)
+    assert old["rank_hist_mean_region"] == np.histogram(cdf, bins=cal.RANK_BINS, range=(0, 1))[0].tolist()
+    assert set(old) == (set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean)
+                        | {"levels_mean_region", "rank_hist_mean_region"})
     assert json.loads((folder / "case.json").read_text()) == old
     res = cal.run_case(job | {"rescore": True})
     own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
@@ -416,7 +426,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
                      "coverage_quantiles_68": 0.3, "coverage_quantiles_95": 0.6, "loglik_rank": 1.0,
                      "loglik_excess": 300.0, "coverage_mean_region_68": 0.6, "coverage_mean_region_95": 0.9,
                      "coverage_mean_region_pixels": 40, "ring_diameter_jittered_in68": 0.75,
-                     "levels_mean_region": {"0.68": 0.6, "0.95": 0.9},
+                     "levels_mean_region": {"0.68": 0.6, "0.95": 0.9}, "rank_hist_mean_region": [3, 1],
                      "ring_diameter_jittered_in95": 1.0},
              base | {"case": 1, "coverage_68": 0.8, "coverage_95": 1.0, "coverage_pixels": 30,
                      "coverage_jittered_68": 0.6, "coverage_jittered_95": 1.0,
@@ -426,7 +436,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
                      "coverage_quantiles_68": 0.7, "coverage_quantiles_95": 0.8, "loglik_rank": 0.25,
                      "loglik_excess": -10.0, "coverage_mean_region_68": 0.7, "coverage_mean_region_95": 1.0,
                      "coverage_mean_region_pixels": 60, "ring_diameter_jittered_in68": 0.25,
-                     "levels_mean_region": {"0.68": 0.7, "0.95": 1.0},
+                     "levels_mean_region": {"0.68": 0.7, "0.95": 1.0}, "rank_hist_mean_region": [0, 5],
                      "ring_diameter_jittered_in95": 0.5},
              {"case": 2, "set": "in_distribution", "array": "EHT2017", "error": "diverged", "seconds": 1.0}]
     r = cal.aggregate(cases)
@@ -447,6 +457,28 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     assert r["coverage_mean_region_95"] == pytest.approx((0.9 * 40 + 1.0 * 60) / 100)
     assert r["ring_diameter_jittered_coverage_68"] == 0.5 and r["ring_diameter_jittered_coverage_95"] == 0.75
     assert r["reliability_mean_region"] == {"0.68": pytest.approx(0.66), "0.95": pytest.approx(0.96)}
+    assert r["rank_hist_mean_region"] == [3, 6]
+    # one hit of 2 (68%): Clopper-Pearson 90% range [1 - 0.95^(1/2), 0.95^(1/2)]; two of 2 (95%): [0.05^(1/2), 1]
+    assert r["ring_diameter_coverage_68_interval"] == pytest.approx([1 - 0.95 ** 0.5, 0.95 ** 0.5])
+    assert r["ring_diameter_coverage_95_interval"] == pytest.approx([0.05 ** 0.5, 1.0])
+    g = r["goal"]
+    assert not g["met"] and g["n_required"] == 50  # 2 truths, and pixels 0.725 / 0.975 are within but ring 0.5 is not
+    assert g["checks"]["pixels_68"]["within"] and g["checks"]["pixels_95"]["within"]
+    assert not g["checks"]["ring_diameter_68"]["within"] and g["checks"]["ring_diameter_95"]["within"]
+    # 2 calibrated ring cases: the rate is 0, 0.5 or 1, never within 5 points of 0.68; 2 of 2 hits at 95%: 0.95^2
+    assert g["checks"]["ring_diameter_68"]["calibrated_pass_chance"] == 0.0
+    assert g["checks"]["ring_diameter_95"]["calibrated_pass_chance"] == pytest.approx(0.95 ** 2)
+
+
+def test_calibrated_pass_chance_is_the_binomial_mass_within_five_points():
+    """Against direct enumeration: 50 truths at 68% pass with k in 32..36 (rates 0.64-0.72); many truths
+    almost always pass."""
+    from math import comb
+
+    cal = _calibration_script()
+    direct = sum(comb(50, k) * 0.68 ** k * 0.32 ** (50 - k) for k in range(32, 37))
+    assert cal.calibrated_pass_chance(50, 0.68) == pytest.approx(direct, rel=1e-9)
+    assert cal.calibrated_pass_chance(2000, 0.68) > 0.999
 
 
 @pytest.mark.parametrize("half", [0.5, 1.0, 2.0])
