@@ -116,10 +116,16 @@ def coupling_schedule(cfg: PnPDMConfig) -> list[float]:
     return [cfg.rho_start * ratio**k for k in range(cfg.anneal)] + [cfg.rho_min] * cfg.sweeps
 
 
-def prior_step_counts(cfg: PnPDMConfig, sde) -> list[int]:
+def sweep_times(cfg: PnPDMConfig, sde) -> list[float]:
+    """The diffusion time whose noise std is each sweep's coupling (:func:`coupling_schedule`)."""
+    return [float(noise_time(sde, r)) for r in coupling_schedule(cfg)]
+
+
+def prior_step_counts(cfg: PnPDMConfig, sde, times: list[float] | None = None) -> list[int]:
     """The DDPM steps of each sweep's prior step: ``prior_steps`` from the time of ``rho_start``, and from a
-    later sweep's (smaller) coupling as many of the same geometric size as its span down to ``eps`` holds."""
-    times = [float(noise_time(sde, r)) for r in coupling_schedule(cfg)]
+    later sweep's (smaller) coupling as many of the same geometric size as its span down to ``eps`` holds
+    (``times``: :func:`sweep_times`, computed when not given)."""
+    times = sweep_times(cfg, sde) if times is None else times
     span = math.log(times[0] / sde.eps)
     return [max(1, math.ceil(cfg.prior_steps * math.log(t / sde.eps) / span - 1e-9)) for t in times]
 
@@ -245,8 +251,8 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
         raise InterferoError(f"PnP-DM rho_min {cfg.rho_min:g} must be above 1.5x the prior's smallest noise level"
                              f" {r_eps:.3g} (score-model units)")
     rhos = coupling_schedule(cfg)
-    times = [float(noise_time(sde, r)) for r in rhos]
-    n_steps = prior_step_counts(cfg, sde)  # DDPM steps of the same size at every rho: fewer as rho falls
+    times = sweep_times(cfg, sde)
+    n_steps = prior_step_counts(cfg, sde, times)  # DDPM steps of the same size at every rho: fewer as rho falls
     alphas = [float(sde.coefficients(torch.tensor(t, dtype=torch.float64))[0]) for t in times]
     if math.prod(problem.image_shape) > MAX_PIXELS:
         raise InterferoError(f"pnp-dm's metric is a dense Hessian: images of at most {MAX_PIXELS} pixels, got"
