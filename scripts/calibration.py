@@ -83,7 +83,8 @@ central 90% of the pooled coverage when the cases are resampled (how far the
 finite test set leaves it uncertain); ``ring_diameter_coverage_68/95_interval``: the exact binomial 90%
 range of the ring's hit rate; ``rank_hist_mean_region``: the rank histogram over the mean's pixels.
 ``goal``: the calibration goal (the truth's pixels and the ring diameter, 68% and 95% each within 5 points
-of nominal, on at least 50 truths) checked item by item (``met``); each ring check adds the chance that a
+of nominal, on at least 50 truths) checked item by item (``met``), each check also saying whether the
+nominal rate lies inside its 90% range (``nominal_in_range``); each ring check adds the chance that a
 calibrated posterior passes it with this many truths (at 50 truths 0.55 for the 68% interval: the goal's
 ring test is a coin toss even for an exact posterior).
 """
@@ -566,14 +567,17 @@ def calibrated_pass_chance(n: int, level: float, within: float = GOAL_WITHIN) ->
 def goal_verdict(r: dict) -> dict:
     """The calibration goal for one set and array: ``coverage_68/95`` (the truth's source pixels) and
     ``ring_diameter_coverage_68/95`` each within ``GOAL_WITHIN`` of nominal, on at least ``GOAL_TRUTHS`` truths
-    (``met``). Each check gives its value and whether it is within; the ring's also the chance that a calibrated
-    posterior passes it with this many ring cases (:func:`calibrated_pass_chance`)."""
+    (``met``). Each check gives its value, whether it is within, and whether the nominal rate lies inside its
+    90% range over the finite test set (``nominal_in_range``: the case-resampling range of the pixels, the
+    binomial one of the ring); the ring's also the chance that a calibrated posterior passes it with this many
+    ring cases (:func:`calibrated_pass_chance`)."""
     checks = {}
     for name, key, ncases in (("pixels", "coverage", None), ("ring_diameter", "ring_diameter_coverage", "ring_cases")):
         for lv in ("68", "95"):
-            value, nominal = r.get(f"{key}_{lv}"), int(lv) / 100
+            value, nominal, span = r.get(f"{key}_{lv}"), int(lv) / 100, r.get(f"{key}_{lv}_interval")
             check = {"value": value, "nominal": nominal,
-                     "within": value is not None and abs(value - nominal) <= GOAL_WITHIN + 1e-12}
+                     "within": value is not None and abs(value - nominal) <= GOAL_WITHIN + 1e-12,
+                     "nominal_in_range": span is not None and span[0] <= nominal <= span[1]}
             if ncases and r.get(ncases):
                 check["calibrated_pass_chance"] = calibrated_pass_chance(r[ncases], nominal)
             checks[f"{name}_{lv}"] = check

@@ -465,6 +465,16 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     assert not g["met"] and g["n_required"] == 50  # 2 truths, and pixels 0.725 / 0.975 are within but ring 0.5 is not
     assert g["checks"]["pixels_68"]["within"] and g["checks"]["pixels_95"]["within"]
     assert not g["checks"]["ring_diameter_68"]["within"] and g["checks"]["ring_diameter_95"]["within"]
+    assert g["checks"]["ring_diameter_68"]["nominal_in_range"]  # 1 of 2 says little: 0.68 is inside [0.03, 0.97]
+    assert g["checks"]["pixels_68"]["nominal_in_range"]  # two cases resampled: from 0.5 to 0.8
+    v = cal.goal_verdict({"n_cases": 60, "coverage_68": 0.66, "coverage_68_interval": [0.61, 0.70],
+                          "coverage_95": 0.89, "coverage_95_interval": [0.86, 0.92], "ring_cases": 60,
+                          "ring_diameter_coverage_68": 0.70, "ring_diameter_coverage_68_interval": [0.59, 0.79],
+                          "ring_diameter_coverage_95": 0.95, "ring_diameter_coverage_95_interval": [0.88, 0.98]})
+    assert not v["met"] and [k for k, c in v["checks"].items() if not c["within"]] == ["pixels_95"]
+    assert [k for k, c in v["checks"].items() if not c["nominal_in_range"]] == ["pixels_95"]
+    assert cal.goal_verdict({"n_cases": 60, "coverage_68": 0.66, "coverage_95": 0.93, "ring_cases": 60,
+                             "ring_diameter_coverage_68": 0.70, "ring_diameter_coverage_95": 0.95})["met"]
     # 2 calibrated ring cases: the rate is 0, 0.5 or 1, never within 5 points of 0.68; 2 of 2 hits at 95%: 0.95^2
     assert g["checks"]["ring_diameter_68"]["calibrated_pass_chance"] == 0.0
     assert g["checks"]["ring_diameter_95"]["calibrated_pass_chance"] == pytest.approx(0.95 ** 2)
