@@ -95,7 +95,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                         " start: the flow starts from the blob)")
     p.add_argument("--warm-start-kind", default=d.warm_start, choices=rec.WARM_STARTS,
                    help="what starts the final flow when there is a warm start: map (the MAP image, blurred by"
-                        f" {rec.MAP_BLUR_UAS:g} uas) or flow (a short softplus fit)")
+                        f" {rec.MAP_BLUR_UAS:g} uas), flow (a short softplus fit from the blob) or prior (the same"
+                        " fit from a draw of the score prior, each ensemble fit its own)")
     p.add_argument("--flow-base", default=d.flow_base, choices=rec.FLOW_BASES,
                    help="diagonal: the flow (independent base pixels) is the posterior; laplace: after that fit, a"
                         " final flow whose base is correlated as the data's Hessian at its mean says, with the"

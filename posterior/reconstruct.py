@@ -92,7 +92,8 @@ LAPLACE_STEPS = 300  # default length of the Laplace-based final flow (Reconstru
 WARM_START_STEPS = 50  # default length of the non-negative fit that starts a flow_output="none" fit
 LAPLACE_STARTS = ("pooled", "own")  # ReconstructSettings.laplace_start: where an ensemble's Laplace stages start
 FLOW_BASES = ("diagonal", "laplace")  # ReconstructSettings.flow_base: independent base pixels, or a Laplace stage
-WARM_STARTS = ("map", "flow")  # what starts the final flow (ReconstructSettings.warm_start)
+WARM_STARTS = ("map", "flow", "prior")  # what starts the final flow (ReconstructSettings.warm_start)
+PRIOR_START_STEPS = 200  # reverse-SDE steps of the prior draw that starts a fit with warm_start="prior"
 MAP_ITERATIONS = 200  # L-BFGS iterations of the "map" warm start
 MAP_BLUR_UAS = 10.0  # FWHM of the blur of its MAP image (map_warm_start)
 WARM_START_DIR = "warm-start"  # its checkpoint folder inside the output folder
@@ -336,6 +337,23 @@ def warm_start_steps(s: ReconstructSettings) -> int:
     return min(WARM_START_STEPS, s.steps) if s.flow_output == "none" else 0
 
 
+def prior_draw_start(s: ReconstructSettings, flux: float, prior) -> torch.Tensor:
+    """The image that starts a fit's warm start with ``warm_start="prior"``: one draw of the score prior
+    (reverse SDE, :data:`PRIOR_START_STEPS` steps, seeded by ``s.seed``, so each ensemble member starts at its
+    own draw), negative pixels set to 0 and scaled to ``flux`` Jy; ``(1, npix, npix)`` Jy/pixel.
+
+    Why: from one shared blob the fits of an ensemble tend to settle near one another, so the spread between
+    them (Rubin's between-fit variance) measures the optimiser's noise more than the posterior's width. Starts
+    spread as the prior is, wider than the posterior, are the overdispersed starts that a between-run variance
+    needs to reflect the posterior (Gelman & Rubin 1992)."""
+    g = torch.Generator().manual_seed(int(s.seed))
+    draw = prior.sample(1, steps=PRIOR_START_STEPS, generator=g)[0].clamp_min(0.0)
+    total = float(draw.sum())
+    if not total > 0:
+        raise InterferoError("the prior draw that starts the fit has no positive flux; use --warm-start-kind flow")
+    return (draw * (flux / total)).float()
+
+
 def map_warm_start(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, prior) -> torch.Tensor:
     """The image that starts the final flow with ``warm_start="map"``: the MAP image (:mod:`posterior.map_estimate`:
     L-BFGS over log-pixels from the Gaussian blob, :data:`MAP_ITERATIONS`, the prior's ELBO with draws fixed by
@@ -358,7 +376,8 @@ class PosteriorFit:
 
     final: DPI
     warm: DPI | None = None
-    start: str = "blob"  # where the first identity-output flow started: "blob", "flow" (the warm fit's mean) or "map"
+    start: str = "blob"  # where the first identity-output flow started: "blob", "flow" (the warm fit's mean), "map"
+    # or "prior" (the warm fit's mean from a prior draw, or the draw itself without a warm fit)
     start_seconds: float = 0.0  # of the MAP start
     mode: DPI | None = None
 
@@ -461,14 +480,17 @@ def fit_mode(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, prior
         init, k, start = (None if diag_record else map_warm_start(s, geom, flux, op, prior)), 0, "map"
         map_seconds = time.perf_counter() - t0
     elif k > 0:
-        start = "flow"
+        start = s.warm_start  # flow: from the blob; prior: from a draw of the prior
         ws = replace(s, flow_output="softplus", flow_basis="pixel")  # a short positive fit: only its mean is used
+        first = prior_draw_start(s, flux, prior) if s.warm_start == "prior" else None
         torch.manual_seed(s.seed)
-        warm = DPI(reconstruction_flow(ws, geom, flux), target, _dpi_config(s, k, s.anneal_steps),
+        warm = DPI(reconstruction_flow(ws, geom, flux, first), target, _dpi_config(s, k, s.anneal_steps),
                    out=None if out is None else out / WARM_START_DIR, resume=resume, progress=progress,
                    callback=_staged(callback, 0)).fit()
         torch.manual_seed(s.seed)
         init = warm.sample(256)[0].mean(0)
+    elif s.warm_start == "prior":  # no warm fit: the flow starts at the draw itself (a resumed one: in its checkpoint)
+        init, start = (None if diag_record else prior_draw_start(s, flux, prior)), "prior"
     torch.manual_seed(s.seed)
     diag = DPI(reconstruction_flow(s, geom, flux, init), target,
                _dpi_config(s, diag_steps, 0 if k else s.anneal_steps, 1.0 if laplace else s.alpha),
@@ -529,6 +551,9 @@ def check_settings(s: ReconstructSettings) -> None:
                              " values (use --prior-method elbo)")
     if s.warm_start not in WARM_STARTS:
         raise InterferoError(f"unknown --warm-start-kind {s.warm_start!r} (choose from {', '.join(WARM_STARTS)})")
+    if s.warm_start == "prior" and prior_kind(s.prior).classical:
+        raise InterferoError(f"--warm-start-kind prior starts each fit at a draw of a score prior; --prior {s.prior}"
+                             " has none (use flow or map)")
     if s.samples < 2:
         raise InterferoError(f"--samples must be >= 2, got {s.samples}")
     check_memory(32.0 * s.samples * s.npix**2, f"--samples {s.samples} images of {s.npix}x{s.npix}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -572,6 +573,39 @@ def test_map_warm_start_starts_the_flow_near_the_data():
     with torch.no_grad():
         x = reconstruction_flow(s, geom, flux, start).sample(512)[0]
     assert float((x.mean(0) - start).abs().max()) < 0.02 * float(start.max())  # measured 0.003
+
+
+def test_prior_start_gives_each_member_its_own_draw_of_the_prior(capsys, tmp_path, monkeypatch):
+    """``warm_start="prior"``: each fit's warm start begins at a draw of the prior seeded by the member's seed
+    (non-negative, the flux term's flux), so an ensemble's fits start apart; a classical prior is refused."""
+    import posterior.reconstruct as rec
+
+    monkeypatch.setattr(rec, "PRIOR_START_STEPS", 10)  # a rough draw is enough to start from (200 by default)
+    s = ReconstructSettings(sys_noise=0.01, warm_start="prior")
+    _, geom, op, prior, flux = build_problem(DEMO / "eht2017_crescent_grf.uvfits", s)
+    a, again, b = (rec.prior_draw_start(replace(s, seed=k), flux, prior) for k in (0, 0, 1))
+    assert a.shape == (1, geom.npix, geom.npix) and torch.equal(a, again)
+    assert bool((a >= 0).all()) and float(a.sum()) == pytest.approx(flux, rel=1e-5)
+    assert float((a - b).abs().sum()) > 0.3 * flux  # two draws, not one image: measured 1.0 flux apart
+    starts = []
+    draw = rec.prior_draw_start
+
+    def recording(s, flux, prior):
+        x = draw(s, flux, prior)
+        starts.append((s.seed, x))
+        return x
+
+    monkeypatch.setattr(rec, "prior_draw_start", recording)
+    argv = [a if a != "1" or TINY[i - 1] != "--ensemble" else "2" for i, a in enumerate(TINY)]
+    code, cap = run(capsys, "reconstruct", DEMO / "eht2017_crescent_grf.uvfits", *argv, "--warm-start-kind", "prior",
+                    "--sys-noise", "0.01", "--out", tmp_path / "p")
+    assert code == 0, cap.err
+    assert [seed for seed, _ in starts] == [0, 1] and not torch.equal(starts[0][1], starts[1][1])
+    m = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert m["warm_start"] == "prior"
+    code, cap = run(capsys, "reconstruct", DEMO / "eht2017_crescent_grf.uvfits", *TINY, "--prior", "tv",
+                    "--warm-start-kind", "prior", "--out", tmp_path / "tv")
+    assert code == 2 and "--warm-start-kind prior" in cap.err and not (tmp_path / "tv").exists()
 
 
 def test_an_ensembles_laplace_flows_all_start_at_one_image(grmhd, tmp_path, capsys, monkeypatch):
