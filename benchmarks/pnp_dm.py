@@ -42,7 +42,6 @@ from posterior.reconstruct import ReconstructSettings, build_problem, gaussian_b
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/observations/grmhd_sgra_2017/obs.uvfits"
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
