@@ -13,7 +13,7 @@ median and equal-tailed 68% / 95% intervals:
 - ``peak_diameter_uas``: the image-domain (REx) diameter, twice the mean radius of
   the brightness peak; at an array's resolution the peak sits inside the
   emission ring, and the shape of the prior's radial profiles moves it
-  (docs/results.md: a 42 uas crescent observed like M87 gives 38-39 uas);
+  (docs/results.md: a 42 uas crescent observed like M87 gives 37.5 uas);
 - ``width_uas`` (FWHM), ``x0_uas`` / ``y0_uas`` (centre, east / north of
   the image centre), ``asymmetry`` (``|m1| / m0`` along the ring);
 - ``pa_deg`` (position angle of the brightest side, degrees east of north) is
