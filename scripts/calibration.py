@@ -78,7 +78,8 @@ exact posterior's intervals hold the truth at the nominal rates, where over the 
 of ``coverage_68/95``, they hold it more or less often once the posterior is wide:
 ``posterior.metrics.posterior_region``), and per-case run times (``seconds_per_case``: this run's
 wall clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed
-case keeps). ``coverage_68_interval`` and ``coverage_95_interval``: the
+case keeps; at the start and after each case the script prints how long the cases left take at that median,
+``--jobs`` at a time). ``coverage_68_interval`` and ``coverage_95_interval``: the
 central 90% of the pooled coverage when the cases are resampled (how far the
 finite test set leaves it uncertain); ``ring_diameter_coverage_68/95_interval``: the exact binomial 90%
 range of the ring's hit rate; ``rank_hist_mean_region``: the rank histogram over the mean's pixels.
@@ -104,6 +105,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from interfero.errors import InterferoError, run_script
 from interfero.io import ImageGeometry, atomic_write_text, read_fits_image, write_fits_image, write_uvfits
@@ -537,6 +539,19 @@ def aggregate(cases: list[dict]) -> dict:
     return out
 
 
+def time_left(results: list[dict], n_left: int, jobs: int) -> str:
+    """How long the cases still to run take at the finished cases' median fit time, ``jobs`` at a time (a
+    sizing aid for ``--n`` and ``--jobs``; the first cases of a run give no estimate)."""
+    if not n_left:
+        return "every case finished"
+    fits = [r["fit_seconds"] for r in results if "fit_seconds" in r]
+    if not fits:
+        return f"{n_left} cases to run, {jobs} at a time"
+    med = float(np.median(fits))
+    return (f"{n_left} cases to run, {jobs} at a time: about {n_left * med / jobs / 3600:.1f} h at the finished"
+            f" cases' median fit time of {med:.0f} s")
+
+
 def binomial_ranges(ring: list[dict]) -> dict:
     """``ring_diameter_coverage_68/95_interval``: the exact (Clopper-Pearson) central 90% range of the rate of
     which the ring-diameter hits of the cases are draws: its uncertainty from the finite number of truths
@@ -799,20 +814,26 @@ def main() -> None:
         return out
 
     out = report()
+    print(time_left(results, len(todo), args.jobs), file=sys.stderr, flush=True)
+    bar = tqdm(total=len(todo), desc="calibration cases", unit="case", dynamic_ncols=True)
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
         try:
-            for r in pool.map(run_case, todo):
+            for done, r in enumerate(pool.map(run_case, todo), 1):
                 results.append(r)
                 head = f"{r['set']} {r['array']} case {r['case']}:"
                 if "error" in r:
-                    print(f"{head} refused ({r['error']})", file=sys.stderr, flush=True)
+                    bar.write(f"{head} refused ({r['error']})", file=sys.stderr)
                 else:
-                    print(f"{head} coverage 68/95 {r['coverage_68']:.2f}/{r['coverage_95']:.2f}, diameter in 68%"
-                          f" {r.get('ring_diameter_in68')}, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+                    bar.write(f"{head} coverage 68/95 {r['coverage_68']:.2f}/{r['coverage_95']:.2f}, diameter in"
+                              f" 68% {r.get('ring_diameter_in68')}, {r['seconds']:.0f} s;"
+                              f" {time_left(results, len(todo) - done, args.jobs)}", file=sys.stderr)
+                bar.update()
                 out = report()
         except BaseException:  # a case held by another run, or an interrupt: no case beyond those handed out
             pool.shutdown(cancel_futures=True)
             raise
+        finally:
+            bar.close()
     for s in sets:
         for a, r in out[s].items():
             if not r.get("n_cases"):

@@ -215,6 +215,16 @@ def test_calibration_case_bootstrap_brackets_the_pooled_coverage():
     assert hi - lo == pytest.approx(0.10, abs=0.03)
 
 
+def test_calibration_time_left_uses_the_finished_cases_median_fit_time():
+    cal = _calibration_script()
+    assert cal.time_left([], 0, 2) == "every case finished"
+    assert cal.time_left([{"case": 0}], 10, 2) == "10 cases to run, 2 at a time"  # no fit time yet: no guess
+    done = [{"fit_seconds": 1000.0}, {"fit_seconds": 1800.0}, {"fit_seconds": 1500.0}, {"error": "refused"}]
+    # median 1500 s, 12 cases two at a time: 12 * 1500 / 2 s = 2.5 h
+    assert cal.time_left(done, 12, 2) == ("12 cases to run, 2 at a time: about 2.5 h at the finished cases'"
+                                          " median fit time of 1500 s")
+
+
 def test_calibration_resumes_only_with_the_same_settings(tmp_path):
     cal = _calibration_script()
     settings = {"n": 3, "arrays": "EHT2017", "sets": "in_distribution", "steps": 400, "batch": 16,
