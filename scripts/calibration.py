@@ -109,16 +109,21 @@ from tqdm import tqdm
 
 from interfero.errors import InterferoError, run_script
 from interfero.io import ImageGeometry, atomic_write_text, read_fits_image, write_fits_image, write_uvfits
+from posterior.calibration import (
+    LEVELS,
+    aggregate,
+    case_intervals,
+    jittered_coverage,
+    jittered_diameter_coverage,
+    mean_region_coverage,
+    plot,
+    quantile_coverage,
+    rank_histogram,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GRMHD = ROOT.parent / "shared" / "data" / "observations" / "grmhd_sgra_2017" / "truth.fits"
 GEOM = ImageGeometry(32, 160.0)
-LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.8, 0.9, 0.95)
-RANK_BINS = 20
-LOGLIK_BINS = 10  # of the histogram of the truth's log-likelihood rank over cases
-JITTER_DRAWS = 20  # draws of the prior's jitter added to each truth (coverage_jittered_68/95)
-GOAL_TRUTHS = 50  # the calibration goal: this many truths, 68% and 95% coverage each within GOAL_WITHIN of nominal
-GOAL_WITHIN = 0.05
 SETS = ("in_distribution", "grmhd_like", "prior_draws")
 DEFAULT_SETS = SETS[:2]  # prior_draws is a diagnostic: run it with --sets prior_draws
 DRAW_BATCH = 4  # prior_draws: reverse-SDE draws per batch, batch k seeded by seed + k
@@ -280,25 +285,11 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
         res["ring_diameter_in68"], res["ring_diameter_in95"] = cov["in68"], cov["in95"]
         res["diameter_median_uas"] = d["median"]
         res["diameter_interval68_uas"] = [d["lo68"], d["hi68"]]
-        res |= jittered_diameter_coverage(d, truth, job["jitter"], job["seed"])
+        res |= jittered_diameter_coverage(d, truth, GEOM.fov_uas, job["jitter"], job["seed"])
     res["chi2_samples_median"] = samples_fit(folder, m, samples, sizes)
     return (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
             | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
             | mean_region_coverage(bounds, truth, shift, samples, sizes))
-
-
-def rank_histogram(samples: np.ndarray, sizes: list[int] | None, aligned: np.ndarray,
-                   region: np.ndarray) -> list[int]:
-    """The histogram (``RANK_BINS`` bins over [0, 1]) of the aligned truth's place in each ``region`` pixel's
-    distribution: for an ensemble its t CDF under Rubin's rules, as reconstruct makes its intervals, else the
-    fraction of the samples below it. Flat when the intervals are calibrated over these pixels."""
-    from posterior.summary import combined_cdf, split_fits
-
-    if sizes:
-        ranks = combined_cdf([g[:, region] for g in split_fits(samples, sizes)], aligned[region])
-    else:
-        ranks = (samples[:, region] < aligned[region][None]).mean(0)
-    return np.histogram(ranks, bins=RANK_BINS, range=(0, 1))[0].tolist()
 
 
 def case_samples(folder: Path) -> tuple[np.ndarray, list[int] | None]:
@@ -307,81 +298,6 @@ def case_samples(folder: Path) -> tuple[np.ndarray, list[int] | None]:
 
     with h5py.File(folder / "rec" / "samples.h5", "r") as f:
         return f["samples"][:, 0].astype(float), (f["fit_sizes"][:].tolist() if "fit_sizes" in f else None)
-
-
-def case_intervals(samples: np.ndarray, sizes: list[int] | None, levels) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-pixel intervals at each level as reconstruct makes them: Rubin's rules over an ensemble's fits,
-    else the samples' equal-tailed quantiles."""
-    from posterior.summary import combined_interval, sample_quantiles, split_fits
-
-    if sizes:
-        groups = split_fits(samples, sizes)
-        return {str(lv): combined_interval(groups, lv) for lv in levels}
-    return {str(lv): tuple(sample_quantiles(samples, [0.5 - lv / 2, 0.5 + lv / 2])) for lv in levels}
-
-
-def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jitter: float,
-                      seed: int) -> dict[str, float]:
-    """``coverage_jittered_68/95``: the fraction of the source pixels whose truth plus the prior's own jitter
-    (``JITTER_DRAWS`` draws of ``N(0, jitter^2)`` per pixel, seeded by the case) falls inside the 68% / 95%
-    intervals. The posterior is over images of the prior's density ``p_eps``, the training law smoothed by
-    that jitter, so a calibrated one holds such truths at about the nominal rates (slightly less: the data
-    were simulated from the clean truth) and the clean truth (``coverage_68/95``) more often, by the
-    jitter's share of the interval widths. The two bracket the nominal rate. The ``prior_draws`` truths are
-    draws of ``p_eps`` and carry the jitter already: their jobs add none (``jitter`` 0, the two coverages equal)."""
-    rng = np.random.default_rng(seed)
-    t = aligned[region][None] + jitter * rng.standard_normal((JITTER_DRAWS, int(region.sum())))
-    return {f"coverage_jittered_{name}": float(((t >= bounds[lv][0][region]) & (t <= bounds[lv][1][region])).mean())
-            for name, lv in (("68", "0.68"), ("95", "0.95"))}
-
-
-def mean_region_coverage(bounds: dict, truth: np.ndarray, shift, samples: np.ndarray,
-                         sizes: list[int] | None = None) -> dict:
-    """``coverage_mean_region_68/95``: the coverage over the pixels where the posterior mean is at or above 10%
-    of its peak (``coverage_mean_region_pixels`` of them), chosen from the data rather than the truth
-    (:func:`posterior.metrics.posterior_region`: the rate an exact posterior's intervals hold on average), and
-    ``levels_mean_region``, the same at every level of ``bounds`` (its reliability diagram), and
-    ``rank_hist_mean_region``, the rank histogram over those pixels (:func:`rank_histogram`; ``sizes`` as
-    :func:`case_samples` gives them)."""
-    from posterior.metrics import aligned_truth, interval_coverage, posterior_region
-
-    region = posterior_region(samples.mean(0))
-    cov = interval_coverage(bounds, truth, shift, region=region)
-    return {"coverage_mean_region_68": cov["truth_coverage_0.68"],
-            "coverage_mean_region_95": cov["truth_coverage_0.95"],
-            "coverage_mean_region_pixels": cov["coverage_pixels"],
-            "levels_mean_region": {lv: cov[f"truth_coverage_{lv}"] for lv in bounds},
-            "rank_hist_mean_region": rank_histogram(samples, sizes, aligned_truth(truth, shift)[0], region)}
-
-
-def jittered_diameter_coverage(d: dict, truth: np.ndarray, jitter: float, seed: int) -> dict:
-    """``ring_diameter_jittered_in68/95``: the fraction of ``JITTER_DRAWS`` draws of the truth plus the prior's
-    jitter (as :func:`jittered_coverage`, seeded by the case) whose ring diameter falls inside the case's 68% /
-    95% interval ``d`` (``{"lo68", "hi68", "lo95", "hi95"}``, uas). The samples are images of ``p_eps`` and
-    carry the jitter, which moves the extractor's null on some rings by several uas: the jittered truth is
-    measured as they are. For ``prior_draws`` (no jitter added) it is the clean truth's in / out."""
-    from interfero.features import RingExtractor
-
-    ex = RingExtractor(GEOM.npix, GEOM.fov_uas)
-    rng = np.random.default_rng(seed + 1)  # not the pixels' draws
-    diam = []
-    for _ in range(JITTER_DRAWS if jitter > 0 else 1):
-        try:
-            diam.append(ex(truth + jitter * rng.standard_normal(truth.shape)).null_diameter)
-        except InterferoError:  # no ring in this draw: it counts as outside
-            diam.append(np.nan)
-    diam = np.asarray(diam)
-    return {f"ring_diameter_jittered_in{lv}": float(np.mean((diam >= d[f"lo{lv}"]) & (diam <= d[f"hi{lv}"])))
-            for lv in ("68", "95")}
-
-
-def quantile_coverage(samples: np.ndarray, aligned: np.ndarray, region: np.ndarray) -> dict[str, float]:
-    """``coverage_quantiles_68/95``: the coverage of the source pixels by the equal-tailed quantiles of all the
-    samples pooled, the intervals of the mixture of the fits itself (for an ensemble, reconstruct's intervals
-    are Rubin's t intervals instead, wider when the fits are few: ``coverage_68/95``)."""
-    bounds, t = case_intervals(samples, None, (0.68, 0.95)), aligned[region]
-    return {f"coverage_quantiles_{name}": float(((t >= bounds[lv][0][region]) & (t <= bounds[lv][1][region])).mean())
-            for name, lv in (("68", "0.68"), ("95", "0.95"))}
 
 
 def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | None,
@@ -423,7 +339,7 @@ def with_added_scores(job: dict, res: dict) -> dict:
         from posterior.ring import ring_posterior
 
         res |= jittered_diameter_coverage(ring_posterior(samples, GEOM.fov_uas, sizes)["diameter_uas"], truth,
-                                          job["jitter"], job["seed"])
+                                          GEOM.fov_uas, job["jitter"], job["seed"])
     atomic_write_text(folder / "case.json", json.dumps(res, indent=1))
     return res
 
@@ -459,86 +375,6 @@ def case_fitted_samples(m: dict, samples: np.ndarray, sizes: list[int] | None) -
     return fitted_samples(samples, sizes, [mm.get("shift_px", [0, 0]) for mm in m.get("ensemble_members", [{}])])
 
 
-def case_bootstrap(values: list[float], weights: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
-    """The central 90% range of a pooled coverage when the cases are resampled with replacement: its
-    uncertainty from the finite number of truths (a case's pixels are not independent of each other)."""
-    rng = np.random.default_rng(seed)
-    v = np.asarray(values, dtype=float)
-    idx = rng.integers(0, len(v), size=(draws, len(v)))
-    boot = (v[idx] * weights[idx]).sum(1) / weights[idx].sum(1)
-    return [float(q) for q in np.quantile(boot, [0.05, 0.95])]
-
-
-def aggregate(cases: list[dict]) -> dict:
-    """Pooled coverage of one set and array (refused fits counted in ``n_refused``, not scored)."""
-    refused = [c for c in cases if "error" in c]
-    cases = [c for c in cases if "error" not in c]
-    if not cases:
-        return {"n_cases": 0, "n_refused": len(refused)}
-    w = np.array([c["coverage_pixels"] for c in cases], dtype=float)
-    ring = [c for c in cases if "ring_diameter_in68" in c]
-    out = {"n_cases": len(cases), "n_refused": len(refused),
-           "coverage_68": float(np.average([c["coverage_68"] for c in cases], weights=w)),
-           "coverage_95": float(np.average([c["coverage_95"] for c in cases], weights=w)),
-           "ring_diameter_coverage_68": float(np.mean([c["ring_diameter_in68"] for c in ring])) if ring else None,
-           "ring_diameter_coverage_95": float(np.mean([c["ring_diameter_in95"] for c in ring])) if ring else None,
-           "ring_cases": len(ring),
-           "ring_diameters_uas": [[c["case"], c["true_diameter_uas"], c["diameter_median_uas"],
-                                   *c.get("diameter_interval68_uas", [None, None])] for c in ring],
-           "coverage_jittered_68": float(np.average([c["coverage_jittered_68"] for c in cases], weights=w)),
-           "coverage_jittered_95": float(np.average([c["coverage_jittered_95"] for c in cases], weights=w)),
-           "coverage_68_interval": case_bootstrap([c["coverage_68"] for c in cases], w),
-           "coverage_95_interval": case_bootstrap([c["coverage_95"] for c in cases], w),
-           "reliability": {lv: float(np.average([c["levels"][lv] for c in cases], weights=w))
-                           for lv in cases[0]["levels"]},
-           "rank_hist": np.sum([c["rank_hist"] for c in cases], axis=0).tolist(),
-           **binomial_ranges(ring),
-           "median_nxcorr_blur10": float(np.median([c["nxcorr_blur10"] for c in cases])),
-           "seconds_per_case": {"median": float(np.median([c["seconds"] for c in cases])),
-                                "max": float(np.max([c["seconds"] for c in cases]))}}
-    ranked = [c for c in cases if "loglik_rank" in c]
-    if ranked:  # simulation-based calibration of the data fit: flat histogram, mean 0.5 when calibrated
-        out["loglik_rank_mean"] = float(np.mean([c["loglik_rank"] for c in ranked]))
-        out["loglik_rank_hist"] = np.histogram([c["loglik_rank"] for c in ranked], bins=LOGLIK_BINS,
-                                               range=(0, 1))[0].tolist()
-        out["loglik_excess_median"] = float(np.median([c["loglik_excess"] for c in ranked]))
-    jring = [c for c in cases if "ring_diameter_jittered_in68" in c]
-    if jring:  # the truth plus the prior's jitter, measured as the samples are
-        for lv in ("68", "95"):
-            out[f"ring_diameter_jittered_coverage_{lv}"] = float(np.mean([c[f"ring_diameter_jittered_in{lv}"]
-                                                                          for c in jring]))
-    chosen = [c for c in cases if "coverage_mean_region_68" in c]
-    if chosen:  # pixels chosen from the data: an exact posterior's rate (posterior.metrics.posterior_region)
-        wc = np.array([c["coverage_mean_region_pixels"] for c in chosen], dtype=float)
-        for lv in ("68", "95"):
-            vals = [c[f"coverage_mean_region_{lv}"] for c in chosen]
-            out[f"coverage_mean_region_{lv}"] = float(np.average(vals, weights=wc))
-            out[f"coverage_mean_region_{lv}_interval"] = case_bootstrap(vals, wc)
-        if all("levels_mean_region" in c for c in chosen):
-            out["reliability_mean_region"] = {
-                lv: float(np.average([c["levels_mean_region"][lv] for c in chosen], weights=wc))
-                for lv in chosen[0]["levels_mean_region"]}
-        if all("rank_hist_mean_region" in c for c in chosen):
-            out["rank_hist_mean_region"] = np.sum([c["rank_hist_mean_region"] for c in chosen], axis=0).tolist()
-    quant = [c for c in cases if "coverage_quantiles_68" in c]
-    if quant:
-        wq = np.array([c["coverage_pixels"] for c in quant], dtype=float)
-        for lv in ("68", "95"):
-            out[f"coverage_quantiles_{lv}"] = float(np.average([c[f"coverage_quantiles_{lv}"] for c in quant],
-                                                               weights=wq))
-    fitted = [c for c in cases if "chi2_samples_median" in c]
-    if fitted:  # the posterior samples' own data fit beside their mean's (a posterior predictive check)
-        out["chi2_samples_median"] = {k: float(np.median([c["chi2_samples_median"][k] for c in fitted]))
-                                      for k in fitted[0]["chi2_samples_median"]}
-        out["chi2_mean_median"] = {k: float(np.median([c[f"chi2_{k}"] for c in fitted]))
-                                   for k in fitted[0]["chi2_samples_median"]}
-    fits = [c["fit_seconds"] for c in cases if "fit_seconds" in c]  # the fits' own time, also across a resume
-    if fits:
-        out["fit_seconds_per_case"] = {"median": float(np.median(fits)), "max": float(np.max(fits))}
-    out["goal"] = goal_verdict(out)
-    return out
-
-
 def time_left(results: list[dict], n_left: int, jobs: int) -> str:
     """How long the cases still to run take at the finished cases' median fit time, ``jobs`` at a time (a
     sizing aid for ``--n`` and ``--jobs``; the first cases of a run give no estimate)."""
@@ -550,107 +386,6 @@ def time_left(results: list[dict], n_left: int, jobs: int) -> str:
     med = float(np.median(fits))
     return (f"{n_left} cases to run, {jobs} at a time: about {n_left * med / jobs / 3600:.1f} h at the finished"
             f" cases' median fit time of {med:.0f} s")
-
-
-def binomial_ranges(ring: list[dict]) -> dict:
-    """``ring_diameter_coverage_68/95_interval``: the exact (Clopper-Pearson) central 90% range of the rate of
-    which the ring-diameter hits of the cases are draws: its uncertainty from the finite number of truths
-    (beside the pixels' resampling ranges, also 90%)."""
-    from scipy.stats import binomtest
-
-    if not ring:
-        return {}
-    out = {}
-    for lv in ("68", "95"):
-        hits = int(sum(bool(c[f"ring_diameter_in{lv}"]) for c in ring))
-        ci = binomtest(hits, len(ring)).proportion_ci(confidence_level=0.9, method="exact")
-        out[f"ring_diameter_coverage_{lv}_interval"] = [float(ci.low), float(ci.high)]
-    return out
-
-
-def calibrated_pass_chance(n: int, level: float, within: float = GOAL_WITHIN) -> float:
-    """The probability that ``n`` truths, each inside a calibrated ``level`` interval with probability ``level``
-    independently, give a coverage within ``within`` of ``level``: how often the goal's test passes for a
-    posterior that deserves it (the ring diameter's test; a case's pixels are not independent)."""
-    from scipy.stats import binom
-
-    k = np.arange(n + 1)
-    ok = np.abs(k / n - level) <= within + 1e-12
-    return float(binom.pmf(k[ok], n, level).sum())
-
-
-def goal_verdict(r: dict) -> dict:
-    """The calibration goal for one set and array: ``coverage_68/95`` (the truth's source pixels) and
-    ``ring_diameter_coverage_68/95`` each within ``GOAL_WITHIN`` of nominal, on at least ``GOAL_TRUTHS`` truths
-    (``met``). Each check gives its value, whether it is within, and whether the nominal rate lies inside its
-    90% range over the finite test set (``nominal_in_range``: the case-resampling range of the pixels, the
-    binomial one of the ring); the ring's also the chance that a calibrated posterior passes it with this many
-    ring cases (:func:`calibrated_pass_chance`)."""
-    checks = {}
-    for name, key, ncases in (("pixels", "coverage", None), ("ring_diameter", "ring_diameter_coverage", "ring_cases")):
-        for lv in ("68", "95"):
-            value, nominal, span = r.get(f"{key}_{lv}"), int(lv) / 100, r.get(f"{key}_{lv}_interval")
-            check = {"value": value, "nominal": nominal,
-                     "within": value is not None and abs(value - nominal) <= GOAL_WITHIN + 1e-12,
-                     "nominal_in_range": span is not None and span[0] <= nominal <= span[1]}
-            if ncases and r.get(ncases):
-                check["calibrated_pass_chance"] = calibrated_pass_chance(r[ncases], nominal)
-            checks[f"{name}_{lv}"] = check
-    return {"n_required": GOAL_TRUTHS, "within": GOAL_WITHIN, "checks": checks,
-            "met": r["n_cases"] >= GOAL_TRUTHS and all(c["within"] for c in checks.values())}
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from interfero.plotting import save_figure
-
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.8))
-    a.plot([0, 1], [0, 1], "k:", lw=0.8)
-    for s in SETS:
-        for arr, r in result.get(s, {}).items():
-            if not r.get("n_cases"):
-                continue
-            lv = sorted(r["reliability"], key=float)
-            line = a.plot([float(x) for x in lv], [r["reliability"][x] for x in lv],
-                          "o-", ms=3, label=f"{s}, {arr} (n={r['n_cases']})")[0]
-            if "reliability_mean_region" in r:  # dashed: over the pixels the posterior mean picks
-                a.plot([float(x) for x in lv], [r["reliability_mean_region"][x] for x in lv], "s--", ms=3,
-                       color=line.get_color(), label=f"{s}, {arr}: the mean's pixels")
-            h = np.asarray(r["rank_hist"], dtype=float)
-            step = b.stairs(h / h.sum() * len(h), np.linspace(0, 1, len(h) + 1), label=f"{s}, {arr}")
-            if "rank_hist_mean_region" in r:
-                h = np.asarray(r["rank_hist_mean_region"], dtype=float)
-                b.stairs(h / h.sum() * len(h), np.linspace(0, 1, len(h) + 1), ls="--", color=step.get_edgecolor(),
-                         label=f"{s}, {arr}: the mean's pixels")
-            d = np.array([row[1:] for row in r.get("ring_diameters_uas", []) if None not in row], dtype=float)
-            if len(d):
-                c.errorbar(d[:, 0], d[:, 1], yerr=[d[:, 1] - d[:, 2], d[:, 3] - d[:, 1]], fmt="o", ms=3, capsize=2,
-                           label=f"{s}, {arr}")
-    a.set_xlabel("nominal interval level")
-    a.set_ylabel("fraction of source pixels inside")
-    a.set_title("reliability of the per-pixel intervals")
-    if a.get_legend_handles_labels()[0]:  # no case finished yet: no legend to draw
-        a.legend(fontsize=7)
-    b.axhline(1.0, color="k", ls=":", lw=0.8)
-    b.set_xlabel("rank of the truth among the samples (ensemble: its t CDF, Rubin's rules)")
-    b.set_ylabel("density (flat = calibrated)")
-    b.set_title("rank histogram (source pixels; dashed: the mean's)")
-    if b.get_legend_handles_labels()[0]:
-        b.legend(fontsize=7)
-    lim = c.get_xlim() + c.get_ylim()
-    lo, hi = min(lim), max(lim)
-    c.plot([lo, hi], [lo, hi], "k:", lw=0.8)
-    c.set_xlabel("true ring diameter (visibility null, uas)")
-    c.set_ylabel("posterior median and 68% interval (uas)")
-    c.set_title("ring diameter per case")
-    if c.get_legend_handles_labels()[0]:
-        c.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 def summary(results: list[dict], settings: dict, sets: list[str], arrays: list[str]) -> dict:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import posterior.calibration as calstats
 from interfero.errors import InterferoError
 from posterior.metrics import error_against_std, interval_coverage, nxcorr, posterior_region
 from posterior.summary import summarize
@@ -204,11 +205,10 @@ def _calibration_script():
 
 
 def test_calibration_case_bootstrap_brackets_the_pooled_coverage():
-    cal = _calibration_script()
     # equal cases: no spread; two kinds of case: the 90% range lies within theirs and holds the pooled value
-    assert cal.case_bootstrap([0.7] * 5, np.ones(5)) == [pytest.approx(0.7), pytest.approx(0.7)]
+    assert calstats.case_bootstrap([0.7] * 5, np.ones(5)) == [pytest.approx(0.7), pytest.approx(0.7)]
     values, weights = [0.5, 0.9] * 10, np.array([1.0, 3.0] * 10)
-    lo, hi = cal.case_bootstrap(values, weights)
+    lo, hi = calstats.case_bootstrap(values, weights)
     pooled = np.average(values, weights=weights)  # 0.8
     assert 0.5 < lo < pooled < hi < 0.9
     # about +-1.645 standard errors of the weighted mean over 20 cases (delta method): +-0.05
@@ -350,9 +350,9 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     job = {"case": 0, "array": "EHT2017", "set": "in_distribution", "truth": truth.tolist(), "folder": str(folder),
            "jitter": 1e-4, "seed": 5}
     old = cal.run_case(job)  # finished and not rescored: as it was, with the jittered coverage it predates added
-    bounds = cal.case_intervals(stored[:, 0].astype(float), [8, 8, 8], (0.68, 0.95))
+    bounds = calstats.case_intervals(stored[:, 0].astype(float), [8, 8, 8], (0.68, 0.95))
     region = truth >= 0.1 * truth.max()
-    noisy = truth[region][None] + 1e-4 * np.random.default_rng(5).standard_normal((cal.JITTER_DRAWS, region.sum()))
+    noisy = truth[region][None] + 1e-4 * np.random.default_rng(5).standard_normal((calstats.JITTER_DRAWS, region.sum()))
     jit = {f"coverage_jittered_{k}": np.mean((noisy >= bounds[lv][0][region]) & (noisy <= bounds[lv][1][region]))
            for k, lv in (("68", "0.68"), ("95", "0.95"))}
     pooled = np.quantile(stored[:, 0][:, region], [0.16, 0.84, 0.025, 0.975], axis=0, method="weibull")
@@ -369,7 +369,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     assert {k: old[k] for k in quant} == pytest.approx(quant) and {k: old[k] for k in rank} == pytest.approx(rank)
     assert {k: old[k] for k in by_mean} == pytest.approx(by_mean)
     assert old["levels_mean_region"]["0.68"] == pytest.approx(by_mean["coverage_mean_region_68"])
-    assert set(old["levels_mean_region"]) == {str(lv) for lv in cal.LEVELS}  # the mean's pixels' reliability
+    assert set(old["levels_mean_region"]) == {str(lv) for lv in calstats.LEVELS}  # the mean's pixels' reliability
     # the truth's place in Rubin's t distribution over the mean's pixels, from the fits' moments directly
     from scipy import stats
 
@@ -378,7 +378,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     tv = wv + (1 + 1 / 3) * mk.var(0, ddof=1)
     nu = 2 * (1 + wv / ((1 + 1 / 3) * mk.var(0, ddof=1))) ** 2
     cdf = stats.t.cdf((truth[chosen] - mk.mean(0)) / np.sqrt(tv), nu)
-    assert old["rank_hist_mean_region"] == np.histogram(cdf, bins=cal.RANK_BINS, range=(0, 1))[0].tolist()
+    assert old["rank_hist_mean_region"] == np.histogram(cdf, bins=calstats.RANK_BINS, range=(0, 1))[0].tolist()
     assert set(old) == (set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean)
                         | {"levels_mean_region", "rank_hist_mean_region"})
     assert json.loads((folder / "case.json").read_text()) == old
@@ -394,7 +394,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
 
     jrng = np.random.default_rng(job["seed"] + 1)
     jd = [RingExtractor(32, cal.GEOM.fov_uas)(truth + 1e-4 * jrng.standard_normal(truth.shape)).null_diameter
-          for _ in range(cal.JITTER_DRAWS)]
+          for _ in range(calstats.JITTER_DRAWS)]
     for lv in ("68", "95"):
         expect = np.mean([(ring[f"lo{lv}"] <= x <= ring[f"hi{lv}"]) for x in jd])
         assert res[f"ring_diameter_jittered_in{lv}"] == pytest.approx(expect)
@@ -423,8 +423,7 @@ def test_calibration_refuses_a_case_another_live_run_holds(tmp_path):
     assert not lock.exists()
 
 
-def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters():
-    cal = _calibration_script()
+def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(tmp_path):
     levels = {"0.68": 0.5, "0.95": 0.9}
     base = {"set": "in_distribution", "array": "EHT2017", "levels": levels, "rank_hist": [1, 2], "nxcorr_blur10": 0.9,
             "seconds": 10.0, "fit_seconds": 8.0, "true_diameter_uas": 40.0}
@@ -449,7 +448,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
                      "levels_mean_region": {"0.68": 0.7, "0.95": 1.0}, "rank_hist_mean_region": [0, 5],
                      "ring_diameter_jittered_in95": 0.5},
              {"case": 2, "set": "in_distribution", "array": "EHT2017", "error": "diverged", "seconds": 1.0}]
-    r = cal.aggregate(cases)
+    r = calstats.aggregate(cases)
     assert r["n_cases"] == 2 and r["n_refused"] == 1
     assert r["coverage_68"] == pytest.approx((0.5 * 10 + 0.8 * 30) / 40)
     assert r["coverage_jittered_68"] == pytest.approx((0.4 * 10 + 0.6 * 30) / 40)
@@ -471,19 +470,22 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters()
     # one hit of 2 (68%): Clopper-Pearson 90% range [1 - 0.95^(1/2), 0.95^(1/2)]; two of 2 (95%): [0.05^(1/2), 1]
     assert r["ring_diameter_coverage_68_interval"] == pytest.approx([1 - 0.95 ** 0.5, 0.95 ** 0.5])
     assert r["ring_diameter_coverage_95_interval"] == pytest.approx([0.05 ** 0.5, 1.0])
+    png = tmp_path / "calibration.png"
+    calstats.plot({"settings": {}, "in_distribution": {"EHT2017": r, "EHT2017-JCMT-PV-SPT": {"n_cases": 0}}}, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the figure of the pooled result, empty arrays skipped
     g = r["goal"]
     assert not g["met"] and g["n_required"] == 50  # 2 truths, and pixels 0.725 / 0.975 are within but ring 0.5 is not
     assert g["checks"]["pixels_68"]["within"] and g["checks"]["pixels_95"]["within"]
     assert not g["checks"]["ring_diameter_68"]["within"] and g["checks"]["ring_diameter_95"]["within"]
     assert g["checks"]["ring_diameter_68"]["nominal_in_range"]  # 1 of 2 says little: 0.68 is inside [0.03, 0.97]
     assert g["checks"]["pixels_68"]["nominal_in_range"]  # two cases resampled: from 0.5 to 0.8
-    v = cal.goal_verdict({"n_cases": 60, "coverage_68": 0.66, "coverage_68_interval": [0.61, 0.70],
+    v = calstats.goal_verdict({"n_cases": 60, "coverage_68": 0.66, "coverage_68_interval": [0.61, 0.70],
                           "coverage_95": 0.89, "coverage_95_interval": [0.86, 0.92], "ring_cases": 60,
                           "ring_diameter_coverage_68": 0.70, "ring_diameter_coverage_68_interval": [0.59, 0.79],
                           "ring_diameter_coverage_95": 0.95, "ring_diameter_coverage_95_interval": [0.88, 0.98]})
     assert not v["met"] and [k for k, c in v["checks"].items() if not c["within"]] == ["pixels_95"]
     assert [k for k, c in v["checks"].items() if not c["nominal_in_range"]] == ["pixels_95"]
-    assert cal.goal_verdict({"n_cases": 60, "coverage_68": 0.66, "coverage_95": 0.93, "ring_cases": 60,
+    assert calstats.goal_verdict({"n_cases": 60, "coverage_68": 0.66, "coverage_95": 0.93, "ring_cases": 60,
                              "ring_diameter_coverage_68": 0.70, "ring_diameter_coverage_95": 0.95})["met"]
     # 2 calibrated ring cases: the rate is 0, 0.5 or 1, never within 5 points of 0.68; 2 of 2 hits at 95%: 0.95^2
     assert g["checks"]["ring_diameter_68"]["calibrated_pass_chance"] == 0.0
@@ -495,10 +497,9 @@ def test_calibrated_pass_chance_is_the_binomial_mass_within_five_points():
     almost always pass."""
     from math import comb
 
-    cal = _calibration_script()
     direct = sum(comb(50, k) * 0.68 ** k * 0.32 ** (50 - k) for k in range(32, 37))
-    assert cal.calibrated_pass_chance(50, 0.68) == pytest.approx(direct, rel=1e-9)
-    assert cal.calibrated_pass_chance(2000, 0.68) > 0.999
+    assert calstats.calibrated_pass_chance(50, 0.68) == pytest.approx(direct, rel=1e-9)
+    assert calstats.calibrated_pass_chance(2000, 0.68) > 0.999
 
 
 @pytest.mark.parametrize("half", [0.5, 1.0, 2.0])
@@ -506,11 +507,10 @@ def test_jittered_coverage_matches_the_normal_law(half):
     """Intervals +-half around the truth hold the truth plus N(0, 1) jitter with probability erf(half / sqrt 2)."""
     import math
 
-    cal = _calibration_script()
     truth = np.linspace(0, 1, 100 * 100).reshape(100, 100)
     region = truth >= 0.1
     bounds = {"0.68": (truth - half, truth + half), "0.95": (truth - 2 * half, truth + 2 * half)}
-    cov = cal.jittered_coverage(bounds, truth, region, 1.0, seed=3)
+    cov = calstats.jittered_coverage(bounds, truth, region, 1.0, seed=3)
     assert cov["coverage_jittered_68"] == pytest.approx(math.erf(half / math.sqrt(2)), abs=0.004)
     assert cov["coverage_jittered_95"] == pytest.approx(math.erf(2 * half / math.sqrt(2)), abs=0.004)
 
