@@ -465,6 +465,10 @@ def finished_cases(jobs: list[dict], rescore: bool = False) -> tuple[list[dict],
     return results, todo
 
 
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def main() -> None:
     from posterior.cli import parse_options
     from posterior.flows import BASES
@@ -550,7 +554,7 @@ def main() -> None:
 
     out = report()
     print(time_left(results, len(todo), args.jobs), file=sys.stderr, flush=True)
-    bar = tqdm(total=len(todo), desc="calibration cases", unit="case", dynamic_ncols=True)
+    bar = tqdm(total=len(todo), desc="calibration cases", unit="case", dynamic_ncols=True, disable=not todo)
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
         try:
             for done, r in enumerate(pool.map(run_case, todo), 1):
@@ -576,9 +580,10 @@ def main() -> None:
                 continue
             print(f"{s:16s} {a:22s} n={r['n_cases']:3d} pixels 68/95: {r['coverage_68']:.2f}/{r['coverage_95']:.2f}"
                   f" (mean's region {r['coverage_mean_region_68']:.2f}/{r['coverage_mean_region_95']:.2f})"
-                  f"  ring diameter 68/95: {r['ring_diameter_coverage_68']}/{r['ring_diameter_coverage_95']}"
-                  f" (jittered truth {r.get('ring_diameter_jittered_coverage_68')}"
-                  f"/{r.get('ring_diameter_jittered_coverage_95')})")
+                  f"  ring diameter 68/95: {_rate(r['ring_diameter_coverage_68'])}"
+                  f"/{_rate(r['ring_diameter_coverage_95'])}"
+                  f" (jittered truth {_rate(r.get('ring_diameter_jittered_coverage_68'))}"
+                  f"/{_rate(r.get('ring_diameter_jittered_coverage_95'))})")
             g = r["goal"]
             missed = [k for k, c in g["checks"].items() if not c["within"]]
             print(f"{'':16s} {'':22s} goal ({g['n_required']} truths, within {g['within']:.2f}):"
