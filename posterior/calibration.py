@@ -40,7 +40,6 @@ def rank_histogram(samples: np.ndarray, sizes: list[int] | None, aligned: np.nda
     return np.histogram(ranks, bins=RANK_BINS, range=(0, 1))[0].tolist()
 
 
-
 def case_intervals(samples: np.ndarray, sizes: list[int] | None, levels) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-pixel intervals at each level as reconstruct makes them: Rubin's rules over an ensemble's fits,
     else the samples' equal-tailed quantiles."""
@@ -48,7 +47,6 @@ def case_intervals(samples: np.ndarray, sizes: list[int] | None, levels) -> dict
         groups = split_fits(samples, sizes)
         return {str(lv): combined_interval(groups, lv) for lv in levels}
     return {str(lv): tuple(sample_quantiles(samples, [0.5 - lv / 2, 0.5 + lv / 2])) for lv in levels}
-
 
 
 def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jitter: float,
@@ -66,15 +64,14 @@ def jittered_coverage(bounds: dict, aligned: np.ndarray, region: np.ndarray, jit
             for name, lv in (("68", "0.68"), ("95", "0.95"))}
 
 
-
 def mean_region_coverage(bounds: dict, truth: np.ndarray, shift, samples: np.ndarray,
                          sizes: list[int] | None = None) -> dict:
     """``coverage_mean_region_68/95``: the coverage over the pixels where the posterior mean is at or above 10%
     of its peak (``coverage_mean_region_pixels`` of them), chosen from the data rather than the truth
     (:func:`posterior.metrics.posterior_region`: the rate an exact posterior's intervals hold on average), and
     ``levels_mean_region``, the same at every level of ``bounds`` (its reliability diagram), and
-    ``rank_hist_mean_region``, the rank histogram over those pixels (:func:`rank_histogram`; ``sizes`` as
-    :func:`case_samples` gives them)."""
+    ``rank_hist_mean_region``, the rank histogram over those pixels (:func:`rank_histogram`; ``sizes``: the fits'
+    sample counts, None for one fit)."""
     region = posterior_region(samples.mean(0))
     cov = interval_coverage(bounds, truth, shift, region=region)
     return {"coverage_mean_region_68": cov["truth_coverage_0.68"],
@@ -82,7 +79,6 @@ def mean_region_coverage(bounds: dict, truth: np.ndarray, shift, samples: np.nda
             "coverage_mean_region_pixels": cov["coverage_pixels"],
             "levels_mean_region": {lv: cov[f"truth_coverage_{lv}"] for lv in bounds},
             "rank_hist_mean_region": rank_histogram(samples, sizes, aligned_truth(truth, shift)[0], region)}
-
 
 
 def jittered_diameter_coverage(d: dict, truth: np.ndarray, fov_uas: float, jitter: float, seed: int) -> dict:
@@ -106,7 +102,6 @@ def jittered_diameter_coverage(d: dict, truth: np.ndarray, fov_uas: float, jitte
             for lv in ("68", "95")}
 
 
-
 def quantile_coverage(samples: np.ndarray, aligned: np.ndarray, region: np.ndarray) -> dict[str, float]:
     """``coverage_quantiles_68/95``: the coverage of the source pixels by the equal-tailed quantiles of all the
     samples pooled, the intervals of the mixture of the fits itself (for an ensemble, reconstruct's intervals
@@ -114,7 +109,6 @@ def quantile_coverage(samples: np.ndarray, aligned: np.ndarray, region: np.ndarr
     bounds, t = case_intervals(samples, None, (0.68, 0.95)), aligned[region]
     return {f"coverage_quantiles_{name}": float(((t >= bounds[lv][0][region]) & (t <= bounds[lv][1][region])).mean())
             for name, lv in (("68", "0.68"), ("95", "0.95"))}
-
 
 
 def case_bootstrap(values: list[float], weights: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
@@ -125,7 +119,6 @@ def case_bootstrap(values: list[float], weights: np.ndarray, draws: int = 2000, 
     idx = rng.integers(0, len(v), size=(draws, len(v)))
     boot = (v[idx] * weights[idx]).sum(1) / weights[idx].sum(1)
     return [float(q) for q in np.quantile(boot, [0.05, 0.95])]
-
 
 
 def aggregate(cases: list[dict]) -> dict:
@@ -198,7 +191,6 @@ def aggregate(cases: list[dict]) -> dict:
     return out
 
 
-
 def binomial_ranges(ring: list[dict]) -> dict:
     """``ring_diameter_coverage_68/95_interval``: the exact (Clopper-Pearson) central 90% range of the rate of
     which the ring-diameter hits of the cases are draws: its uncertainty from the finite number of truths
@@ -215,7 +207,6 @@ def binomial_ranges(ring: list[dict]) -> dict:
     return out
 
 
-
 def calibrated_pass_chance(n: int, level: float, within: float = GOAL_WITHIN) -> float:
     """The probability that ``n`` truths, each inside a calibrated ``level`` interval with probability ``level``
     independently, give a coverage within ``within`` of ``level``: how often the goal's test passes for a
@@ -225,7 +216,6 @@ def calibrated_pass_chance(n: int, level: float, within: float = GOAL_WITHIN) ->
     k = np.arange(n + 1)
     ok = np.abs(k / n - level) <= within + 1e-12
     return float(binom.pmf(k[ok], n, level).sum())
-
 
 
 def goal_verdict(r: dict) -> dict:
@@ -247,7 +237,6 @@ def goal_verdict(r: dict) -> dict:
             checks[f"{name}_{lv}"] = check
     return {"n_required": GOAL_TRUTHS, "within": GOAL_WITHIN, "checks": checks,
             "met": r["n_cases"] >= GOAL_TRUTHS and all(c["within"] for c in checks.values())}
-
 
 
 def plot(result: dict, path: Path) -> None:
