@@ -30,24 +30,20 @@ def _check_size(shape) -> int:
 
 
 def data_hessian(operator, x0: torch.Tensor) -> torch.Tensor:
-    """The Gauss-Newton Hessian ``J^T W J`` (``(D, D)``, float64, 1/Jy^2 for images in Jy/pixel) of the
-    operator's negative log-likelihood at the image ``x0`` (``operator.image_shape``): the exact Hessian
-    of the likelihood of data equal to ``x0``'s own prediction, where the residual terms vanish (positive
-    semi-definite; the Fisher information of the data at ``x0``)."""
+    """The Gauss-Newton Hessian ``J^T W J`` (float64, 1/Jy^2 for images in Jy/pixel) of the operator's negative
+    log-likelihood at the image ``x0`` (``D`` pixels in any shape: ``(D, D)``; or a batch of ``B`` images,
+    ``(B, *image_shape)`` with ``B > 1``: ``(B, D, D)``): the exact Hessian of the likelihood of data equal
+    to ``x0``'s own prediction, where the residual terms vanish (positive semi-definite; the Fisher
+    information of the data at ``x0``; ``operator.gauss_newton_hessian``, in closed form for interferometric
+    data)."""
     shape = tuple(operator.image_shape)
-    _check_size(shape)
-    x0 = torch.as_tensor(x0, dtype=torch.float64).reshape(1, *shape).detach()
-    with torch.no_grad():
-        y0 = operator(x0)
-
-    def neg_log_lik(flat: torch.Tensor) -> torch.Tensor:
-        return -operator.log_likelihood(flat.reshape(1, *shape), y0).sum()
-
-    h = torch.autograd.functional.hessian(neg_log_lik, x0.reshape(-1), vectorize=True)
-    h = 0.5 * (h + h.T)
+    d = _check_size(shape)
+    x0 = torch.as_tensor(x0, dtype=torch.float64).detach()
+    single = x0.numel() == d
+    h = operator.gauss_newton_hessian(x0.reshape(-1, *shape))
     if not bool(torch.isfinite(h).all()):
         raise InterferoError("the data's Hessian at the starting image is not finite")
-    return h
+    return h[0] if single else h
 
 
 def prior_hessian(prior, x0: torch.Tensor, prior_std: float, smoothed: bool = True, chunk: int = 128) -> torch.Tensor:

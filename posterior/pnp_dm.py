@@ -268,21 +268,22 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
         zt = ddpm(score, sde, zt, ts, generator=g)
         return tweedie_denoise(score, sde, zt)
 
-    def hessian_z(image_z: torch.Tensor) -> torch.Tensor:
-        """The data's Gauss-Newton Hessian at one image, in score-model units."""
-        return data_hessian(problem.operator, prior.from_z(image_z).double()) * (problem.data_weight * prior.scale**2)
+    def hessian_z(images_z: torch.Tensor) -> torch.Tensor:
+        """The data's Gauss-Newton Hessians at a batch of images, ``(B, D, D)`` in score-model units."""
+        h = data_hessian(problem.operator, prior.from_z(images_z).double()) * (problem.data_weight * prior.scale**2)
+        return h.reshape(images_z.shape[0], h.shape[-1], h.shape[-1])
 
     def metric(v: torch.Tensor, rho: float, renew: bool, cache: dict) -> Metric:
         """``(H + I / rho^2)^-1``: one ``H`` for a linear operator or ``metric="mean"`` (at the chains' mean image),
         else one per chain at its own image; ``H`` is taken anew where ``renew`` (``cache`` keeps it)."""
         if linear or cfg.metric == "mean":
             if "eig" not in cache or (renew and not linear):
-                lam, u = torch.linalg.eigh(hessian_z(v.mean(0)))
+                lam, u = torch.linalg.eigh(hessian_z(v.mean(0, keepdim=True))[0])
                 cache["eig"] = (u, lam.clamp_min(0.0))
             u, lam = cache["eig"]
             return EigenMetric(u, 1.0 / (lam + rho**-2))
         if "h" not in cache or renew:
-            cache["h"] = torch.stack([hessian_z(vi) for vi in v])
+            cache["h"] = hessian_z(v)
         eye = torch.eye(v[0].numel(), dtype=torch.float64)
         chol, info = torch.linalg.cholesky_ex(cache["h"] + eye / rho**2)
         if bool(info.any()):

@@ -9,7 +9,7 @@ import torch
 from interfero.errors import InterferoError
 from interfero.io import ImageGeometry
 from interfero.models import render
-from interfero.operators.base import GaussianNoise
+from interfero.operators.base import GaussianNoise, Operator
 from interfero.operators.closure import InterferometryOperator
 from interfero.operators.image import MatrixOperator
 from posterior.laplace import correlated_base, data_hessian, laplace_precision, laplace_std, prior_hessian
@@ -46,6 +46,24 @@ def test_closure_hessian_is_j_t_w_j_from_finite_differences(small_obs):
         ref += (jac * w) @ jac.T
     assert np.allclose(h, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert np.linalg.eigvalsh(h).min() > -1e-6 * np.abs(h).max()  # Gauss-Newton: positive semi-definite
+
+
+def test_closed_form_hessian_matches_automatic_differentiation(small_obs):
+    """Every data product, product weights and the flux term, on a batch: the interferometric operator's
+    closed-form ``J^T J`` against the generic Hessian by automatic differentiation of its own likelihood."""
+    geom = ImageGeometry(16, 160.0)
+    rng = np.random.default_rng(3)
+    x = torch.tensor(render("crescent", geom, flux=1.5)[None, None] * rng.uniform(0.5, 1.5, (3, 1, 16, 16)))
+    op = InterferometryOperator(small_obs, geom, products=("vis", "amp", "cphase", "logcamp"),
+                                weights={"vis": 0.5, "amp": 2.0, "cphase": 1.5, "logcamp": 0.7}, total_flux=1.5)
+    h = data_hessian(op, x)
+    ref = Operator.gauss_newton_hessian(op, x)
+    assert h.shape == (3, 256, 256)
+    assert torch.allclose(h, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+    assert torch.allclose(data_hessian(op, x[1]), ref[1], rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+    jac = op.whitened_jacobian(x[:1])
+    assert jac.shape == (1, 2 * op.vis_op.n_vis + op.vis_op.n_vis + op.tri_rows.shape[0] + op.quad_rows.shape[0],
+                         256)
 
 
 def test_prior_hessian_of_a_gaussian_prior_is_its_precision():

@@ -175,6 +175,26 @@ class Operator(torch.nn.Module, metaclass=ABCMeta):
         with torch.no_grad():
             return float(self.noise.log_likelihood(y, y).reshape(-1)[0])
 
+    def gauss_newton_hessian(self, x: torch.Tensor) -> torch.Tensor:
+        """The Gauss-Newton Hessian ``J^T W J`` of ``-log p(y | x)`` at each image of ``x`` (``(B, D, D)``,
+        float64, 1/Jy^2 for images in Jy/pixel, ``D`` the pixels): the exact Hessian of the likelihood of data
+        equal to the image's own prediction, where the residual terms vanish (the Fisher information of the
+        data at ``x``). This generic form takes it by automatic differentiation, ``D`` Hessian-vector
+        products per image; operators with a closed-form Jacobian override it."""
+        self.check_image(x)
+        shape = self.image_shape
+        out = []
+        for xi in x.detach().to(torch.float64):
+            with torch.no_grad():
+                y0 = self(xi[None])
+
+            def neg_log_lik(flat: torch.Tensor, y0=y0) -> torch.Tensor:
+                return -self.log_likelihood(flat.reshape(1, *shape), y0).sum()
+
+            h = torch.autograd.functional.hessian(neg_log_lik, xi.reshape(-1), vectorize=True)
+            out.append(0.5 * (h + h.T))
+        return torch.stack(out)
+
     @abstractmethod
     def pseudo_inverse(self, y) -> torch.Tensor:
         """A naive image from measurements, for initialisation and plots."""
