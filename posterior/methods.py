@@ -123,6 +123,16 @@ def method_config(name: str, options: dict | None = None):
     return config_from_options(METHODS[name][0], options)
 
 
+def sample_jitter(name: str, options: dict | None, prior) -> float:
+    """The per-pixel white std (Jy/pixel) by which the prior that method ``name``'s samples are drawn under
+    smooths the score prior's training law: ``rho_min * scale`` for ``pnp-dm`` (its samples are of the
+    posterior under the prior smoothed to the coupling ``rho_min``), the prior's own ``eps_std`` for the others
+    (the density ``p_eps``)."""
+    if name == "pnp-dm":
+        return method_config(name, options).rho_min * float(prior.scale)
+    return float(prior.eps_std)
+
+
 def run_method(name: str, problem: InverseProblem, options: dict | object | None = None,
                progress: bool = False) -> Posterior:
     """Runs method ``name`` on ``problem`` with ``options`` (a dict of settings, or the settings object)."""

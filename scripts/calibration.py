@@ -56,7 +56,9 @@ density ``p_eps`` is the training law smoothed by ``N(0, eps_std^2)`` per
 pixel, 1.2 mJy for the shipped prior, so a calibrated posterior holds such
 truths at about the nominal rates, slightly less as the data come from the
 clean truth, and the clean truth more often: the two bracket the nominal
-rate; the ``prior_draws`` truths carry the jitter, so none is added to them), coverage of the ring
+rate; for ``--method pnp-dm`` the jitter is ``rho_min`` times the prior's scale, the smoothing of the prior
+its samples are drawn under, ``posterior.methods.sample_jitter``; the ``prior_draws`` truths carry the
+prior's own jitter, so only the rest is added to them), coverage of the ring
 diameter's 68% / 95% intervals (truth: the same extractor on the regridded
 truth; ``ring_diameter_jittered_coverage_68/95``: on the truth plus the prior's jitter, as the samples are
 measured), the rank of the truth among the samples per source pixel (a
@@ -431,7 +433,8 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
                              "flow_basis": args.flow_basis,
                              "ensemble": args.ensemble, "rescore": args.rescore,
                              "method": args.method, "method_options": args.method_options,
-                             "jitter": 0.0 if s == "prior_draws" else args.jitter,  # those truths carry it
+                             "jitter": math.sqrt(max(args.jitter**2 - args.eps_std**2, 0.0)) if s == "prior_draws"
+                             else args.jitter,  # those truths carry the prior's own jitter: only the rest is added
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
     return sorted(jobs, key=lambda j: j["case"])  # stable: sets and arrays keep their order within a case
 
@@ -532,11 +535,12 @@ def main() -> None:
     for a in arrays:
         load_array(a)  # one-line error before any work
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    from posterior.methods import sample_jitter
     from priors.pretrained import load_prior, prior_path, training_law
 
     args.prior, args.law = prior_path("default").name, training_law("default")  # recorded: a new default is a new run
     prior = load_prior("default", expect_image_size=GEOM.npix)
-    args.jitter = prior.eps_std
+    args.jitter, args.eps_std = sample_jitter(args.method, args.method_options, prior), prior.eps_std
     jobs = case_jobs({s: truths(s, args.n, args.seed, args.law, prior) for s in sets}, arrays, args)
     settings = {k: getattr(args, k) for k in ("n", "arrays", "sets", "steps", "prior_method", "elbo_draws", "batch",
                                               "lr", "samples", "ensemble", "warm_start", "alpha", "flow_base",

@@ -291,13 +291,17 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
                               warm_start="flow",
                               alpha=1.0, flow_base="diagonal", flow_basis="pixel", laplace_start="pooled", ensemble=1,
                               rescore=False, method="pnp-dm", method_options={"rho_min": "0.02"},
-                              jitter=0.001,
+                              jitter=0.001, eps_std=0.001,
                               out=str(tmp_path))
     sets = {"in_distribution": np.zeros((3, 2, 2)), "grmhd_like": np.ones((3, 2, 2))}
     jobs = cal.case_jobs(sets, ["EHT2017", "EHT2017-SPT"], args)
     # the prior's own draws carry its jitter: none is added to them for coverage_jittered
     draws = cal.case_jobs({"prior_draws": np.zeros((1, 2, 2))}, ["EHT2017"], args)
     assert {j["jitter"] for j in jobs} == {0.001} and draws[0]["jitter"] == 0.0
+    # a method whose prior is smoothed more (pnp-dm's rho_min): the draws get the rest, in quadrature
+    args.jitter = 0.0013
+    draws = cal.case_jobs({"prior_draws": np.zeros((1, 2, 2))}, ["EHT2017"], args)
+    assert draws[0]["jitter"] == pytest.approx(math.sqrt(0.0013**2 - 0.001**2))
     assert [(j["case"], j["set"], j["array"]) for j in jobs[:5]] == [
         (0, "in_distribution", "EHT2017"), (0, "in_distribution", "EHT2017-SPT"),
         (0, "grmhd_like", "EHT2017"), (0, "grmhd_like", "EHT2017-SPT"), (1, "in_distribution", "EHT2017")]
@@ -309,6 +313,17 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
     j = next(j for j in jobs if j["set"] == "grmhd_like" and j["array"] == "EHT2017-SPT" and j["case"] == 2)
     assert j["truth"] == [[1.0, 1.0], [1.0, 1.0]] and j["seed"] == 9
     assert j["folder"] == str(tmp_path / "grmhd_like" / "EHT2017-SPT" / "case_002")
+
+
+def test_sample_jitter_is_the_smoothing_of_the_prior_a_method_samples_under():
+    from posterior.methods import sample_jitter
+    from priors.pretrained import load_prior
+
+    prior = load_prior("default")
+    assert sample_jitter("dpi", {}, prior) == pytest.approx(prior.eps_std)
+    assert sample_jitter("pnp-dm", {}, prior) == pytest.approx(0.02 * prior.scale)  # PnPDMConfig.rho_min
+    assert sample_jitter("pnp-dm", {"rho_min": "0.03"}, prior) == pytest.approx(0.03 * prior.scale)
+    assert prior.eps_std < 0.02 * prior.scale
 
 
 def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, small_obs):
