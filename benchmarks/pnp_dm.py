@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from interfero.io import atomic_write_text  # noqa: E402
 from interfero.operators.base import Operator  # noqa: E402
 from interfero.timing import median_seconds  # noqa: E402
-from posterior.laplace import data_hessian  # noqa: E402
+from posterior.laplace import data_hessian, data_hessians  # noqa: E402
 from posterior.pnp_dm import CholeskyMetric, PnPDMConfig, mala, pnp_dm, prior_step_counts  # noqa: E402
 from posterior.problem import InverseProblem  # noqa: E402
 from posterior.reconstruct import ReconstructSettings, build_problem, gaussian_blob  # noqa: E402
@@ -66,11 +66,11 @@ def main() -> None:
     with torch.no_grad():
         res["network_eval_s"] = median_seconds(lambda: prior.score_model(z, t), args.repeats)
     res["hessian_one_image_s"] = median_seconds(lambda: data_hessian(op, images[0]), args.repeats)
-    res["hessian_all_chains_s"] = median_seconds(lambda: data_hessian(op, images), args.repeats)
+    res["hessian_all_chains_s"] = median_seconds(lambda: data_hessians(op, images), args.repeats)
     res["hessian_autodiff_one_image_s"] = median_seconds(lambda: Operator.gauss_newton_hessian(op, images[:1]),
                                                          args.repeats)
     eye = torch.eye(d, dtype=torch.float64)
-    hz = data_hessian(op, images) * prior.scale**2 + eye / 0.1**2  # at rho = 0.1
+    hz = data_hessians(op, images) * prior.scale**2 + eye / 0.1**2  # at rho = 0.1
     res["cholesky_all_chains_s"] = median_seconds(lambda: torch.linalg.cholesky(hz), args.repeats)
     metric = CholeskyMetric(torch.linalg.cholesky(hz))
 

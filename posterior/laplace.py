@@ -30,20 +30,28 @@ def _check_size(shape) -> int:
 
 
 def data_hessian(operator, x0: torch.Tensor) -> torch.Tensor:
-    """The Gauss-Newton Hessian ``J^T W J`` (float64, 1/Jy^2 for images in Jy/pixel) of the operator's negative
-    log-likelihood at the image ``x0`` (``D`` pixels in any shape: ``(D, D)``; or a batch of ``B`` images,
-    ``(B, *image_shape)`` with ``B > 1``: ``(B, D, D)``): the exact Hessian of the likelihood of data equal
-    to ``x0``'s own prediction, where the residual terms vanish (positive semi-definite; the Fisher
-    information of the data at ``x0``; ``operator.gauss_newton_hessian``, in closed form for interferometric
-    data)."""
+    """The Gauss-Newton Hessian ``J^T W J`` (``(D, D)``, float64, 1/Jy^2 for images in Jy/pixel) of the
+    operator's negative log-likelihood at one image ``x0`` (``D`` pixels in any shape): the exact Hessian of
+    the likelihood of data equal to ``x0``'s own prediction, where the residual terms vanish (positive
+    semi-definite; the Fisher information of the data at ``x0``; ``operator.gauss_newton_hessian``, in
+    closed form for interferometric data). :func:`data_hessians` for a batch."""
+    d = _check_size(tuple(operator.image_shape))
+    x0 = torch.as_tensor(x0)
+    if x0.numel() != d:
+        raise InterferoError(f"data_hessian takes one image of {d} pixels, got {x0.numel()} values"
+                             " (data_hessians for a batch)")
+    return data_hessians(operator, x0)[0]
+
+
+def data_hessians(operator, images: torch.Tensor) -> torch.Tensor:
+    """:func:`data_hessian` at each of a batch of images ``(B, *image_shape)``: ``(B, D, D)``."""
     shape = tuple(operator.image_shape)
-    d = _check_size(shape)
-    x0 = torch.as_tensor(x0, dtype=torch.float64).detach()
-    single = x0.numel() == d
-    h = operator.gauss_newton_hessian(x0.reshape(-1, *shape))
+    _check_size(shape)
+    x = torch.as_tensor(images, dtype=torch.float64).detach().reshape(-1, *shape)
+    h = operator.gauss_newton_hessian(x)
     if not bool(torch.isfinite(h).all()):
-        raise InterferoError("the data's Hessian at the starting image is not finite")
-    return h[0] if single else h
+        raise InterferoError("the data's Hessian at an image is not finite")
+    return h
 
 
 def prior_hessian(prior, x0: torch.Tensor, prior_std: float, smoothed: bool = True, chunk: int = 128) -> torch.Tensor:

@@ -125,12 +125,10 @@ def method_config(name: str, options: dict | None = None):
 
 def sample_jitter(name: str, options: dict | None, prior) -> float:
     """The per-pixel white std (Jy/pixel) by which the prior that method ``name``'s samples are drawn under
-    smooths the score prior's training law: ``rho_min * scale`` for ``pnp-dm`` (its samples are of the
-    posterior under the prior smoothed to the coupling ``rho_min``), the prior's own ``eps_std`` for the others
-    (the density ``p_eps``)."""
-    if name == "pnp-dm":
-        return method_config(name, options).rho_min * float(prior.scale)
-    return float(prior.eps_std)
+    smooths the score prior's training law: the method settings' own ``sample_jitter(prior)`` where they
+    have one (``pnp-dm``: ``rho_min * scale``), else the prior's ``eps_std`` (the density ``p_eps``)."""
+    own = getattr(method_config(name, options), "sample_jitter", None)
+    return float(own(prior)) if own is not None else float(prior.eps_std)
 
 
 def run_method(name: str, problem: InverseProblem, options: dict | object | None = None,

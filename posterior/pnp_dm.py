@@ -10,7 +10,7 @@ conditional:
 
 - **likelihood step**, ``v | x ~ p(y | v) N(v; x, rho^2)``: Metropolis-adjusted Langevin (MALA) steps
   preconditioned by ``(H + I / rho^2)^-1``, ``H`` the data's Gauss-Newton Hessian
-  (:func:`posterior.laplace.data_hessian`; constant for a linear operator, else taken at each chain's own
+  (:func:`posterior.laplace.data_hessians`; constant for a linear operator, else taken at each chain's own
   image, or at the chains' mean with ``metric="mean"``, every sweep while ``rho`` falls). The
   accept/reject step needs only the likelihood and the Gaussian, both exact: the unbounded gradients of
   closure phases near visibility nulls cost a rejected move, never a diverged chain. The step (a fraction
@@ -48,7 +48,7 @@ from interfero.errors import InterferoError
 from interfero.operators import LinearOperator
 from priors.sampling import ddpm, noise_time, time_grid, tweedie_denoise
 
-from .laplace import MAX_PIXELS, data_hessian
+from .laplace import MAX_PIXELS, data_hessians
 from .problem import InverseProblem
 from .runs import check_count, check_finite, check_positive, sampled_posterior
 from .summary import Posterior
@@ -105,6 +105,11 @@ class PnPDMConfig:
             raise InterferoError(f"unknown PnP-DM metric {self.metric!r} (choose from chain, mean)")
         check_count("number of samples", self.n_samples, 2)
         check_count("batch", self.batch)
+
+    def sample_jitter(self, prior) -> float:
+        """The per-pixel white std (Jy/pixel) of the smoothing of the prior's training law that the samples are
+        drawn under: the last coupling ``rho_min`` times the prior's ``scale``."""
+        return self.rho_min * float(prior.scale)
 
 
 def coupling_schedule(cfg: PnPDMConfig) -> list[float]:
@@ -270,8 +275,8 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
 
     def hessian_z(images_z: torch.Tensor) -> torch.Tensor:
         """The data's Gauss-Newton Hessians at a batch of images, ``(B, D, D)`` in score-model units."""
-        h = data_hessian(problem.operator, prior.from_z(images_z).double()) * (problem.data_weight * prior.scale**2)
-        return h.reshape(images_z.shape[0], h.shape[-1], h.shape[-1])
+        return data_hessians(problem.operator, prior.from_z(images_z).double()) * (problem.data_weight
+                                                                                  * prior.scale**2)
 
     def metric(v: torch.Tensor, rho: float, renew: bool, cache: dict) -> Metric:
         """``(H + I / rho^2)^-1``: one ``H`` for a linear operator or ``metric="mean"`` (at the chains' mean image),

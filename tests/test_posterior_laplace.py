@@ -12,7 +12,14 @@ from interfero.models import render
 from interfero.operators.base import GaussianNoise, Operator
 from interfero.operators.closure import InterferometryOperator
 from interfero.operators.image import MatrixOperator
-from posterior.laplace import correlated_base, data_hessian, laplace_precision, laplace_std, prior_hessian
+from posterior.laplace import (
+    correlated_base,
+    data_hessian,
+    data_hessians,
+    laplace_precision,
+    laplace_std,
+    prior_hessian,
+)
 from priors.classical import GaussianPrior, TVPrior
 
 
@@ -56,11 +63,14 @@ def test_closed_form_hessian_matches_automatic_differentiation(small_obs):
     x = torch.tensor(render("crescent", geom, flux=1.5)[None, None] * rng.uniform(0.5, 1.5, (3, 1, 16, 16)))
     op = InterferometryOperator(small_obs, geom, products=("vis", "amp", "cphase", "logcamp"),
                                 weights={"vis": 0.5, "amp": 2.0, "cphase": 1.5, "logcamp": 0.7}, total_flux=1.5)
-    h = data_hessian(op, x)
+    h = data_hessians(op, x)
     ref = Operator.gauss_newton_hessian(op, x)
     assert h.shape == (3, 256, 256)
     assert torch.allclose(h, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
     assert torch.allclose(data_hessian(op, x[1]), ref[1], rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+    assert data_hessians(op, x[:1]).shape == (1, 256, 256)  # a batch of one stays a batch
+    with pytest.raises(InterferoError, match="one image of 256 pixels"):
+        data_hessian(op, x)
     jac = op.whitened_jacobian(x[:1])
     assert jac.shape == (1, 2 * op.vis_op.n_vis + op.vis_op.n_vis + op.tri_rows.shape[0] + op.quad_rows.shape[0],
                          256)

@@ -264,6 +264,10 @@ class InterferometryOperator(Operator):
         self.check_image(x)
         if self.vis_op.method != "dft":
             raise InterferoError("a closed-form Jacobian needs the DFT matrix (method='dft')")
+        return self._whitened_jacobian(x)
+
+    def _whitened_jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`whitened_jacobian` of images already checked."""
         x = x.detach().to(torch.float64)
         n = self.vis_op.n_vis
         m = self.vis_op.const("matrix", x)
@@ -297,7 +301,7 @@ class InterferometryOperator(Operator):
         self.check_image(x)
         out = []
         for i in range(0, x.shape[0], chunk):
-            jac = self.whitened_jacobian(x[i:i + chunk])
+            jac = self._whitened_jacobian(x[i:i + chunk])
             out.append(jac.mT @ jac)
         h = torch.cat(out)
         if self.total_flux is not None:
