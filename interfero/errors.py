@@ -14,9 +14,12 @@ class InterferoError(ValueError):
 
 def run_script(main: Callable[[], object], name: str) -> None:
     """Run a script's ``main()`` as the CLI does: an :class:`InterferoError` becomes
-    ``NAME: error: MESSAGE`` on stderr and exit status 2."""
+    ``NAME: error: MESSAGE`` on stderr and exit status 2; an interrupt one line and status 130."""
     try:
         main()
     except InterferoError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

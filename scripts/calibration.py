@@ -99,6 +99,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -210,6 +211,10 @@ def case_claim(folder: Path):
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _alive(pid: int) -> bool:
@@ -559,6 +564,7 @@ def main() -> None:
     out = report()
     print(time_left(results, len(todo), args.jobs), file=sys.stderr, flush=True)
     bar = tqdm(total=len(todo), desc="calibration cases", unit="case", dynamic_ncols=True, disable=not todo)
+    signal.signal(signal.SIGTERM, _stop)  # a plain `kill` stops the workers as Ctrl-C does
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
         try:
             for done, r in enumerate(pool.map(run_case, todo), 1):
@@ -573,7 +579,9 @@ def main() -> None:
                 bar.update()
                 out = report()
         except BaseException:  # a case held by another run, or an interrupt: no case beyond those handed out
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in mp.active_children():  # the running cases stop too (they resume from their checkpoints)
+                worker.terminate()
             raise
         finally:
             bar.close()

@@ -682,6 +682,45 @@ def test_calibration_refuses_bad_settings_in_one_line(tmp_path, flag):
     assert flag[0] in r.stderr and not (tmp_path / "out").exists() and not (tmp_path / "c.json").exists()
 
 
+def test_calibration_stopped_by_sigterm_stops_its_workers(tmp_path):
+    """A plain ``kill`` of a running calibration ends its worker processes too, in one line, status 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "calibration.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--n", "1", "--jobs", "2", "--json", str(tmp_path / "c.json"),
+                             "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+    def children() -> set[int]:
+        kids = set()
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{proc.pid}\n" in text:
+                kids.add(int(status.parent.name))
+        return kids
+
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "out").rglob("obs.uvfits")) and time.monotonic() < deadline:  # cases running
+        time.sleep(0.5)
+    workers = children()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "calibration: interrupted", err[-2000:]
+    assert len(workers) >= 2
+    time.sleep(1)
+    alive = {pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()}
+    assert not alive, f"workers {alive} still running"
+
+
 def test_calibration_prior_draws_are_the_default_priors_reproducible_draws():
     """The diagnostic set: the default prior's own draws of p_eps, seeded, the same whatever --n, on the
     calibration grid, with fluxes near its training law's range and p_eps's pixel jitter kept."""
