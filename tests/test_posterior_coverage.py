@@ -116,8 +116,8 @@ def test_coverage_aligns_the_truth_by_the_nxcorr_shift():
 def test_truth_moved_by_a_fraction_of_a_pixel_keeps_its_pixel_noise():
     """A posterior half a pixel away from a noisy truth (a smooth ring plus white noise of the posterior's own
     per-pixel std, as a prior's pixel jitter): moved back by a Fourier shift the truth keeps its noise and the
-    intervals hold it at the nominal rates; moved by linear interpolation it would lose a factor sqrt(2) of
-    its noise and sit inside the 68% intervals 84% of the time."""
+    intervals hold it at the nominal rates; moved by linear interpolation (half a pixel along both axes: the
+    mean of four pixels) it would keep half its noise's std and sit inside the 68% intervals 90% of the time."""
     from posterior.metrics import shift_image
 
     def ring(dy, dx, n=32):
