@@ -725,7 +725,8 @@ def test_calibration_stopped_by_sigterm_stops_its_workers(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "calibration.py"
-    proc = subprocess.Popen([sys.executable, str(script), "--n", "1", "--jobs", "2", "--json", str(tmp_path / "c.json"),
+    proc = subprocess.Popen([sys.executable, str(script), "--n", "1", "--jobs", "2", "--sets", "in_distribution",
+                             "--arrays", "EHT2017,EHT2017-JCMT-PV-SPT", "--json", str(tmp_path / "c.json"),
                              "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
@@ -741,7 +742,8 @@ def test_calibration_stopped_by_sigterm_stops_its_workers(tmp_path):
         return kids
 
     deadline = time.monotonic() + 240
-    while not list((tmp_path / "out").rglob("obs.uvfits")) and time.monotonic() < deadline:  # cases running
+    while (not list((tmp_path / "out").rglob("obs.uvfits")) and proc.poll() is None
+           and time.monotonic() < deadline):  # until the cases run
         time.sleep(0.5)
     workers = children()
     proc.send_signal(signal.SIGTERM)
