@@ -52,6 +52,14 @@ def _fourier_shift(a: np.ndarray, shift) -> np.ndarray:
     return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(a), shift)).real
 
 
+def _padded(a: np.ndarray) -> np.ndarray:
+    """``a`` (2-D) centred in a zero field of twice its size (no wrap-around of FFT shifts within one field)."""
+    h, w = a.shape
+    out = np.zeros((2 * h, 2 * w))
+    out[h // 2:h // 2 + h, w // 2:w // 2 + w] = a
+    return out
+
+
 def nxcorr(image: np.ndarray, truth: np.ndarray, shift: bool = True, subpixel: bool = True) -> tuple[float, tuple]:
     """Normalised cross-correlation at the best shift of ``image`` (returned, pixels ``(dy, dx)``).
 
@@ -63,10 +71,7 @@ def nxcorr(image: np.ndarray, truth: np.ndarray, shift: bool = True, subpixel: b
     if not (a.std() > 0 and b.std() > 0):
         raise InterferoError("cannot correlate a constant image")
     h, w = a.shape
-    pa, pb = np.zeros((2 * h, 2 * w)), np.zeros((2 * h, 2 * w))
-    pa[h // 2:h // 2 + h, w // 2:w // 2 + w] = a
-    pb[h // 2:h // 2 + h, w // 2:w // 2 + w] = b
-    za, zb = _normalise(pa), _normalise(pb)
+    za, zb = _normalise(_padded(a)), _normalise(_padded(b))
     n = za.size
     if not shift:
         return float((za * zb).sum() / n), (0.0, 0.0)
@@ -212,9 +217,7 @@ def shift_image(image: np.ndarray, shift_px) -> np.ndarray:
     if dy == round(dy) and dx == round(dx):  # whole pixels: move them exactly
         return ndimage.shift(a, (dy, dx), order=0, mode="constant")
     h, w = a.shape
-    padded = np.zeros((2 * h, 2 * w))
-    padded[h // 2:h // 2 + h, w // 2:w // 2 + w] = a
-    return _fourier_shift(padded, (dy, dx))[h // 2:h // 2 + h, w // 2:w // 2 + w]
+    return _fourier_shift(_padded(a), (dy, dx))[h // 2:h // 2 + h, w // 2:w // 2 + w]
 
 
 def aligned_truth(truth: np.ndarray, shift_px=(0.0, 0.0), region_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
