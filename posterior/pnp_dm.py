@@ -27,14 +27,18 @@ unchanged; ``x``'s is the prior times the likelihood smoothed by ``rho`` in ever
 where the data pin an image more tightly than ``rho`` (interferometry). So each chain returns its last
 ``v``: the samples are of the model's posterior with the prior's pixel jitter ``rho_min * scale`` instead
 of ``std(eps) / alpha(eps) * scale``. ``rho`` falls geometrically from ``rho_start`` (at ``rho ~ 1`` the
-prior step is nearly a fresh prior draw: the chains forget their start) to ``rho_min`` over ``anneal``
-sweeps, then stays there for ``sweeps`` more. At ``rho_min`` a sweep moves an image by about ``rho_min``
-where the data do not pin it, so the spread the chains end with there is set while ``rho`` falls.
+prior step is nearly a fresh prior draw) to ``rho_min`` over ``anneal`` sweeps, then stays there for
+``sweeps`` more. At ``rho_min`` a sweep moves an image by about ``rho_min`` where the data do not pin it, so
+the spread the chains end with there is set while ``rho`` falls.
 
-The start: ``init_steps`` Adam steps (rate ``init_lr``) take each chain's ``v`` from the problem's start
-image (jittered: a symmetric image is a saddle of closure phases) up ``p(y | v) N(v; x, rho_start^2)``.
-Closure data seen from a Gaussian blob sit some 10^6 nats below a fitting image, out of reach of
-Langevin steps; the ascent is only a starting point, the sweeps then sample.
+The start: each chain's first ``x`` is the problem's start image (``start="blob"``) or a draw of the prior
+(``start="prior"``); ``init_steps`` Adam steps (rate ``init_lr``) then take
+its ``v`` from there (jittered: a symmetric image is a saddle of closure phases) up
+``p(y | v) N(v; x, rho_start^2)``. Closure data seen from a Gaussian blob sit some 10^6 nats below a fitting
+image, out of reach of Langevin steps. The ascent is a starting point, but ``v`` moves only by Langevin
+steps afterwards, so where quite different images fit the data (a compact ring seen by EHT 2017 fits about
+as well as one twice its size) a chain stays with the one its ascent found: the start decides which of them
+the chains sample, not the posterior's weights (docs/methods.md, "PnP-DM").
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ from .runs import check_count, check_finite, check_positive, sampled_posterior
 from .summary import Posterior
 
 START_JITTER = 0.02  # white noise on the start before the ascent (score-model units): breaks its symmetry
+STARTS = ("blob", "prior")  # PnPDMConfig.start: each chain starts at the problem's start image or its own prior draw
+PRIOR_START_STEPS = 100  # reverse-SDE steps of a chain's prior-draw start
 TARGET_ACCEPT = 0.57  # MALA's optimal acceptance rate in high dimension (Roberts & Rosenthal 1998)
 
 
@@ -71,7 +77,8 @@ class PnPDMConfig:
     (the ``1 / rho^2`` part follows every sweep);
     init_steps / init_lr: Adam steps (and their rate, score-model units) from the start up the data
     before the first sweep (0: none); n_samples: independent chains (one image each), ``batch`` at a
-    time; seed."""
+    time; seed; start: each chain's first ``x``, the problem's start image (``blob``) or its own draw of the
+    prior (``prior``)."""
 
     rho_start: float = 1.0
     rho_min: float = 0.02
@@ -87,6 +94,7 @@ class PnPDMConfig:
     n_samples: int = 64
     batch: int = 64
     seed: int = 0
+    start: str = "blob"
 
     def validate(self) -> None:
         check_positive("PnP-DM rho_start", self.rho_start)
@@ -101,6 +109,8 @@ class PnPDMConfig:
         check_count("PnP-DM renew", self.renew)
         check_count("PnP-DM init_steps", self.init_steps, 0)
         check_positive("PnP-DM init_lr", self.init_lr)
+        if self.start not in STARTS:
+            raise InterferoError(f"unknown PnP-DM start {self.start!r} (choose from {', '.join(STARTS)})")
         if self.metric not in ("chain", "mean"):
             raise InterferoError(f"unknown PnP-DM metric {self.metric!r} (choose from chain, mean)")
         check_count("number of samples", self.n_samples, 2)
@@ -301,8 +311,15 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
             return ll - ((u - x) ** 2).flatten(1).sum(1) / (2 * rho**2)
         return log_target
 
+    def start(m: int, g: torch.Generator) -> torch.Tensor:
+        """Each chain's first ``x`` (score-model units): the problem's start image, or with ``start="prior"`` a
+        draw of the prior each."""
+        if cfg.start == "blob":
+            return z_init.expand(m, *problem.image_shape).double().clone()
+        return prior.to_z(prior.sample(m, steps=PRIOR_START_STEPS, generator=g)).double()
+
     def draw(m: int, g: torch.Generator) -> torch.Tensor:
-        x = z_init.expand(m, *problem.image_shape).double().clone()
+        x = start(m, g)
         v = x.clone()
         if cfg.init_steps:  # the data's mode near the start (a starting point only: the chains then sample)
             jitter = START_JITTER * torch.randn(v.shape, generator=g, dtype=v.dtype)  # a symmetric start is a

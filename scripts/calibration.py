@@ -41,9 +41,10 @@ each case's results go to ``OUT/<set>/<array>/case_<i>/case.json``, and a
 rerun with the same settings (``OUT/settings.json``, which records the default prior and its law too;
 ``--n`` may grow) skips
 finished cases (resumable; a case another live run holds is refused).
-Cost: a case is one default reconstruction, about 20 minutes of one core; ``--n 50`` over both sets and both
-arrays is 200 cases, about 33 hours with ``--jobs 2`` on 2 cores (size a run with ``--n``, ``--sets`` and
-``--arrays``; the fit settings scale it too, but then it calibrates those settings, not the default).
+Cost: a case is one default reconstruction, about 11 minutes of one core (``--method pnp-dm --samples 32``:
+about 4); ``--n 50`` over both sets and both arrays is 200 cases, about 18 hours with ``--jobs 2`` on 2 cores
+(6 with PnP-DM). Size a run with ``--n``, ``--sets`` and ``--arrays``; the fit settings scale it too, but then
+it calibrates those settings, not the default.
 ``--rescore`` scores the finished cases anew from their saved samples (ring
 features with the current extractor) without refitting. The JSON and
 the PNG are rewritten after every case, so an interrupted run reports the

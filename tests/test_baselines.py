@@ -66,10 +66,11 @@ def test_ald_on_inpainting_samples_the_unobserved_pixels():
     assert _rel(post.mean, mean) < 0.05 and _rel(post.std, std) < 0.10, (_rel(post.mean, mean), _rel(post.std, std))
 
 
-@pytest.mark.parametrize("task", ["denoise", "inpaint"])
-def test_pnp_dm_samples_the_gaussian_posterior_of_the_rho_smoothed_prior(task):
+@pytest.mark.parametrize("task,start", [("denoise", "blob"), ("inpaint", "blob"), ("inpaint", "prior")])
+def test_pnp_dm_samples_the_gaussian_posterior_of_the_rho_smoothed_prior(task, start):
     """Split Gibbs returns the likelihood copy ``v``, whose law is exactly the posterior under the prior
-    convolved with ``N(0, rho_min^2)``: a closed form for a Gaussian prior and a linear operator."""
+    convolved with ``N(0, rho_min^2)``: a closed form for a Gaussian prior and a linear operator, from either
+    start."""
     op, sigma, seed = ((Denoising(SHAPE, GaussianNoise(0.2)), 0.2, 0) if task == "denoise" else
                        (random_inpainting(SHAPE, 0.5, seed=3, noise=GaussianNoise(0.1)), 0.1, 2))
     pb, _, exact_std, gp = _problem(op, sigma, seed=seed)
@@ -77,7 +78,7 @@ def test_pnp_dm_samples_the_gaussian_posterior_of_the_rho_smoothed_prior(task):
     mean, cov = exact_gaussian_posterior(operator_matrix(op, SHAPE), sigma, pb.y.reshape(-1).double().numpy(),
                                          gp.mean.reshape(-1).numpy(), gp.cov.numpy() + rho**2 * np.eye(16))
     std = np.sqrt(np.diag(cov))
-    post = run_method("pnp-dm", pb, {"n_samples": 2048, "batch": 2048, "rho_min": rho})
+    post = run_method("pnp-dm", pb, {"n_samples": 2048, "batch": 2048, "rho_min": rho, "start": start})
     assert _rel(post.mean, mean) < 0.03 and _rel(post.std, std) < 0.05, (_rel(post.mean, mean), _rel(post.std, std))
     assert 0.3 < np.mean(post.diagnostics["acceptance_final"]) < 0.9
     assert np.all(std > exact_std)  # the smoothing widens the posterior: what the check above tells apart
@@ -272,6 +273,7 @@ def test_samples_are_reproducible_from_the_seed(denoise):
     ("pnp-dm", {"rho_min": 2.0, "rho_start": 1.0}, "rho_min"),
     ("pnp-dm", {"prior_steps": 0}, "prior_steps"),
     ("pnp-dm", {"renew": 0}, "renew"),
+    ("pnp-dm", {"start": "map"}, "start"),
 ])
 def test_bad_settings_are_one_line_errors(method, options, match):
     with pytest.raises(InterferoError, match=match):
