@@ -321,7 +321,7 @@ def pnp_dm(problem: InverseProblem, config: PnPDMConfig | None = None, progress:
     def draw(m: int, g: torch.Generator) -> torch.Tensor:
         x = start(m, g)
         v = x.clone()
-        if cfg.init_steps:  # the data's mode near the start (a starting point only: the chains then sample)
+        if cfg.init_steps:  # the data's mode near the start, which the chain then keeps (module docstring)
             jitter = START_JITTER * torch.randn(v.shape, generator=g, dtype=v.dtype)  # a symmetric start is a
             v = ascend(log_target_at(x, rhos[0]), v + jitter, cfg.init_steps, cfg.init_lr)  # saddle of closure phases
         h = torch.full((m,), cfg.step, dtype=torch.float64)

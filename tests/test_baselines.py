@@ -84,6 +84,19 @@ def test_pnp_dm_samples_the_gaussian_posterior_of_the_rho_smoothed_prior(task, s
     assert np.all(std > exact_std)  # the smoothing widens the posterior: what the check above tells apart
 
 
+def test_pnp_dm_prior_start_begins_each_chain_at_its_own_prior_draw(denoise):
+    """With no ascent and one short sweep the chains stay near where they start: all near the start image
+    (``blob``), or spread as the prior (``prior``: per-pixel std that of the Gaussian prior)."""
+    pb, _, _, gp = denoise
+    prior_std = np.sqrt(np.diag(gp.cov.numpy()))
+    opts = {"init_steps": 0, "anneal": 0, "sweeps": 1, "langevin_steps": 1, "rho_min": 0.05, "n_samples": 1024,
+            "batch": 1024}
+    spread = {s: run_method("pnp-dm", pb, opts | {"start": s}).samples.reshape(1024, -1).std(0)
+              for s in ("blob", "prior")}
+    assert np.median(spread["blob"] / prior_std) < 0.3, np.median(spread["blob"] / prior_std)
+    assert abs(np.median(spread["prior"] / prior_std) - 1) < 0.15, np.median(spread["prior"] / prior_std)
+
+
 def test_pnp_dm_prior_steps_keep_one_size_as_rho_falls():
     """``prior_steps`` DDPM steps from rho_start; below it fewer, none longer (in log time) than those at
     rho_start, and not one more than that needs."""
