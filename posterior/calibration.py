@@ -184,6 +184,10 @@ def aggregate(cases: list[dict]) -> dict:
                                       for k in fitted[0]["chi2_samples_median"]}
         out["chi2_mean_median"] = {k: float(np.median([c[f"chi2_{k}"] for c in fitted]))
                                    for k in fitted[0]["chi2_samples_median"]}
+    scaled = [c["median_abs_z"] for c in cases if "median_abs_z" in c]
+    if scaled:  # per case, |mean - truth| / std over the source pixels: 0.67 for calibrated Gaussian intervals
+        out["median_abs_z"] = {"median": float(np.median(scaled)), "min": float(np.min(scaled)),
+                               "max": float(np.max(scaled))}
     fits = [c["fit_seconds"] for c in cases if "fit_seconds" in c]  # the fits' own time, also across a resume
     if fits:
         out["fit_seconds_per_case"] = {"median": float(np.median(fits)), "max": float(np.max(fits))}

@@ -79,8 +79,10 @@ rather than Rubin's t intervals), the coverage over the pixels where the posteri
 peak (``coverage_mean_region_68/95`` with their resampling ranges: pixels chosen from the data, over which an
 exact posterior's intervals hold the truth at the nominal rates, where over the truth's own bright pixels, those
 of ``coverage_68/95``, they hold it more or less often once the posterior is wide:
-``posterior.metrics.posterior_region``), and per-case run times (``seconds_per_case``: this run's
-wall clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed
+``posterior.metrics.posterior_region``), how far the posterior mean is from the truth in units of its std
+(``median_abs_z``: per case the median over the truth's source pixels of ``|mean - truth| / std``, its median,
+min and max over cases; 0.67 for calibrated Gaussian intervals), and per-case run times
+(``seconds_per_case``: this run's wall clock; ``fit_seconds_per_case``: the DPI fits' own time, which a resumed
 case keeps; at the start and after each case the script prints how long the cases left take at that median,
 ``--jobs`` at a time). ``coverage_68_interval`` and ``coverage_95_interval``: the
 central 90% of the pooled coverage when the cases are resampled (how far the
@@ -295,9 +297,23 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
         res["diameter_interval68_uas"] = [d["lo68"], d["hi68"]]
         res |= jittered_diameter_coverage(d, truth, GEOM.fov_uas, job["jitter"], job["seed"])
     res["chi2_samples_median"] = samples_fit(folder, m, samples, sizes)
-    return (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
+    return (res | error_scale(folder, truth, shift)
+            | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
             | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
             | mean_region_coverage(bounds, truth, shift, samples, sizes))
+
+
+def error_scale(folder: Path, truth: np.ndarray, shift) -> dict[str, float]:
+    """``median_abs_z``: the median over the truth's source pixels of ``|mean - truth| / std`` of a case's saved
+    posterior mean and std (:func:`posterior.metrics.error_against_std`, the truth aligned as for coverage):
+    0.67 for calibrated Gaussian intervals, larger for intervals too narrow."""
+    import h5py
+
+    from posterior.metrics import error_against_std
+
+    with h5py.File(folder / "rec" / "samples.h5", "r") as f:
+        mean, std = f["mean"][0].astype(float), f["std"][0].astype(float)
+    return {"median_abs_z": error_against_std(mean, std, truth, shift)["truth_median_abs_z"]}
 
 
 def case_samples(folder: Path) -> tuple[np.ndarray, list[int] | None]:
@@ -321,33 +337,39 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
     return {"loglik_rank": m["truth_loglik_rank"], "loglik_excess": m["truth_loglik_excess"]}
 
 
-ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "rank_hist_mean_region")  # one
-# key of each score added later (and ring_diameter_jittered_in68 where the case has a ring interval)
+ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "rank_hist_mean_region",
+                "median_abs_z")  # one key of each score added later (and ring_diameter_jittered_in68 where the case
+# has a ring interval); the last from the saved mean and std alone, the others from the samples
 
 
 def with_added_scores(job: dict, res: dict) -> dict:
     """A finished case's scores with those added after it was scored (``coverage_jittered_68/95``,
-    ``coverage_quantiles_68/95``, ``loglik_rank``, ``loglik_excess``, ``coverage_mean_region_68/95``), measured on
-    its saved samples and written back to its ``case.json``."""
+    ``coverage_quantiles_68/95``, ``loglik_rank``, ``loglik_excess``, ``coverage_mean_region_68/95``,
+    ``median_abs_z``), measured on its saved samples and written back to its ``case.json``."""
     from posterior.metrics import aligned_truth
 
+    if "error" in res:
+        return res
     ringed = "diameter_median_uas" in res
-    if "error" in res or (all(k in res for k in ADDED_SCORES) and (not ringed or "ring_diameter_jittered_in68" in res)):
+    sampled = all(k in res for k in ADDED_SCORES[:-1]) and (not ringed or "ring_diameter_jittered_in68" in res)
+    if sampled and "median_abs_z" in res:
         return res
     folder = Path(job["folder"])
-    samples, sizes = case_samples(folder)
     m = json.loads((folder / "rec" / "metrics.json").read_text())
     truth = np.asarray(job["truth"])
-    aligned, region = aligned_truth(truth, m["nxcorr_shift_px"])
-    bounds = case_intervals(samples, sizes, LEVELS)
-    res = (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
-           | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
-           | mean_region_coverage(bounds, truth, m["nxcorr_shift_px"], samples, sizes))
-    if ringed:  # the interval as the case's own scores measured it (a rescored case's: the current extractor's)
-        from posterior.ring import ring_posterior
+    res = res | error_scale(folder, truth, m["nxcorr_shift_px"])  # from the saved mean and std alone
+    if not sampled:
+        samples, sizes = case_samples(folder)
+        aligned, region = aligned_truth(truth, m["nxcorr_shift_px"])
+        bounds = case_intervals(samples, sizes, LEVELS)
+        res = (res | jittered_coverage(bounds, aligned, region, job["jitter"], job["seed"])
+               | quantile_coverage(samples, aligned, region) | loglik_rank(folder, m, samples, sizes, truth)
+               | mean_region_coverage(bounds, truth, m["nxcorr_shift_px"], samples, sizes))
+        if ringed:  # the interval as the case's own scores measured it (a rescored case's: the current extractor's)
+            from posterior.ring import ring_posterior
 
-        res |= jittered_diameter_coverage(ring_posterior(samples, GEOM.fov_uas, sizes)["diameter_uas"], truth,
-                                          GEOM.fov_uas, job["jitter"], job["seed"])
+            res |= jittered_diameter_coverage(ring_posterior(samples, GEOM.fov_uas, sizes)["diameter_uas"], truth,
+                                              GEOM.fov_uas, job["jitter"], job["seed"])
     atomic_write_text(folder / "case.json", json.dumps(res, indent=1))
     return res
 

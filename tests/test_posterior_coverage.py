@@ -387,6 +387,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     with h5py.File(folder / "rec" / "samples.h5", "w") as f:
         f["samples"] = stored
         f["fit_sizes"] = [8, 8, 8]
+        f["mean"], f["std"] = stored.mean(0), 2.0 * stored.std(0) + 1e-3  # what reconstruct saved beside them
     write_uvfits(small_obs, folder / "obs.uvfits")
     metrics = {"nxcorr_shift_px": [0, 0], "fit_seconds": 12.0, "truth_coverage_68": 0.7, "truth_coverage_95": 0.9,
                "coverage_pixels": 100, "nxcorr_blur10": 0.99, "chi2_cphase": 1.0, "chi2_logcamp": 1.1,
@@ -427,8 +428,12 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     nu = 2 * (1 + wv / ((1 + 1 / 3) * mk.var(0, ddof=1))) ** 2
     cdf = stats.t.cdf((truth[chosen] - mk.mean(0)) / np.sqrt(tv), nu)
     assert old["rank_hist_mean_region"] == np.histogram(cdf, bins=calstats.RANK_BINS, range=(0, 1))[0].tolist()
+    # |mean - truth| / std of the saved mean and std over the truth's source pixels, their median
+    saved_mean, saved_std = stored[:, 0].mean(0), 2.0 * stored[:, 0].std(0) + 1e-3
+    z = np.median(np.abs(saved_mean[region] - truth[region]) / saved_std[region])
+    assert old["median_abs_z"] == pytest.approx(z, rel=1e-5)
     assert set(old) == (set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean)
-                        | {"levels_mean_region", "rank_hist_mean_region"})
+                        | {"levels_mean_region", "rank_hist_mean_region", "median_abs_z"})
     assert json.loads((folder / "case.json").read_text()) == old
     res = cal.run_case(job | {"rescore": True})
     own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
@@ -450,6 +455,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     assert res["coverage_68"] == pytest.approx(np.mean((truth[region] >= bounds["0.68"][0][region])
                                                        & (truth[region] <= bounds["0.68"][1][region])))
     assert res["coverage_jittered_68"] == pytest.approx(jit["coverage_jittered_68"])
+    assert res["median_abs_z"] == pytest.approx(z, rel=1e-5)
     assert json.loads((folder / "case.json").read_text()) == json.loads(json.dumps(res))
 
 
@@ -484,7 +490,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(t
                      "loglik_excess": 300.0, "coverage_mean_region_68": 0.6, "coverage_mean_region_95": 0.9,
                      "coverage_mean_region_pixels": 40, "ring_diameter_jittered_in68": 0.75,
                      "levels_mean_region": {"0.68": 0.6, "0.95": 0.9}, "rank_hist_mean_region": [3, 1],
-                     "ring_diameter_jittered_in95": 1.0},
+                     "ring_diameter_jittered_in95": 1.0, "median_abs_z": 0.5},
              base | {"case": 1, "coverage_68": 0.8, "coverage_95": 1.0, "coverage_pixels": 30,
                      "coverage_jittered_68": 0.6, "coverage_jittered_95": 1.0,
                      "ring_diameter_in68": False, "ring_diameter_in95": True, "diameter_median_uas": 35.0,
@@ -494,7 +500,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(t
                      "loglik_excess": -10.0, "coverage_mean_region_68": 0.7, "coverage_mean_region_95": 1.0,
                      "coverage_mean_region_pixels": 60, "ring_diameter_jittered_in68": 0.25,
                      "levels_mean_region": {"0.68": 0.7, "0.95": 1.0}, "rank_hist_mean_region": [0, 5],
-                     "ring_diameter_jittered_in95": 0.5},
+                     "ring_diameter_jittered_in95": 0.5, "median_abs_z": 1.5},
              {"case": 2, "set": "in_distribution", "array": "EHT2017", "error": "diverged", "seconds": 1.0}]
     r = calstats.aggregate(cases)
     assert r["n_cases"] == 2 and r["n_refused"] == 1
@@ -515,6 +521,7 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(t
     assert r["ring_diameter_jittered_coverage_68"] == 0.5 and r["ring_diameter_jittered_coverage_95"] == 0.75
     assert r["reliability_mean_region"] == {"0.68": pytest.approx(0.66), "0.95": pytest.approx(0.96)}
     assert r["rank_hist_mean_region"] == [3, 6]
+    assert r["median_abs_z"] == {"median": 1.0, "min": 0.5, "max": 1.5}
     # one hit of 2 (68%): Clopper-Pearson 90% range [1 - 0.95^(1/2), 0.95^(1/2)]; two of 2 (95%): [0.05^(1/2), 1]
     assert r["ring_diameter_coverage_68_interval"] == pytest.approx([1 - 0.95 ** 0.5, 0.95 ** 0.5])
     assert r["ring_diameter_coverage_95_interval"] == pytest.approx([0.05 ** 0.5, 1.0])
