@@ -337,9 +337,10 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
     return {"loglik_rank": m["truth_loglik_rank"], "loglik_excess": m["truth_loglik_excess"]}
 
 
-ADDED_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "rank_hist_mean_region",
-                "median_abs_z")  # one key of each score added later (and ring_diameter_jittered_in68 where the case
-# has a ring interval); the last from the saved mean and std alone, the others from the samples
+SAMPLE_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "rank_hist_mean_region")  # one
+# key of each score added later that is measured on the samples (and ring_diameter_jittered_in68 where the case
+# has a ring interval)
+ADDED_SCORES = (*SAMPLE_SCORES, "median_abs_z")  # and the one from the saved mean and std alone
 
 
 def with_added_scores(job: dict, res: dict) -> dict:
@@ -351,7 +352,7 @@ def with_added_scores(job: dict, res: dict) -> dict:
     if "error" in res:
         return res
     ringed = "diameter_median_uas" in res
-    sampled = all(k in res for k in ADDED_SCORES[:-1]) and (not ringed or "ring_diameter_jittered_in68" in res)
+    sampled = all(k in res for k in SAMPLE_SCORES) and (not ringed or "ring_diameter_jittered_in68" in res)
     if sampled and "median_abs_z" in res:
         return res
     folder = Path(job["folder"])
