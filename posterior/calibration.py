@@ -191,6 +191,13 @@ def aggregate(cases: list[dict]) -> dict:
     fits = [c["fit_seconds"] for c in cases if "fit_seconds" in c]  # the fits' own time, also across a resume
     if fits:
         out["fit_seconds_per_case"] = {"median": float(np.median(fits)), "max": float(np.max(fits))}
+    by_device: dict[str, list[float]] = {}
+    for c in cases:
+        if "fit_seconds" in c:
+            by_device.setdefault(c.get("device", "cpu"), []).append(c["fit_seconds"])
+    if len(by_device) > 1:  # cases fitted on a GPU and on the CPU: each device's own time
+        out["fit_seconds_by_device"] = {d: {"n_cases": len(t), "median": float(np.median(t))}
+                                        for d, t in sorted(by_device.items())}
     out["goal"] = goal_verdict(out)
     return out
 

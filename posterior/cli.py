@@ -123,6 +123,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="steps of linear data-weight annealing of the first fit (0 = off)")
     p.add_argument("--seed", type=seed, default=d.seed)
     p.add_argument("--threads", type=count(), help="torch CPU threads")
+    p.add_argument("--device", default=d.device,
+                   help="where the DPI fits' steps run: cpu (default), cuda or cuda:N (a GPU; the samples differ"
+                        " from a CPU run's by their random draws, not in law)")
     p.add_argument("--max-chi2", type=positive(), default=d.max_chi2,
                    help="refuse (write nothing but checkpoints) a fit whose reduced chi^2 on any data product is"
                         " above this")
@@ -261,7 +264,7 @@ def _reconstruct(args) -> None:
         warm_start=args.warm_start_kind,
         seed=args.seed,
         allow_fov_mismatch=args.allow_fov_mismatch, threads=args.threads, method=args.method, max_chi2=args.max_chi2,
-        method_options=parse_options(args.opt),
+        method_options=parse_options(args.opt), device=args.device,
     )
     obs = args.obs[0] if len(args.obs) == 1 else args.obs
     m = rec.reconstruct(obs, args.out, s, truth=args.truth, resume=args.resume, progress=not args.quiet,

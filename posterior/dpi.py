@@ -185,6 +185,11 @@ class DPI:
             return self.lr_scale
         return self.lr_scale * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, self.cfg.steps) / self.cfg.steps)))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the flow is, and so where the fit's steps run (the target must be there too)."""
+        return next(self.flow.parameters()).device
+
     # -- divergence recovery ---------------------------------------------------------------------------------
     def _snapshot(self) -> None:
         """Keeps the current flow and optimizer state in memory (the state a rollback returns to)."""
@@ -218,6 +223,9 @@ class DPI:
         opt_tensors, opt_meta = optimizer_tensors(self.opt)
         tensors = {f"flow.{k}": v for k, v in self.flow.state_dict().items()} | opt_tensors
         tensors["rng"] = torch.get_rng_state()
+        device = self.device
+        if device.type == "cuda":  # the flow draws its samples from the GPU's generator
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(device)
         name = f"{CHECKPOINT}-{self.step:08d}.safetensors"
         save_tensors(tensors, self.out / name)
         record = {"file": name, "sha256": file_sha256(self.out / name), "step": self.step,
@@ -242,6 +250,8 @@ class DPI:
                    str(self.out / record["file"]))
         load_optimizer(self.opt, tensors, record["optimizer"])
         torch.set_rng_state(tensors["rng"])
+        if "rng_cuda" in tensors and self.device.type == "cuda":  # a fit checkpointed on a GPU, resumed on one
+            torch.cuda.set_rng_state(tensors["rng_cuda"], self.device)
         self.step = int(record["step"])
         self.history = record.get("history", [])
         self.skipped = int(record.get("skipped", 0))

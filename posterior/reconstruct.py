@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -141,6 +142,7 @@ class ReconstructSettings:
     seed: int = 0
     allow_fov_mismatch: bool = False
     threads: int | None = None
+    device: str = "cpu"  # where the DPI fits' steps run: cpu, cuda, cuda:N (check_device)
     method: str = "dpi"  # dpi (the flow fit below) or a baseline of posterior.methods (dps, ald, pnp-dm, ...)
     max_chi2: float = 1000.0  # a fit whose reduced chi^2 of any product exceeds this is refused
     method_options: dict = field(default_factory=dict)  # the baseline's settings (posterior.methods), by name
@@ -278,15 +280,47 @@ def reconstruction_flow(s: ReconstructSettings, geom: ImageGeometry, flux: float
     pixel scale ``flux / npix^2`` Jy. With ``base = (V, log_gain, std)`` (:func:`laplace_base`) its base is
     correlated (in pixels) and starts with spread ``std`` Jy per pixel; else diagonal with spread
     :data:`INIT_SPREAD`, over ``flow_basis`` (pixels or orthonormal DCT coefficients)."""
-    if init is None:
-        init = gaussian_blob(geom, flux, s.init_fwhm_uas)
+    init = gaussian_blob(geom, flux, s.init_fwhm_uas) if init is None else init.detach().cpu()
     scale = flux / s.npix**2
     spread = INIT_SPREAD if base is None else base[2] / scale
     return build_flow((1, s.npix, s.npix), kind=s.flow_kind, layout=s.flow_layout, blocks=s.flow_blocks,
                       hidden=s.flow_hidden,
                       output=s.flow_output, coupling_scale=s.flow_coupling, scale=scale, init=init,
                       init_spread=spread, seed=s.seed, base=None if base is None else base[:2],
-                      basis=s.flow_basis if base is None else "pixel")
+                      basis=s.flow_basis if base is None else "pixel").to(s.device)
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:N``), or a one-line error when torch does not know it,
+    this machine has no such device, or it is another kind (Apple's MPS has no float64, which the operator's
+    constants are kept in)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InterferoError(f"unknown --device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InterferoError(f"--device {name}: this machine has no CUDA GPU that torch can use (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InterferoError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu":
+        raise InterferoError(f"unsupported --device {name!r} (use cpu, cuda or cuda:N)")
+    return device
+
+
+@contextmanager
+def on_cpu(*modules: torch.nn.Module):
+    """Runs the block with ``modules`` (the operator, the prior) on the CPU and puts them back where they were:
+    the one-off computations between a GPU fit's stages (a prior draw, the MAP start, the Laplace Hessian)
+    run on the CPU as they do in a CPU run."""
+    where = [next(iter(m.buffers()), next(iter(m.parameters()), torch.empty(0))).device for m in modules]
+    for m in modules:
+        m.cpu()
+    try:
+        yield
+    finally:
+        for m, device in zip(modules, where):
+            m.to(device)
 
 
 def white_scale(s: ReconstructSettings, prior, flux: float) -> float:
@@ -318,7 +352,9 @@ def laplace_base(s: ReconstructSettings, flux: float, op, prior, x0: torch.Tenso
         vecs = torch.zeros(s.npix**2, rank)
         vecs[:rank, :rank] = torch.eye(rank)
         return vecs, torch.zeros(rank), std
-    vecs, log_gain = correlated_base(laplace_precision(op, prior, x0, std, smoothed=is_smoothed(prior)), std)
+    with on_cpu(op, prior):
+        vecs, log_gain = correlated_base(laplace_precision(op, prior, x0.detach().cpu(), std,
+                                                           smoothed=is_smoothed(prior)), std)
     return vecs.float(), log_gain.float(), std
 
 
@@ -347,7 +383,8 @@ def prior_draw_start(s: ReconstructSettings, flux: float, prior) -> torch.Tensor
     spread as the prior is, wider than the posterior, are the overdispersed starts that a between-run variance
     needs to reflect the posterior (Gelman & Rubin 1992)."""
     g = torch.Generator().manual_seed(int(s.seed))
-    draw = prior.sample(1, steps=PRIOR_START_STEPS, generator=g)[0].clamp_min(0.0)
+    with on_cpu(prior):  # the same draw whatever the fit's device
+        draw = prior.sample(1, steps=PRIOR_START_STEPS, generator=g)[0].clamp_min(0.0)
     total = float(draw.sum())
     if not total > 0:
         raise InterferoError("the prior draw that starts the fit has no positive flux; use --warm-start-kind flow")
@@ -362,8 +399,9 @@ def map_warm_start(s: ReconstructSettings, geom: ImageGeometry, flux: float, op,
     Why blurred: the MAP of a fixed-draw ELBO fits the data with isolated bright pixels the draws happen to
     tolerate; the flow would keep them. Blurred, it keeps the source's size, shape and position, which is what
     the flow cannot find in 1000 steps from the blob on some sources (it stalls in striped images at chi^2 3-20)."""
-    problem = InverseProblem(op, op.data, prior, init=gaussian_blob(geom, flux, s.init_fwhm_uas)[None])
-    x = map_estimate(problem, MAPConfig(iterations=MAP_ITERATIONS, seed=s.seed, transform="log")).mean
+    with on_cpu(op, prior):
+        problem = InverseProblem(op, op.data, prior, init=gaussian_blob(geom, flux, s.init_fwhm_uas)[None])
+        x = map_estimate(problem, MAPConfig(iterations=MAP_ITERATIONS, seed=s.seed, transform="log")).mean
     x = blur_circular(np.asarray(x, dtype=np.float64).reshape(s.npix, s.npix), MAP_BLUR_UAS, geom.psize_uas)
     return torch.tensor(x, dtype=torch.float32)[None]
 
@@ -502,7 +540,7 @@ def mode_mean(mode: PosteriorFit, seed: int) -> torch.Tensor:
     """The mean image of :func:`fit_mode`'s flow (256 samples, seeded by ``seed``), where a Laplace stage of
     that fit alone starts; ``(1, npix, npix)`` Jy/pixel."""
     torch.manual_seed(seed)
-    return mode.final.sample(256)[0].mean(0).detach()
+    return mode.final.sample(256)[0].mean(0).detach().cpu()
 
 
 def fit_laplace(s: ReconstructSettings, geom: ImageGeometry, flux: float, op, prior, mode: PosteriorFit,
@@ -571,6 +609,8 @@ def check_settings(s: ReconstructSettings) -> None:
     if s.ensemble < 1 or (s.ensemble > 1 and s.method != "dpi"):
         raise InterferoError(f"--ensemble must be >= 1 and is for --method dpi only, got {s.ensemble} with"
                              f" --method {s.method}")
+    if check_device(s.device).type != "cpu" and s.method != "dpi":
+        raise InterferoError(f"--device {s.device} is for --method dpi only; --method {s.method} runs on the CPU")
     if s.samples < 2 * s.ensemble:
         raise InterferoError(f"--samples {s.samples} is too few for --ensemble {s.ensemble}: each member needs 2")
 
@@ -693,7 +733,8 @@ def pooled_laplace_start(s: ReconstructSettings, modes: list[PosteriorFit], op) 
     members' Laplace-based flows differ by that offset, and Rubin's rules count it as posterior spread on
     top of each flow's own (docs/posterior.md, "Correlated base")."""
     means = [mode_mean(m, s.seed + k).numpy() for k, m in enumerate(modes)]
-    shifts = member_shifts(means, *member_alignment(op))
+    with on_cpu(op):
+        shifts = member_shifts(means, *member_alignment(op))
     moved = [np.roll(m, (-sh[0], -sh[1]), axis=(-2, -1)) for m, sh in zip(means, shifts)]
     return torch.tensor(np.mean(moved, 0), dtype=torch.float32)
 
@@ -706,12 +747,32 @@ def fit_bound(history: list[dict], steps: int, last: float = 0.2) -> float | Non
     return float(np.mean(losses)) if losses else None
 
 
+def member_settings(s: ReconstructSettings) -> list[ReconstructSettings]:
+    """Each ensemble member's settings: seed ``s.seed + k`` and its share of the ``s.samples`` samples."""
+    return [replace(s, seed=s.seed + k, samples=s.samples // s.ensemble + (k < s.samples % s.ensemble))
+            for k in range(s.ensemble)]
+
+
 def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
-    """DPI, one flow or an ensemble of ``s.ensemble`` independently seeded flows (pooled)."""
-    posts, fits, members, sample_fits = [], [], [], []
+    """DPI, one flow or an ensemble of ``s.ensemble`` independently seeded flows (pooled); the fits' steps run
+    on ``s.device`` (the operator, its data and the prior are moved there for them and back to the CPU after)."""
+    device = check_device(s.device)
+    op.to(device)
+    prior.to(device)
+    try:
+        fits, posts = _fit_flows(s, geom, flux, op, prior, out, resume, progress)
+    finally:
+        op.cpu()
+        prior.cpu()
+    return _pooled_dpi(s, op, fits, posts)
+
+
+def _fit_flows(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool,
+               progress: bool) -> tuple[list[PosteriorFit], list[Posterior]]:
+    """The flow fits of :func:`_fit_dpi`, one per ensemble member, and each one's posterior samples."""
+    posts, fits = [], []
     folders = fit_folders(out, s.ensemble)
-    settings = [replace(s, seed=s.seed + k, samples=s.samples // s.ensemble + (k < s.samples % s.ensemble))
-                for k in range(s.ensemble)]
+    settings = member_settings(s)
 
     def say(line: str) -> None:
         if progress and s.ensemble > 1:
@@ -733,6 +794,13 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
             say(f"ensemble member {k + 1} of {s.ensemble} (seed {sk.seed})")
             fits.append(fit_posterior(sk, geom, flux, op, prior, out=folder, resume=resume, progress=progress))
             posts.append(fits[-1].final.posterior())
+    return fits, posts
+
+
+def _pooled_dpi(s: ReconstructSettings, op, fits: list[PosteriorFit], posts: list[Posterior]):
+    """The ensemble's pooled posterior and what to record of the run, from :func:`_fit_flows`'s fits."""
+    settings = member_settings(s)
+    members, sample_fits = [], []
     for sk, fit, post in zip(settings, fits, posts):
         sample_fits.append(sample_chi2(op, post.samples))  # before any alignment move (pool_components)
         members.append({"seed": sk.seed, "n_samples": sk.samples, "steps": fit.diagonal_fit.step,
@@ -755,7 +823,7 @@ def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, re
     run_info = {"steps": first.diagonal_fit.step, "laplace_steps": first.laplace_steps, "warm_start": first.start,
                 "warm_start_steps": first.warm_steps,
                 "skipped_steps": sum(f.skipped for f in fits), "rollbacks": sum(f.rollbacks for f in fits),
-                "fit_seconds": seconds, "ensemble": s.ensemble,
+                "fit_seconds": seconds, "device": s.device, "ensemble": s.ensemble,
                 "chi2_samples": summarize_sample_chi2({p: np.concatenate([f[p] for f in sample_fits])
                                                        for p in sample_fits[0]})}
     if s.ensemble > 1:

@@ -247,7 +247,7 @@ def _fit_case(job: dict, folder: Path) -> dict:
                             ensemble=job["ensemble"], warm_start=job["warm_start"], alpha=job["alpha"],
                             flow_base=job["flow_base"], laplace_start=job["laplace_start"],
                             flow_basis=job["flow_basis"], method=job.get("method", "dpi"),
-                            method_options=dict(job.get("method_options", {})))
+                            method_options=dict(job.get("method_options", {})), device=job.get("device", "cpu"))
     try:
         m = reconstruct(folder / "obs.uvfits", folder / "rec", s, truth=folder / "truth.fits", progress=False,
                         resume=True)  # an interrupted case continues from its checkpoint
@@ -284,7 +284,7 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
             ring = {"error": str(err)}
     d = ring.get("diameter_uas")
     res = {"case": job["case"], "array": job["array"], "set": job["set"], "seconds": seconds,
-           "fit_seconds": m["fit_seconds"],
+           "fit_seconds": m["fit_seconds"], "device": m.get("device", "cpu"),
            "coverage_68": inside["0.68"], "coverage_95": inside["0.95"],
            "coverage_pixels": m["coverage_pixels"], "levels": inside,
            "rank_hist": rank_histogram(samples, sizes, aligned, region),
@@ -462,6 +462,7 @@ def case_jobs(truth_sets: dict[str, np.ndarray], arrays: list[str], args: argpar
                              "flow_basis": args.flow_basis,
                              "ensemble": args.ensemble, "rescore": args.rescore,
                              "method": args.method, "method_options": args.method_options,
+                             "device": args.device,
                              "jitter": math.sqrt(max(args.jitter**2 - args.eps_std**2, 0.0)) if s == "prior_draws"
                              else args.jitter,  # those truths carry the prior's own jitter: only the rest is added
                              "folder": str(Path(args.out) / s / arr / f"case_{i:03d}")})
@@ -539,6 +540,9 @@ def main() -> None:
     p.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting of the --method baseline (repeatable), as reconstruct --opt")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="where each case's DPI fits run (cpu, cuda, cuda:N); with a GPU several --jobs share it. Not"
+                        " a setting of the run: cases fitted on a GPU and on the CPU may share an --out")
     p.add_argument("--seed", type=int, default=20261201)
     p.add_argument("--rescore", action="store_true",
                    help="score the finished cases anew from their saved samples (ring features with the current"
@@ -546,8 +550,8 @@ def main() -> None:
     args = p.parse_args()
     args.method_options = parse_options(args.opt)
     case_settings = ReconstructSettings(method=args.method, method_options=args.method_options,
-                                        ensemble=args.ensemble, samples=args.samples)
-    check_settings(case_settings)  # reconstruct's own checks (method, its settings, ensemble), before any work
+                                        ensemble=args.ensemble, samples=args.samples, device=args.device)
+    check_settings(case_settings)  # reconstruct's own checks (method, its settings, ensemble, device), before any work
     args.ensemble = case_settings.ensemble  # None: reconstruct's default for the method
     for name in ("n", "steps", "elbo_draws", "batch", "jobs", "ensemble"):
         if getattr(args, name) < 1:

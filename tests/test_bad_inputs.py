@@ -232,6 +232,8 @@ CASES = [
     ("numbers", "reconstruct-steps-negative", lambda d: [*REC[:2], "--steps", "-5", "--out", str(d / "o")]),
     ("numbers", "reconstruct-samples-zero", lambda d: [*REC[:4], "--samples", "0", "--out", str(d / "o")]),
     ("numbers", "reconstruct-fov-inf", lambda d: [*REC, "--fov", "inf", "--out", str(d / "o")]),
+    ("numbers", "reconstruct-device-unknown", lambda d: [*REC, "--device", "tpu", "--out", str(d / "o")]),
+    ("numbers", "reconstruct-device-cuda-99", lambda d: [*REC, "--device", "cuda:99", "--out", str(d / "o")]),
     ("numbers", "reconstruct-seed-negative", lambda d: [*REC, "--seed", "-3", "--out", str(d / "o")]),
     ("numbers", "restore-missing-1.5", lambda d: [*RST, _image(d), "--task", "random-inpaint", "--missing", "1.5",
                                                    "--out", str(d / "o")]),

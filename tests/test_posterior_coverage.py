@@ -321,6 +321,7 @@ def test_calibration_runs_every_set_and_array_case_by_case(tmp_path):
 
     cal = _calibration_script()
     args = argparse.Namespace(seed=7, steps=10, prior_method="elbo", elbo_draws=1, batch=4, lr=2e-3, samples=8,
+                              device="cpu",
                               warm_start="flow",
                               alpha=1.0, flow_base="diagonal", flow_basis="pixel", laplace_start="pooled", ensemble=1,
                               rescore=False, method="pnp-dm", method_options={"rho_min": "0.02"},
@@ -522,6 +523,10 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(t
     assert r["reliability_mean_region"] == {"0.68": pytest.approx(0.66), "0.95": pytest.approx(0.96)}
     assert r["rank_hist_mean_region"] == [3, 6]
     assert r["median_abs_z"] == {"median": 1.0, "min": 0.5, "max": 1.5}
+    assert "fit_seconds_by_device" not in r  # all fitted on one device (no "device" key: the CPU)
+    mixed = calstats.aggregate([cases[0], cases[1] | {"device": "cuda", "fit_seconds": 2.0}])
+    assert mixed["fit_seconds_by_device"] == {"cpu": {"n_cases": 1, "median": 8.0},
+                                              "cuda": {"n_cases": 1, "median": 2.0}}
     # one hit of 2 (68%): Clopper-Pearson 90% range [1 - 0.95^(1/2), 0.95^(1/2)]; two of 2 (95%): [0.05^(1/2), 1]
     assert r["ring_diameter_coverage_68_interval"] == pytest.approx([1 - 0.95 ** 0.5, 0.95 ** 0.5])
     assert r["ring_diameter_coverage_95_interval"] == pytest.approx([0.05 ** 0.5, 1.0])
@@ -578,6 +583,7 @@ def test_calibration_reports_the_finished_cases_before_running_any(tmp_path):
 
     cal = _calibration_script()
     args = argparse.Namespace(seed=7, steps=10, prior_method="elbo", elbo_draws=1, batch=4, lr=2e-3, samples=8,
+                              device="cpu",
                               warm_start="flow",
                               alpha=1.0, flow_base="diagonal", flow_basis="pixel", laplace_start="pooled", ensemble=1,
                               rescore=False, method="pnp-dm", method_options={"rho_min": "0.02"},
@@ -709,7 +715,7 @@ def test_truth_loglik_rank_bad_input(small_obs):
         truth_loglik_rank(op, np.zeros((2, 1, 8, 8)), np.full((8, 8), np.nan))
 
 
-@pytest.mark.parametrize("flag", [["--lr", "0"], ["--lr", "nan"], ["--steps", "0"]])
+@pytest.mark.parametrize("flag", [["--lr", "0"], ["--lr", "nan"], ["--steps", "0"], ["--device", "cuda:99"]])
 def test_calibration_refuses_bad_settings_in_one_line(tmp_path, flag):
     import subprocess
     import sys

@@ -142,13 +142,14 @@ class Operator(torch.nn.Module, metaclass=ABCMeta):
             raise InterferoError(f"{type(self).__name__}: image must be a floating-point tensor")
 
     def const(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """Buffer ``name`` cast to the real dtype and device of ``like`` (cached)."""
+        """Buffer ``name`` cast to the real dtype and device of ``like`` (cached; an integer buffer, such as a
+        closure index, keeps its type and only moves)."""
         buf = getattr(self, name)
         dt = like.real.dtype if like.is_complex() else like.dtype
         if buf.is_complex():
             dt = torch.complex64 if dt == torch.float32 else torch.complex128
         elif not buf.is_floating_point():
-            return buf.to(like.device)
+            dt = buf.dtype  # index buffers keep their integer type and only move
         if buf.dtype == dt and buf.device == like.device:
             return buf
         key = (name, dt, like.device, buf.data_ptr())

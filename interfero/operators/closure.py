@@ -116,7 +116,8 @@ class VLBILikelihood(NoiseModel):
         out = {}
         for k in self.products:
             pred = y_pred[k]
-            out[k] = _residual_terms(k, pred, y_obs[k].to(pred.dtype), self.sigma(k, pred))
+            obs = y_obs[k].to(device=pred.device, dtype=pred.dtype)
+            out[k] = _residual_terms(k, pred, obs, self.sigma(k, pred))
         return out
 
     def log_likelihood(self, y_pred: VLBIData, y_obs: VLBIData) -> torch.Tensor:
@@ -198,6 +199,14 @@ class InterferometryOperator(Operator):
         self.total_flux = total_flux
         self.flux_sigma = flux_sigma
 
+    def _apply(self, fn, recurse: bool = True):
+        """``to(device)``, ``cuda()`` and ``cpu()`` move the measured :attr:`data` with the buffers (so a fit on
+        a GPU reads its data there once, not at every step); dtype casts leave it as measured."""
+        super()._apply(fn, recurse)
+        device = self.tri_rows.device
+        self.data = self.data.map(lambda t: t.to(device))
+        return self
+
     @property
     def sigmas(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self.noise, f"sigma_{k}") for k in self.products}
@@ -215,9 +224,9 @@ class InterferometryOperator(Operator):
             elif k == "amp":
                 out[k] = _abs(vis)
             elif k == "cphase":
-                out[k] = closure_phase(vis, self.tri_rows, self.const("tri_sign", vis))
+                out[k] = closure_phase(vis, self.const("tri_rows", vis), self.const("tri_sign", vis))
             else:
-                out[k] = log_closure_amplitude(_abs(vis), self.quad_rows)
+                out[k] = log_closure_amplitude(_abs(vis), self.const("quad_rows", vis))
         return VLBIData(**out)
 
     def forward(self, x: torch.Tensor) -> VLBIData:
