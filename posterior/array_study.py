@@ -70,7 +70,7 @@ from interfero.uvcoverage import ObservingSetup
 from interfero.validation import check_output_folder, clear_outputs, make_output_folder
 
 from .metrics import aligned_truth
-from .reconstruct import ReconstructSettings, reconstruct
+from .reconstruct import ReconstructSettings, check_settings, reconstruct
 
 STUDY_OUTPUTS = ("arrays.png", "arrays.json", "arrays.md", "truth.fits")
 STUDY_STEPS = 2000  # DPI steps per fit: the richest arrays' fits (13 ngEHT sites) need about 2000 to reach chi^2 ~1
@@ -109,6 +109,7 @@ def array_study(truth: str, arrays: list[str], out: str | Path, settings: Recons
         raise InterferoError("--arrays names no array")
     if workers < 1:
         raise InterferoError(f"--jobs must be >= 1, got {workers}")
+    check_settings(s)  # reconstruct's own checks (device, ensemble, ...), before anything is written
     if len(set(arrays)) != len(arrays):
         raise InterferoError("--arrays names an array twice")
     loaded = {a: load_array(a) for a in arrays}  # every array checked before anything runs

@@ -187,6 +187,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="the score prior's term in each fit, as reconstruct --prior-method")
     a.add_argument("--seed", type=seed, default=d.seed, help="seed of the thermal noise, the fits (and the draw)")
     a.add_argument("--threads", type=count(), help="torch CPU threads (of each reconstruction)")
+    a.add_argument("--device", default=d.device,
+                   help="where each reconstruction's DPI fits run, as reconstruct --device (--jobs of them share"
+                        " a GPU)")
     a.add_argument("--jobs", type=count(), default=1,
                    help="arrays reconstructed at once, each in its own process (one torch thread each unless"
                         " --threads); the results do not depend on it")
@@ -239,7 +242,7 @@ def _array_study(args) -> None:
     s = rec.ReconstructSettings(prior=args.prior, steps=args.steps, samples=args.samples, ensemble=args.ensemble,
                                 seed=args.seed, threads=args.threads, max_chi2=args.max_chi2,
                                 flow_base=args.flow_base, laplace_start=args.laplace_start,
-                                flow_basis=args.flow_basis, prior_method=args.prior_method)
+                                flow_basis=args.flow_basis, prior_method=args.prior_method, device=args.device)
     res = array_study(args.truth, arrays, args.out, s, progress=not args.quiet, overwrite=args.overwrite,
                       resume=args.resume, workers=args.jobs)
     if args.json:
