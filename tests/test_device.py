@@ -79,3 +79,24 @@ def test_device_is_for_dpi_only(monkeypatch):
     with pytest.raises(InterferoError, match="--device cuda is for --method dpi only"):
         rec.check_settings(ReconstructSettings(method="dps", device="cuda"))
     rec.check_settings(ReconstructSettings(method="dps", device="cpu:0"))  # the CPU by another name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_reconstruct_on_a_gpu_and_resume_on_the_cpu(tmp_path):
+    """On a GPU machine: a short fit on the GPU scores as one on the CPU does, and its checkpoint continues on
+    the CPU (the GPU generator's state is saved beside the CPU's and ignored there)."""
+    import json
+
+    from posterior.reconstruct import reconstruct
+
+    truth = str(data_path("demo/crescent_grf_64.fits"))
+    s = ReconstructSettings(steps=200, ensemble=1, samples=64, device="cuda")
+    m = reconstruct(DEMO, tmp_path / "gpu", s, truth=truth, progress=False)
+    assert m["device"] == "cuda" and m["nxcorr_blur10"] > 0.95
+    from posterior.dpi import load_checkpoint
+
+    record, tensors = load_checkpoint(tmp_path / "gpu")
+    assert "rng_cuda" in tensors and record["step"] == 200
+    m2 = reconstruct(DEMO, tmp_path / "gpu", ReconstructSettings(steps=250, ensemble=1, samples=64), truth=truth,
+                     progress=False, resume=True)
+    assert m2["device"] == "cpu" and json.loads((tmp_path / "gpu" / "metrics.json").read_text())["steps"] == 250
