@@ -188,13 +188,13 @@ def aggregate(cases: list[dict]) -> dict:
     if scaled:  # per case, |mean - truth| / std over the source pixels: 0.67 for calibrated Gaussian intervals
         out["median_abs_z"] = {"median": float(np.median(scaled)), "min": float(np.min(scaled)),
                                "max": float(np.max(scaled))}
-    fits = [c["fit_seconds"] for c in cases if "fit_seconds" in c]  # the fits' own time, also across a resume
-    if fits:
-        out["fit_seconds_per_case"] = {"median": float(np.median(fits)), "max": float(np.max(fits))}
-    by_device: dict[str, list[float]] = {}
+    by_device: dict[str, list[float]] = {}  # the fits' own time, also across a resume, by device
     for c in cases:
         if "fit_seconds" in c:
             by_device.setdefault(c.get("device", "cpu"), []).append(c["fit_seconds"])
+    fits = [t for times in by_device.values() for t in times]
+    if fits:
+        out["fit_seconds_per_case"] = {"median": float(np.median(fits)), "max": float(np.max(fits))}
     if len(by_device) > 1:  # cases fitted on a GPU and on the CPU: each device's own time
         out["fit_seconds_by_device"] = {d: {"n_cases": len(t), "median": float(np.median(t))}
                                         for d, t in sorted(by_device.items())}

@@ -756,7 +756,7 @@ def member_settings(s: ReconstructSettings) -> list[ReconstructSettings]:
 def _fit_dpi(s: ReconstructSettings, geom, flux: float, op, prior, out: Path, resume: bool, progress: bool):
     """DPI, one flow or an ensemble of ``s.ensemble`` independently seeded flows (pooled); the fits' steps run
     on ``s.device`` (the operator, its data and the prior are moved there for them and back to the CPU after)."""
-    device = check_device(s.device)
+    device = torch.device(s.device)  # checked with the other settings (check_settings)
     op.to(device)
     prior.to(device)
     try:
