@@ -10,7 +10,9 @@ amplitudes, 32x32 over 160 uas, the shipped default prior):
    dopri5 rtol = atol = 1e-3, adjoint gradient), same flow, same batch; their
    ratio (goal >= 100x). Also the ELBO with 2 and 8 draws, to show the
    trade-off, and the score at eps alone (``--prior-method score``: one
-   forward pass of the network, none backward) and its ratio to the default.
+   forward pass of the network, none backward) and its ratio to the default,
+   and the default with the network's weights in the contiguous memory format
+   instead of channels-last (how a loaded prior holds them), and its ratio.
    Medians of ``--repeats`` steps after one warm-up (the ODE step is slow: it
    is repeated ``--ode-repeats`` times).
 2. Wall time of the ``reconstruct`` defaults until the posterior mean (64
@@ -50,9 +52,13 @@ from posterior.reconstruct import (  # noqa: E402
 SHARED = str(Path(__file__).resolve().parents[2] / "shared/data/observations/grmhd_sgra_2017")
 
 
-def step_rate(s: ReconstructSettings, batch: int, repeats: int, obs_path: str) -> tuple[float, float]:
-    """Median seconds per DPI step and steps per second."""
+def step_rate(s: ReconstructSettings, batch: int, repeats: int, obs_path: str,
+              memory_format: torch.memory_format | None = None) -> tuple[float, float]:
+    """Median seconds per DPI step and steps per second (``memory_format``: the prior network's weights moved
+    to that layout first; None: as loaded)."""
     _, geom, op, prior, flux = build_problem(obs_path, s)
+    if memory_format is not None:
+        prior.to(memory_format=memory_format)
     cfg = DPIConfig(steps=10**6, batch=batch, lr=s.lr, n_samples=2, seed=s.seed)
     dpi = DPI(reconstruction_flow(s, geom, flux), DPITarget(op, op.data, prior), cfg, progress=False)
     times = []
@@ -108,23 +114,26 @@ def main() -> None:
     res: dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                  "batch": args.batch}
     rows = []
-    for label, s, reps in (
-        ("elbo (1 draw, default)", base, args.repeats),
-        ("elbo (2 draws)", replace(base, elbo_draws=2), args.repeats),
-        ("elbo (8 draws)", replace(base, elbo_draws=8), args.repeats),
-        ("exact ODE (Hutchinson 1, adjoint)", replace(base, prior_method="ode"), args.ode_repeats),
-        ("score at eps (gradient only)", replace(base, prior_method="score"), args.repeats),
+    for label, s, reps, fmt in (
+        ("elbo (1 draw, default)", base, args.repeats, None),
+        ("elbo (2 draws)", replace(base, elbo_draws=2), args.repeats, None),
+        ("elbo (8 draws)", replace(base, elbo_draws=8), args.repeats, None),
+        ("exact ODE (Hutchinson 1, adjoint)", replace(base, prior_method="ode"), args.ode_repeats, None),
+        ("score at eps (gradient only)", replace(base, prior_method="score"), args.repeats, None),
+        ("elbo (1 draw), contiguous weights", base, args.repeats, torch.contiguous_format),
     ):
-        sec, rate = step_rate(s, args.batch, reps, args.obs)
+        sec, rate = step_rate(s, args.batch, reps, args.obs, fmt)
         rows.append((label, sec, rate))
         print(f"{label:<36} {sec:10.3f} s/step {rate:10.4f} steps/s", flush=True)
     res["elbo_steps_per_s"] = rows[0][2]
     res["ode_steps_per_s"] = rows[3][2]
     res["speedup"] = rows[0][2] / rows[3][2]
     res["score_speedup_vs_elbo"] = rows[4][2] / rows[0][2]
+    res["channels_last_speedup"] = rows[0][2] / rows[5][2]
     res["rates"] = {label: {"s_per_step": sec, "steps_per_s": rate} for label, sec, rate in rows}
     print(f"{'speedup ELBO (default) vs ODE':<36} {res['speedup']:10.1f}x (goal >= 100x)", flush=True)
     print(f"{'speedup score vs ELBO (default)':<36} {res['score_speedup_vs_elbo']:10.2f}x", flush=True)
+    print(f"{'speedup channels-last vs contiguous':<36} {res['channels_last_speedup']:10.2f}x", flush=True)
     state = time_to_quality(base, args.obs, args.truth, args.max_steps)
     res["seconds_to_nxcorr_0p9"] = state["reached"][1] if state["reached"] else None
     res["steps_to_nxcorr_0p9"] = state["reached"][0] if state["reached"] else None

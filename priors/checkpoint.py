@@ -145,7 +145,10 @@ def check_record_schema(record: dict, path) -> None:
 
 
 def load_prior_network(stem, expect_image_size: int | None = None) -> tuple[UNet, dict]:
-    """The network (eval mode, float32) and the record of a prior file pair."""
+    """The network (eval mode, float32, weights frozen, in the channels-last memory format) and the record of a
+    prior file pair. Channels-last is oneDNN's layout for convolutions: on a CPU a DPI step with the ELBO
+    prior costs about 10% less than with contiguous weights, at the same values to float rounding
+    (``benchmarks/posterior.py``)."""
     record = read_record(stem)
     size = int(record["image_size"])
     if expect_image_size is not None and size != expect_image_size:
@@ -165,6 +168,7 @@ def load_prior_network(stem, expect_image_size: int | None = None) -> tuple[UNet
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
+    net.to(memory_format=torch.channels_last)
     sde_from_config(record["sde"])  # validates
     return net, record
 

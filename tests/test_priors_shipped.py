@@ -30,6 +30,26 @@ def test_default_is_bh32lnflux():
     assert 0.0012 < prior.eps_std < 0.0013
 
 
+def test_loaded_network_is_channels_last_and_scores_as_the_contiguous_one():
+    """A loaded prior holds its convolution weights channels-last (oneDNN's fast layout); the layout changes
+    the order of the sums only, so the ELBO and its gradient agree with a contiguous copy's to float rounding."""
+    prior = load_prior("default")
+    convs = [m for m in prior.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not all(m.weight.is_contiguous() for m in convs if m.kernel_size == (3, 3))
+    x = torch.from_numpy(make_dataset("blackholes", 4, 32, seed=3)["images"]).float()
+
+    def value_and_grad(p):
+        xr = x.clone().requires_grad_(True)
+        lp = p.log_prob(xr, generator=torch.Generator().manual_seed(5))
+        return lp.detach(), torch.autograd.grad(lp.sum(), xr)[0]
+
+    lp, g = value_and_grad(prior)
+    lp_c, g_c = value_and_grad(prior.to(memory_format=torch.contiguous_format))
+    assert torch.allclose(lp, lp_c, rtol=1e-5, atol=0.0)
+    assert float((g - g_c).norm() / g_c.norm()) < 1e-4
+
+
 @pytest.mark.parametrize("name, base, law, init, steps", [
     ("bh32disk", "bh32", "disk", "bh32", 3000),  # bh32 fine-tuned on the GRMHD-like disk law
     ("bh32lnflux", "bh32disk", "disk-lnflux", "data/weights/bh32disk", 5000),  # ... then on log-normal flux

@@ -354,6 +354,7 @@ def test_fine_tuning_can_add_a_global_branch(faces, tmp_path):
     train(base, progress=False)
     net, _ = load_prior_network(tmp_path / "base" / "prior")
     assert net.global_linear is None
+    net.to(memory_format=torch.contiguous_format)  # the trainer's layout: the same sums in the same order
     cfg = TrainConfig(data=str(faces), out=str(tmp_path / "gl"), steps=3, ckpt_every=3, global_rank=7,
                       init=str(tmp_path / "base" / "prior"), **SMALL)
     ft = Trainer(cfg, progress=False)
