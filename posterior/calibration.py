@@ -26,6 +26,40 @@ LOGLIK_BINS = 10  # of the histogram of the truth's log-likelihood rank over cas
 JITTER_DRAWS = 20  # draws of the prior's jitter added to each truth (coverage_jittered_68/95)
 GOAL_TRUTHS = 50  # the calibration goal: this many truths, 68% and 95% coverage each within GOAL_WITHIN of nominal
 GOAL_WITHIN = 0.05
+FIT_CHI2_STALLED = 2.0  # a fit whose mean's reduced chi^2 on a data product exceeds this has not reached the data
+
+
+def worst_fit_chi2(metrics: dict) -> float | None:
+    """The largest reduced chi^2 of any fit's own mean on any data product, from a reconstruction's
+    ``metrics.json``: over ``ensemble_members`` for an ensemble, else of the one fit's mean (a fit that stalls far
+    from the data shows here, where the pooled mean's chi^2 mixes it with the others). None where the metrics
+    do not record them."""
+    fits = metrics.get("ensemble_members") or [metrics]
+    vals = [v for f in fits for k, v in f.items() if k.startswith("chi2_") and isinstance(v, (int, float))]
+    return float(max(vals)) if vals else None
+
+
+def by_fit_convergence(cases: list[dict]) -> dict:
+    """Pixel and ring-diameter coverage of the cases whose fits all reached the data (every fit's mean at
+    reduced chi^2 <= :data:`FIT_CHI2_STALLED` on every product: ``reached``) and of those where one stalled
+    (``stalled``): whether the intervals miss because a fit did not converge or because converged fits agree
+    on the wrong image."""
+    out: dict = {"chi2_threshold": FIT_CHI2_STALLED}
+    for name, keep in (("reached", lambda c: c["fits_chi2_worst"] <= FIT_CHI2_STALLED),
+                       ("stalled", lambda c: c["fits_chi2_worst"] > FIT_CHI2_STALLED)):
+        part = [c for c in cases if c.get("fits_chi2_worst") is not None and keep(c)]
+        row: dict = {"n_cases": len(part)}
+        if part:
+            w = np.array([c["coverage_pixels"] for c in part], dtype=float)
+            ring = [c for c in part if "ring_diameter_in68" in c]
+            row |= {f"coverage_{lv}": float(np.average([c[f"coverage_{lv}"] for c in part], weights=w))
+                    for lv in ("68", "95")}
+            row["ring_cases"] = len(ring)
+            if ring:
+                row |= {f"ring_diameter_coverage_{lv}": float(np.mean([c[f"ring_diameter_in{lv}"] for c in ring]))
+                        for lv in ("68", "95")}
+        out[name] = row
+    return out
 
 
 def rank_histogram(samples: np.ndarray, sizes: list[int] | None, aligned: np.ndarray,
@@ -198,6 +232,8 @@ def aggregate(cases: list[dict]) -> dict:
     if len(by_device) > 1:  # cases fitted on a GPU and on the CPU: each device's own time
         out["fit_seconds_by_device"] = {d: {"n_cases": len(t), "median": float(np.median(t))}
                                         for d, t in sorted(by_device.items())}
+    if any(c.get("fits_chi2_worst") is not None for c in cases):
+        out["by_fit_convergence"] = by_fit_convergence(cases)
     out["goal"] = goal_verdict(out)
     return out
 

@@ -125,6 +125,7 @@ from posterior.calibration import (
     plot,
     quantile_coverage,
     rank_histogram,
+    worst_fit_chi2,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,7 +290,7 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
            "coverage_pixels": m["coverage_pixels"], "levels": inside,
            "rank_hist": rank_histogram(samples, sizes, aligned, region),
            "nxcorr_blur10": m["nxcorr_blur10"], "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
-           "true_diameter_uas": true_ring.null_diameter}
+           "true_diameter_uas": true_ring.null_diameter, "fits_chi2_worst": worst_fit_chi2(m)}
     if d is not None and np.isfinite(true_ring.null_diameter):
         cov = feature_coverage(ring, {"diameter_uas": true_ring.null_diameter})["diameter_uas"]
         res["ring_diameter_in68"], res["ring_diameter_in95"] = cov["in68"], cov["in95"]
@@ -340,25 +341,28 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
 SAMPLE_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "rank_hist_mean_region")  # one
 # key of each score added later that is measured on the samples (and ring_diameter_jittered_in68 where the case
 # has a ring interval)
-ADDED_SCORES = (*SAMPLE_SCORES, "median_abs_z")  # and the one from the saved mean and std alone
+ADDED_SCORES = (*SAMPLE_SCORES, "median_abs_z", "fits_chi2_worst")  # and those from the saved mean and std and
+# from metrics.json alone
 
 
 def with_added_scores(job: dict, res: dict) -> dict:
     """A finished case's scores with those added after it was scored (``coverage_jittered_68/95``,
     ``coverage_quantiles_68/95``, ``loglik_rank``, ``loglik_excess``, ``coverage_mean_region_68/95``,
-    ``median_abs_z``), measured on its saved samples and written back to its ``case.json``."""
+    ``median_abs_z``, ``fits_chi2_worst``), measured on its saved samples (the last two from its saved mean and
+    std and its ``metrics.json``) and written back to its ``case.json``."""
     from posterior.metrics import aligned_truth
 
     if "error" in res:
         return res
     ringed = "diameter_median_uas" in res
     sampled = all(k in res for k in SAMPLE_SCORES) and (not ringed or "ring_diameter_jittered_in68" in res)
-    if sampled and "median_abs_z" in res:
+    if sampled and all(k in res for k in ADDED_SCORES):
         return res
     folder = Path(job["folder"])
     m = json.loads((folder / "rec" / "metrics.json").read_text())
     truth = np.asarray(job["truth"])
     res = res | error_scale(folder, truth, m["nxcorr_shift_px"])  # from the saved mean and std alone
+    res["fits_chi2_worst"] = worst_fit_chi2(m)
     if not sampled:
         samples, sizes = case_samples(folder)
         aligned, region = aligned_truth(truth, m["nxcorr_shift_px"])
@@ -624,6 +628,14 @@ def main() -> None:
                   f"/{_rate(r['ring_diameter_coverage_95'])}"
                   f" (jittered truth {_rate(r.get('ring_diameter_jittered_coverage_68'))}"
                   f"/{_rate(r.get('ring_diameter_jittered_coverage_95'))})")
+            split = r.get("by_fit_convergence")
+            if split:  # whether the misses come with a fit that stalled
+                print(f"{'':16s} {'':22s} " + "; ".join(
+                    f"{name} (fits' chi^2 {'<=' if name == 'reached' else '>'} {split['chi2_threshold']:g}):"
+                    f" n={p['n_cases']}" + (f" pixels {p['coverage_68']:.2f}/{p['coverage_95']:.2f}, ring"
+                                            f" {_rate(p.get('ring_diameter_coverage_68'))}"
+                                            f"/{_rate(p.get('ring_diameter_coverage_95'))}" if p["n_cases"] else "")
+                    for name, p in ((k, split[k]) for k in ("reached", "stalled"))))
             g = r["goal"]
             missed = [k for k, c in g["checks"].items() if not c["within"]]
             print(f"{'':16s} {'':22s} goal ({g['n_required']} truths, within {g['within']:.2f}):"

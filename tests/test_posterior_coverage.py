@@ -392,7 +392,8 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     write_uvfits(small_obs, folder / "obs.uvfits")
     metrics = {"nxcorr_shift_px": [0, 0], "fit_seconds": 12.0, "truth_coverage_68": 0.7, "truth_coverage_95": 0.9,
                "coverage_pixels": 100, "nxcorr_blur10": 0.99, "chi2_cphase": 1.0, "chi2_logcamp": 1.1,
-               "ensemble_members": [{"shift_px": sh} for sh in shifts],
+               "ensemble_members": [{"shift_px": sh, "chi2_cphase": 1.0 + k, "chi2_logcamp": 1.1}
+                                    for k, sh in enumerate(shifts)],
                "ring": {"diameter_uas": {"median": 20.0, "lo68": 19.0, "hi68": 21.0, "lo95": 18.0, "hi95": 22.0}}}
     (folder / "rec" / "metrics.json").write_text(json.dumps(metrics))
     stale = {"case": 0, "array": "EHT2017", "set": "in_distribution", "seconds": 30.0, "ring_diameter_in68": False}
@@ -433,8 +434,9 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     saved_mean, saved_std = stored[:, 0].mean(0), 2.0 * stored[:, 0].std(0) + 1e-3
     z = np.median(np.abs(saved_mean[region] - truth[region]) / saved_std[region])
     assert old["median_abs_z"] == pytest.approx(z, rel=1e-5)
+    assert old["fits_chi2_worst"] == 3.0  # the third fit's closure phases, from metrics.json's members
     assert set(old) == (set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean)
-                        | {"levels_mean_region", "rank_hist_mean_region", "median_abs_z"})
+                        | {"levels_mean_region", "rank_hist_mean_region", "median_abs_z", "fits_chi2_worst"})
     assert json.loads((folder / "case.json").read_text()) == old
     res = cal.run_case(job | {"rescore": True})
     own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
@@ -456,7 +458,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     assert res["coverage_68"] == pytest.approx(np.mean((truth[region] >= bounds["0.68"][0][region])
                                                        & (truth[region] <= bounds["0.68"][1][region])))
     assert res["coverage_jittered_68"] == pytest.approx(jit["coverage_jittered_68"])
-    assert res["median_abs_z"] == pytest.approx(z, rel=1e-5)
+    assert res["median_abs_z"] == pytest.approx(z, rel=1e-5) and res["fits_chi2_worst"] == 3.0
     assert json.loads((folder / "case.json").read_text()) == json.loads(json.dumps(res))
 
 
@@ -524,6 +526,15 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(t
     assert r["rank_hist_mean_region"] == [3, 6]
     assert r["median_abs_z"] == {"median": 1.0, "min": 0.5, "max": 1.5}
     assert "fit_seconds_by_device" not in r  # all fitted on one device (no "device" key: the CPU)
+    assert "by_fit_convergence" not in r  # no case says how its fits ended
+    split = calstats.aggregate([cases[0] | {"fits_chi2_worst": 1.3}, cases[1] | {"fits_chi2_worst": 4.0},
+                                cases[0] | {"case": 3, "fits_chi2_worst": 2.0, "coverage_68": 0.9}])
+    split = split["by_fit_convergence"]
+    assert split["chi2_threshold"] == calstats.FIT_CHI2_STALLED == 2.0
+    assert split["reached"] == {"n_cases": 2, "coverage_68": pytest.approx(0.7), "coverage_95": pytest.approx(0.9),
+                                "ring_cases": 2, "ring_diameter_coverage_68": 1.0, "ring_diameter_coverage_95": 1.0}
+    assert split["stalled"] == {"n_cases": 1, "coverage_68": 0.8, "coverage_95": 1.0, "ring_cases": 1,
+                                "ring_diameter_coverage_68": 0.0, "ring_diameter_coverage_95": 1.0}
     mixed = calstats.aggregate([cases[0], cases[1] | {"device": "cuda", "fit_seconds": 2.0}])
     assert mixed["fit_seconds_by_device"] == {"cpu": {"n_cases": 1, "median": 8.0},
                                               "cuda": {"n_cases": 1, "median": 2.0}}
@@ -550,6 +561,15 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(t
     # 2 calibrated ring cases: the rate is 0, 0.5 or 1, never within 5 points of 0.68; 2 of 2 hits at 95%: 0.95^2
     assert g["checks"]["ring_diameter_68"]["calibrated_pass_chance"] == 0.0
     assert g["checks"]["ring_diameter_95"]["calibrated_pass_chance"] == pytest.approx(0.95 ** 2)
+
+
+def test_worst_fit_chi2_reads_every_fit_and_product():
+    members = [{"seed": 1, "chi2_cphase": 1.1, "chi2_logcamp": 1.3, "chi2_samples_median": {"cphase": 9.0}},
+               {"seed": 2, "chi2_cphase": 3.5, "chi2_logcamp": 1.0, "bound": 40.0}]
+    # the pooled mean's own chi^2 (5.0) mixes the fits: the members' are read where there are members
+    assert calstats.worst_fit_chi2({"chi2_cphase": 5.0, "ensemble_members": members}) == 3.5
+    assert calstats.worst_fit_chi2({"chi2_cphase": 1.2, "chi2_amp": 2.5, "chi2_samples": {"cphase": {}}}) == 2.5
+    assert calstats.worst_fit_chi2({"chi2_cphase": 1.2, "ensemble_members": [{"seed": 1}]}) is None  # not recorded
 
 
 def test_calibrated_pass_chance_is_the_binomial_mass_within_five_points():
