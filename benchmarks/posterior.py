@@ -1,6 +1,7 @@
 """DPI benchmarks: ELBO prior vs exact PF-ODE prior, and wall time to a good reconstruction.
 
-    python benchmarks/posterior.py [--json OUT.json] [--repeats 3] [--batch 4] [--max-steps 1500]
+    python benchmarks/posterior.py [--json OUT.json] [--repeats 10] [--batch 4] [--max-steps 1500]
+                                   [--layout-repeats 20]
 
 On the shared EHT 2017 GRMHD observation (closure phases + log closure
 amplitudes, 32x32 over 160 uas, the shipped default prior):
@@ -11,8 +12,9 @@ amplitudes, 32x32 over 160 uas, the shipped default prior):
    ratio (goal >= 100x). Also the ELBO with 2 and 8 draws, to show the
    trade-off, and the score at eps alone (``--prior-method score``: one
    forward pass of the network, none backward) and its ratio to the default,
-   and the default with the network's weights in the contiguous memory format
-   instead of channels-last (how a loaded prior holds them), and its ratio.
+   and the default with the network's weights channels-last (how a loaded prior
+   holds them) against contiguous, the two taking turns step by step in one fit
+   (``--layout-repeats`` steps each), and their ratio.
    Medians of ``--repeats`` steps after one warm-up (the ODE step is slow: it
    is repeated ``--ode-repeats`` times).
 2. Wall time of the ``reconstruct`` defaults until the posterior mean (64
@@ -52,24 +54,29 @@ from posterior.reconstruct import (  # noqa: E402
 SHARED = str(Path(__file__).resolve().parents[2] / "shared/data/observations/grmhd_sgra_2017")
 
 
-def step_rate(s: ReconstructSettings, batch: int, repeats: int, obs_path: str,
-              memory_format: torch.memory_format | None = None) -> tuple[float, float]:
-    """Median seconds per DPI step and steps per second (``memory_format``: the prior network's weights moved
-    to that layout first; None: as loaded)."""
+def step_rate(s: ReconstructSettings, batch: int, repeats: int, obs_path: str) -> tuple[float, float]:
+    """Median seconds per DPI step and steps per second."""
+    return layout_step_rates(s, batch, repeats, obs_path, (None,))[None]
+
+
+def layout_step_rates(s: ReconstructSettings, batch: int, repeats: int, obs_path: str,
+                      layouts: tuple) -> dict:
+    """``{layout: (median seconds per step, steps per second)}`` of one DPI fit whose prior network's weights
+    take each memory format of ``layouts`` in turn, step by step (None: as loaded), so that the machine's
+    drifts fall on all alike; one warm-up step each first."""
     _, geom, op, prior, flux = build_problem(obs_path, s)
-    if memory_format is not None:
-        prior.to(memory_format=memory_format)
     cfg = DPIConfig(steps=10**6, batch=batch, lr=s.lr, n_samples=2, seed=s.seed)
     dpi = DPI(reconstruction_flow(s, geom, flux), DPITarget(op, op.data, prior), cfg, progress=False)
-    times = []
+    times: dict = {fmt: [] for fmt in layouts}
     for i in range(repeats + 1):
-        dpi.cfg = replace(cfg, steps=dpi.step + 1)
-        t0 = time.perf_counter()
-        dpi.fit()
-        if i:
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return med, 1.0 / med
+        for fmt in layouts:
+            prior.to(memory_format=fmt or torch.channels_last)  # a loaded network is channels-last
+            dpi.cfg = replace(cfg, steps=dpi.step + 1)
+            t0 = time.perf_counter()
+            dpi.fit()
+            if i:
+                times[fmt].append(time.perf_counter() - t0)
+    return {fmt: (statistics.median(t), 1.0 / statistics.median(t)) for fmt, t in times.items()}
 
 
 def time_to_quality(s: ReconstructSettings, obs_path: str, truth_path: str, max_steps: int, target: float = 0.9):
@@ -103,8 +110,9 @@ def time_to_quality(s: ReconstructSettings, obs_path: str, truth_path: str, max_
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--ode-repeats", type=int, default=1)
+    ap.add_argument("--layout-repeats", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-steps", type=int, default=1500)
     ap.add_argument("--obs", default=f"{SHARED}/obs.uvfits")
@@ -114,22 +122,27 @@ def main() -> None:
     res: dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                  "batch": args.batch}
     rows = []
-    for label, s, reps, fmt in (
-        ("elbo (1 draw, default)", base, args.repeats, None),
-        ("elbo (2 draws)", replace(base, elbo_draws=2), args.repeats, None),
-        ("elbo (8 draws)", replace(base, elbo_draws=8), args.repeats, None),
-        ("exact ODE (Hutchinson 1, adjoint)", replace(base, prior_method="ode"), args.ode_repeats, None),
-        ("score at eps (gradient only)", replace(base, prior_method="score"), args.repeats, None),
-        ("elbo (1 draw), contiguous weights", base, args.repeats, torch.contiguous_format),
+    for label, s, reps in (
+        ("elbo (1 draw, default)", base, args.repeats),
+        ("elbo (2 draws)", replace(base, elbo_draws=2), args.repeats),
+        ("elbo (8 draws)", replace(base, elbo_draws=8), args.repeats),
+        ("exact ODE (Hutchinson 1, adjoint)", replace(base, prior_method="ode"), args.ode_repeats),
+        ("score at eps (gradient only)", replace(base, prior_method="score"), args.repeats),
     ):
-        sec, rate = step_rate(s, args.batch, reps, args.obs, fmt)
+        sec, rate = step_rate(s, args.batch, reps, args.obs)
         rows.append((label, sec, rate))
         print(f"{label:<36} {sec:10.3f} s/step {rate:10.4f} steps/s", flush=True)
+    layouts = layout_step_rates(base, args.batch, args.layout_repeats, args.obs,
+                                (torch.channels_last, torch.contiguous_format))
+    for label, fmt in (("elbo (1 draw), channels-last weights", torch.channels_last),
+                       ("elbo (1 draw), contiguous weights", torch.contiguous_format)):
+        rows.append((label, *layouts[fmt]))
+        print(f"{label:<36} {layouts[fmt][0]:10.3f} s/step {layouts[fmt][1]:10.4f} steps/s", flush=True)
     res["elbo_steps_per_s"] = rows[0][2]
     res["ode_steps_per_s"] = rows[3][2]
     res["speedup"] = rows[0][2] / rows[3][2]
     res["score_speedup_vs_elbo"] = rows[4][2] / rows[0][2]
-    res["channels_last_speedup"] = rows[0][2] / rows[5][2]
+    res["channels_last_speedup"] = rows[5][2] / rows[6][2]
     res["rates"] = {label: {"s_per_step": sec, "steps_per_s": rate} for label, sec, rate in rows}
     print(f"{'speedup ELBO (default) vs ODE':<36} {res['speedup']:10.1f}x (goal >= 100x)", flush=True)
     print(f"{'speedup score vs ELBO (default)':<36} {res['score_speedup_vs_elbo']:10.2f}x", flush=True)
