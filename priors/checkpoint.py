@@ -147,8 +147,8 @@ def check_record_schema(record: dict, path) -> None:
 def load_prior_network(stem, expect_image_size: int | None = None) -> tuple[UNet, dict]:
     """The network (eval mode, float32, weights frozen, in the channels-last memory format) and the record of a
     prior file pair. Channels-last is oneDNN's layout for convolutions: on a CPU a DPI step with the ELBO
-    prior costs about 10% less than with contiguous weights, at the same values to float rounding
-    (``benchmarks/posterior.py``)."""
+    prior runs 6-8% faster than with contiguous weights (two cores and one, batch 4), at the same values to
+    float rounding (``benchmarks/posterior.py``)."""
     record = read_record(stem)
     size = int(record["image_size"])
     if expect_image_size is not None and size != expect_image_size:
