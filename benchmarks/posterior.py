@@ -70,7 +70,8 @@ def layout_step_rates(s: ReconstructSettings, batch: int, repeats: int, obs_path
     times: dict = {fmt: [] for fmt in layouts}
     for i in range(repeats + 1):
         for fmt in layouts:
-            prior.to(memory_format=fmt or torch.channels_last)  # a loaded network is channels-last
+            if fmt is not None:
+                prior.to(memory_format=fmt)
             dpi.cfg = replace(cfg, steps=dpi.step + 1)
             t0 = time.perf_counter()
             dpi.fit()

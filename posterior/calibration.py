@@ -39,26 +39,27 @@ def worst_fit_chi2(metrics: dict) -> float | None:
     return float(max(vals)) if vals else None
 
 
+def pooled_rates(cases: list[dict]) -> dict:
+    """Pixel coverage pooled over the cases' source pixels (weighted by their number) and the ring diameter's
+    hit rate over the cases with a ring interval (None without one)."""
+    w = np.array([c["coverage_pixels"] for c in cases], dtype=float)
+    ring = [c for c in cases if "ring_diameter_in68" in c]
+    out = {f"coverage_{lv}": float(np.average([c[f"coverage_{lv}"] for c in cases], weights=w)) for lv in ("68", "95")}
+    out |= {f"ring_diameter_coverage_{lv}": float(np.mean([c[f"ring_diameter_in{lv}"] for c in ring])) if ring else None
+            for lv in ("68", "95")}
+    return out | {"ring_cases": len(ring)}
+
+
 def by_fit_convergence(cases: list[dict]) -> dict:
-    """Pixel and ring-diameter coverage of the cases whose fits all reached the data (every fit's mean at
-    reduced chi^2 <= :data:`FIT_CHI2_STALLED` on every product: ``reached``) and of those where one stalled
-    (``stalled``): whether the intervals miss because a fit did not converge or because converged fits agree
-    on the wrong image."""
+    """:func:`pooled_rates` of the cases whose fits all reached the data (every fit's mean at reduced chi^2 <=
+    :data:`FIT_CHI2_STALLED` on every product: ``reached``) and of those where one stalled (``stalled``):
+    whether the intervals miss because a fit did not converge or because converged fits agree on the wrong
+    image."""
+    known = [c for c in cases if c.get("fits_chi2_worst") is not None]
     out: dict = {"chi2_threshold": FIT_CHI2_STALLED}
-    for name, keep in (("reached", lambda c: c["fits_chi2_worst"] <= FIT_CHI2_STALLED),
-                       ("stalled", lambda c: c["fits_chi2_worst"] > FIT_CHI2_STALLED)):
-        part = [c for c in cases if c.get("fits_chi2_worst") is not None and keep(c)]
-        row: dict = {"n_cases": len(part)}
-        if part:
-            w = np.array([c["coverage_pixels"] for c in part], dtype=float)
-            ring = [c for c in part if "ring_diameter_in68" in c]
-            row |= {f"coverage_{lv}": float(np.average([c[f"coverage_{lv}"] for c in part], weights=w))
-                    for lv in ("68", "95")}
-            row["ring_cases"] = len(ring)
-            if ring:
-                row |= {f"ring_diameter_coverage_{lv}": float(np.mean([c[f"ring_diameter_in{lv}"] for c in ring]))
-                        for lv in ("68", "95")}
-        out[name] = row
+    for name, part in (("reached", [c for c in known if c["fits_chi2_worst"] <= FIT_CHI2_STALLED]),
+                       ("stalled", [c for c in known if c["fits_chi2_worst"] > FIT_CHI2_STALLED])):
+        out[name] = {"n_cases": len(part)} | (pooled_rates(part) if part else {})
     return out
 
 
@@ -163,12 +164,7 @@ def aggregate(cases: list[dict]) -> dict:
         return {"n_cases": 0, "n_refused": len(refused)}
     w = np.array([c["coverage_pixels"] for c in cases], dtype=float)
     ring = [c for c in cases if "ring_diameter_in68" in c]
-    out = {"n_cases": len(cases), "n_refused": len(refused),
-           "coverage_68": float(np.average([c["coverage_68"] for c in cases], weights=w)),
-           "coverage_95": float(np.average([c["coverage_95"] for c in cases], weights=w)),
-           "ring_diameter_coverage_68": float(np.mean([c["ring_diameter_in68"] for c in ring])) if ring else None,
-           "ring_diameter_coverage_95": float(np.mean([c["ring_diameter_in95"] for c in ring])) if ring else None,
-           "ring_cases": len(ring),
+    out = {"n_cases": len(cases), "n_refused": len(refused), **pooled_rates(cases),
            "ring_diameters_uas": [[c["case"], c["true_diameter_uas"], c["diameter_median_uas"],
                                    *c.get("diameter_interval68_uas", [None, None])] for c in ring],
            "coverage_jittered_68": float(np.average([c["coverage_jittered_68"] for c in cases], weights=w)),

@@ -630,12 +630,15 @@ def main() -> None:
                   f"/{_rate(r.get('ring_diameter_jittered_coverage_95'))})")
             split = r.get("by_fit_convergence")
             if split:  # whether the misses come with a fit that stalled
-                print(f"{'':16s} {'':22s} " + "; ".join(
-                    f"{name} (fits' chi^2 {'<=' if name == 'reached' else '>'} {split['chi2_threshold']:g}):"
-                    f" n={p['n_cases']}" + (f" pixels {p['coverage_68']:.2f}/{p['coverage_95']:.2f}, ring"
-                                            f" {_rate(p.get('ring_diameter_coverage_68'))}"
-                                            f"/{_rate(p.get('ring_diameter_coverage_95'))}" if p["n_cases"] else "")
-                    for name, p in ((k, split[k]) for k in ("reached", "stalled"))))
+                parts = []
+                for name, sign in (("reached", "<="), ("stalled", ">")):
+                    p = split[name]
+                    text = f"{name} (fits' chi^2 {sign} {split['chi2_threshold']:g}): n={p['n_cases']}"
+                    if p["n_cases"]:
+                        text += (f" pixels {p['coverage_68']:.2f}/{p['coverage_95']:.2f}, ring"
+                                 f" {_rate(p['ring_diameter_coverage_68'])}/{_rate(p['ring_diameter_coverage_95'])}")
+                    parts.append(text)
+                print(f"{'':16s} {'':22s} " + "; ".join(parts))
             g = r["goal"]
             missed = [k for k, c in g["checks"].items() if not c["within"]]
             print(f"{'':16s} {'':22s} goal ({g['n_required']} truths, within {g['within']:.2f}):"
