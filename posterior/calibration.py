@@ -39,6 +39,43 @@ def worst_fit_chi2(metrics: dict) -> float | None:
     return float(max(vals)) if vals else None
 
 
+def fit_chi2s(metrics: dict) -> list[dict] | None:
+    """Each fit's own data fit, from a reconstruction's ``metrics.json``: per fit (``ensemble_members``, else the
+    one fit) ``{"mean": {product: reduced chi^2 of its own mean}, "samples": {product: median over its own
+    samples}}``. For an exact posterior of a linear model with Gaussian noise a sample's expected chi^2 exceeds
+    its mean's by the number of data-constrained directions, at most the number of data: by at most 1 in reduced
+    chi^2. None where the metrics do not record both."""
+    if metrics.get("ensemble_members"):
+        fits = [(f, f.get("chi2_samples_median")) for f in metrics["ensemble_members"]]
+    else:
+        fits = [(metrics, {k: v["median"] for k, v in metrics["chi2_samples"].items()}
+                 if "chi2_samples" in metrics else None)]
+    out = []
+    for f, samples in fits:
+        if not samples or any(not isinstance(f.get(f"chi2_{k}"), (int, float)) for k in samples):
+            return None
+        out.append({"mean": {k: float(f[f"chi2_{k}"]) for k in samples},
+                    "samples": {k: float(v) for k, v in samples.items()}})
+    return out
+
+
+def fits_data_fit(cases: list[dict]) -> dict | None:
+    """Medians over every fit of every case (``fit_chi2s``) of its own mean's and its own samples' reduced
+    chi^2 per product, over all fits and over those whose mean reached the data (reduced chi^2 <=
+    :data:`FIT_CHI2_STALLED` on every product): whether samples that fit the data worse than the truth do so
+    within each fit (too wide where the data measure the image) or only between fits. None without records."""
+    fits = [f for c in cases for f in (c.get("fits_chi2") or [])]
+    if not fits:
+        return None
+    out: dict = {"chi2_threshold": FIT_CHI2_STALLED}
+    for name, part in (("all", fits), ("reached", [f for f in fits
+                                                   if max(f["mean"].values()) <= FIT_CHI2_STALLED])):
+        out[name] = {"n_fits": len(part)} | ({
+            what: {k: float(np.median([f[what][k] for f in part])) for k in part[0][what]}
+            for what in ("mean", "samples")} if part else {})
+    return out
+
+
 def pooled_rates(cases: list[dict]) -> dict:
     """Pixel coverage pooled over the cases' source pixels (weighted by their number) and the ring diameter's
     hit rate over the cases with a ring interval (None without one)."""
@@ -230,6 +267,9 @@ def aggregate(cases: list[dict]) -> dict:
                                         for d, t in sorted(by_device.items())}
     if any(c.get("fits_chi2_worst") is not None for c in cases):
         out["by_fit_convergence"] = by_fit_convergence(cases)
+    own = fits_data_fit(cases)
+    if own is not None:
+        out["chi2_fits_median"] = own
     out["goal"] = goal_verdict(out)
     return out
 

@@ -70,7 +70,12 @@ made), empirical coverage at nominal levels 10-95% (reliability diagram,
 interval (``ring_diameters_uas``: ``[case, truth, median, lo68, hi68]``; the
 PNG's third panel), the median over cases of the samples' own reduced chi^2 beside the mean's
 (``chi2_samples_median``, ``chi2_mean_median``: reconstruct's ``chi2_samples``; calibrated samples fit
-the data about as well as the truth, near 1), the truth's log-likelihood rank among the samples'
+the data about as well as the truth, near 1), the same for each fit of a case alone (``chi2_fits_median``:
+medians over every fit of its own mean's and its own samples' chi^2, over all fits and over those whose mean
+reached the data, at most ``posterior.calibration.FIT_CHI2_STALLED`` = 2; an exact posterior's samples exceed
+its mean by at most 1),
+the coverage of the cases whose fits all reached the data beside those where one stalled
+(``by_fit_convergence``), the truth's log-likelihood rank among the samples'
 (``loglik_rank_mean``, ``loglik_rank_hist`` over cases, ``loglik_excess_median``: reconstruct's
 ``truth_loglik_rank`` / ``truth_loglik_excess``, a test of simulation-based calibration that is uniform over
 truths, mean 0.5, with an excess near 0 nats for an exact posterior), the coverage by the pooled samples' own
@@ -119,6 +124,7 @@ from posterior.calibration import (
     LEVELS,
     aggregate,
     case_intervals,
+    fit_chi2s,
     jittered_coverage,
     jittered_diameter_coverage,
     mean_region_coverage,
@@ -290,7 +296,8 @@ def score_case(job: dict, folder: Path, m: dict, seconds: float, rescore: bool =
            "coverage_pixels": m["coverage_pixels"], "levels": inside,
            "rank_hist": rank_histogram(samples, sizes, aligned, region),
            "nxcorr_blur10": m["nxcorr_blur10"], "chi2_cphase": m["chi2_cphase"], "chi2_logcamp": m["chi2_logcamp"],
-           "true_diameter_uas": true_ring.null_diameter, "fits_chi2_worst": worst_fit_chi2(m)}
+           "true_diameter_uas": true_ring.null_diameter, "fits_chi2_worst": worst_fit_chi2(m),
+           "fits_chi2": fit_chi2s(m)}
     if d is not None and np.isfinite(true_ring.null_diameter):
         cov = feature_coverage(ring, {"diameter_uas": true_ring.null_diameter})["diameter_uas"]
         res["ring_diameter_in68"], res["ring_diameter_in95"] = cov["in68"], cov["in95"]
@@ -341,15 +348,15 @@ def loglik_rank(folder: Path, m: dict, samples: np.ndarray, sizes: list[int] | N
 SAMPLE_SCORES = ("coverage_jittered_68", "coverage_quantiles_68", "loglik_rank", "rank_hist_mean_region")  # one
 # key of each score added later that is measured on the samples (and ring_diameter_jittered_in68 where the case
 # has a ring interval)
-ADDED_SCORES = (*SAMPLE_SCORES, "median_abs_z", "fits_chi2_worst")  # and those from the saved mean and std and
-# from metrics.json alone
+ADDED_SCORES = (*SAMPLE_SCORES, "median_abs_z", "fits_chi2_worst", "fits_chi2")  # and those from the saved mean
+# and std and from metrics.json alone
 
 
 def with_added_scores(job: dict, res: dict) -> dict:
     """A finished case's scores with those added after it was scored (``coverage_jittered_68/95``,
     ``coverage_quantiles_68/95``, ``loglik_rank``, ``loglik_excess``, ``coverage_mean_region_68/95``,
-    ``median_abs_z``, ``fits_chi2_worst``), measured on its saved samples (the last two from its saved mean and
-    std and its ``metrics.json``) and written back to its ``case.json``."""
+    ``median_abs_z``, ``fits_chi2_worst``, ``fits_chi2``), measured on its saved samples (the last three from its
+    saved mean and std and its ``metrics.json``) and written back to its ``case.json``."""
     from posterior.metrics import aligned_truth
 
     if "error" in res:
@@ -363,6 +370,7 @@ def with_added_scores(job: dict, res: dict) -> dict:
     truth = np.asarray(job["truth"])
     res = res | error_scale(folder, truth, m["nxcorr_shift_px"])  # from the saved mean and std alone
     res["fits_chi2_worst"] = worst_fit_chi2(m)
+    res["fits_chi2"] = fit_chi2s(m)
     if not sampled:
         samples, sizes = case_samples(folder)
         aligned, region = aligned_truth(truth, m["nxcorr_shift_px"])
@@ -639,6 +647,10 @@ def main() -> None:
                                  f" {_rate(p['ring_diameter_coverage_68'])}/{_rate(p['ring_diameter_coverage_95'])}")
                     parts.append(text)
                 print(f"{'':16s} {'':22s} " + "; ".join(parts))
+            own = r.get("chi2_fits_median", {}).get("reached")
+            if own and own["n_fits"]:  # within one fit: its samples' data fit against its mean's
+                print(f"{'':16s} {'':22s} fits that reached the data (n={own['n_fits']}), own chi^2 of mean / samples: "
+                      + ", ".join(f"{k} {own['mean'][k]:.2f} / {own['samples'][k]:.2f}" for k in own["mean"]))
             g = r["goal"]
             missed = [k for k, c in g["checks"].items() if not c["within"]]
             print(f"{'':16s} {'':22s} goal ({g['n_required']} truths, within {g['within']:.2f}):"

@@ -392,7 +392,8 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     write_uvfits(small_obs, folder / "obs.uvfits")
     metrics = {"nxcorr_shift_px": [0, 0], "fit_seconds": 12.0, "truth_coverage_68": 0.7, "truth_coverage_95": 0.9,
                "coverage_pixels": 100, "nxcorr_blur10": 0.99, "chi2_cphase": 1.0, "chi2_logcamp": 1.1,
-               "ensemble_members": [{"shift_px": sh, "chi2_cphase": 1.0 + k, "chi2_logcamp": 1.1}
+               "ensemble_members": [{"shift_px": sh, "chi2_cphase": 1.0 + k, "chi2_logcamp": 1.1,
+                                     "chi2_samples_median": {"cphase": 2.0 + k, "logcamp": 1.5}}
                                     for k, sh in enumerate(shifts)],
                "ring": {"diameter_uas": {"median": 20.0, "lo68": 19.0, "hi68": 21.0, "lo95": 18.0, "hi95": 22.0}}}
     (folder / "rec" / "metrics.json").write_text(json.dumps(metrics))
@@ -435,8 +436,11 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
     z = np.median(np.abs(saved_mean[region] - truth[region]) / saved_std[region])
     assert old["median_abs_z"] == pytest.approx(z, rel=1e-5)
     assert old["fits_chi2_worst"] == 3.0  # the third fit's closure phases, from metrics.json's members
+    assert old["fits_chi2"] == [{"mean": {"cphase": 1.0 + k, "logcamp": 1.1},
+                                 "samples": {"cphase": 2.0 + k, "logcamp": 1.5}} for k in range(3)]
     assert set(old) == (set(stale) | set(jit) | set(quant) | set(rank) | set(by_mean)
-                        | {"levels_mean_region", "rank_hist_mean_region", "median_abs_z", "fits_chi2_worst"})
+                        | {"levels_mean_region", "rank_hist_mean_region", "median_abs_z", "fits_chi2_worst",
+                           "fits_chi2"})
     assert json.loads((folder / "case.json").read_text()) == old
     res = cal.run_case(job | {"rescore": True})
     own = sample_chi2(build_problem(folder / "obs.uvfits", ReconstructSettings())[2], samples)
@@ -459,6 +463,7 @@ def test_calibration_rescore_measures_the_ring_anew_without_refitting(tmp_path, 
                                                        & (truth[region] <= bounds["0.68"][1][region])))
     assert res["coverage_jittered_68"] == pytest.approx(jit["coverage_jittered_68"])
     assert res["median_abs_z"] == pytest.approx(z, rel=1e-5) and res["fits_chi2_worst"] == 3.0
+    assert res["fits_chi2"] == old["fits_chi2"]
     assert json.loads((folder / "case.json").read_text()) == json.loads(json.dumps(res))
 
 
@@ -527,6 +532,10 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(t
     assert r["median_abs_z"] == {"median": 1.0, "min": 0.5, "max": 1.5}
     assert "fit_seconds_by_device" not in r  # all fitted on one device (no "device" key: the CPU)
     assert "by_fit_convergence" not in r  # no case says how its fits ended
+    assert "chi2_fits_median" not in r
+    own = calstats.aggregate([cases[0] | {"fits_chi2": [{"mean": {"cphase": 1.1}, "samples": {"cphase": 2.6}}]},
+                              cases[1]])["chi2_fits_median"]
+    assert own["reached"] == own["all"] == {"n_fits": 1, "mean": {"cphase": 1.1}, "samples": {"cphase": 2.6}}
     split = calstats.aggregate([cases[0] | {"fits_chi2_worst": 1.3}, cases[1] | {"fits_chi2_worst": 4.0},
                                 cases[0] | {"case": 3, "fits_chi2_worst": 2.0, "coverage_68": 0.9}])
     split = split["by_fit_convergence"]
@@ -570,6 +579,29 @@ def test_worst_fit_chi2_reads_every_fit_and_product():
     assert calstats.worst_fit_chi2({"chi2_cphase": 5.0, "ensemble_members": members}) == 3.5
     assert calstats.worst_fit_chi2({"chi2_cphase": 1.2, "chi2_amp": 2.5, "chi2_samples": {"cphase": {}}}) == 2.5
     assert calstats.worst_fit_chi2({"chi2_cphase": 1.2, "ensemble_members": [{"seed": 1}]}) is None  # not recorded
+
+
+def test_fit_chi2s_pairs_each_fits_mean_with_its_own_samples():
+    members = [{"seed": 1, "chi2_cphase": 1.1, "chi2_logcamp": 1.3, "chi2_samples_median": {"cphase": 3.0,
+                                                                                          "logcamp": 2.0}},
+               {"seed": 2, "chi2_cphase": 3.5, "chi2_logcamp": 1.0, "chi2_samples_median": {"cphase": 5.0,
+                                                                                          "logcamp": 1.5}}]
+    fits = calstats.fit_chi2s({"chi2_cphase": 5.0, "ensemble_members": members})
+    assert fits == [{"mean": {"cphase": 1.1, "logcamp": 1.3}, "samples": {"cphase": 3.0, "logcamp": 2.0}},
+                    {"mean": {"cphase": 3.5, "logcamp": 1.0}, "samples": {"cphase": 5.0, "logcamp": 1.5}}]
+    one = {"chi2_cphase": 1.2, "chi2_samples": {"cphase": {"median": 1.9, "p10": 1.0, "p90": 3.0}}}
+    assert calstats.fit_chi2s(one) == [{"mean": {"cphase": 1.2}, "samples": {"cphase": 1.9}}]
+    assert calstats.fit_chi2s({"chi2_cphase": 1.2}) is None  # the samples' fit not recorded
+    assert calstats.fit_chi2s({"ensemble_members": [{"seed": 1, "chi2_samples_median": {"cphase": 2.0}}]}) is None
+    third = {"mean": {"cphase": 1.5, "logcamp": 1.9}, "samples": {"cphase": 2.0, "logcamp": 4.0}}
+    r = calstats.fits_data_fit([{"fits_chi2": fits}, {"fits_chi2": [third]}, {"fits_chi2": None}])
+    assert r["chi2_threshold"] == calstats.FIT_CHI2_STALLED
+    assert r["all"] == {"n_fits": 3, "mean": {"cphase": 1.5, "logcamp": 1.3},
+                        "samples": {"cphase": 3.0, "logcamp": 2.0}}
+    # the second fit's mean is at 3.5 on closure phases: it did not reach the data
+    assert r["reached"] == {"n_fits": 2, "mean": {"cphase": pytest.approx(1.3), "logcamp": pytest.approx(1.6)},
+                            "samples": {"cphase": 2.5, "logcamp": 3.0}}
+    assert calstats.fits_data_fit([{"case": 0}]) is None
 
 
 def test_calibrated_pass_chance_is_the_binomial_mass_within_five_points():
