@@ -26,6 +26,8 @@ LOGLIK_BINS = 10  # of the histogram of the truth's log-likelihood rank over cas
 JITTER_DRAWS = 20  # draws of the prior's jitter added to each truth (coverage_jittered_68/95)
 GOAL_TRUTHS = 50  # the calibration goal: this many truths, 68% and 95% coverage each within GOAL_WITHIN of nominal
 GOAL_WITHIN = 0.05
+RING_MISS_NEAR_UAS = 2.0  # a ring-diameter miss by at most this is "near" (ring_misses); by more than
+RING_MISS_FAR_UAS = 10.0  # this, "far"
 FIT_CHI2_STALLED = 2.0  # a fit whose mean's reduced chi^2 on a data product exceeds this has not reached the data
 
 
@@ -74,6 +76,28 @@ def fits_data_fit(cases: list[dict]) -> dict | None:
             what: {k: float(np.median([f[what][k] for f in part])) for k in part[0][what]}
             for what in ("mean", "samples")} if part else {})
     return out
+
+
+def ring_misses(rows: list[list], near_uas: float = RING_MISS_NEAR_UAS,
+                far_uas: float = RING_MISS_FAR_UAS) -> dict | None:
+    """How the ring-diameter 68% intervals miss, from ``ring_diameters_uas`` rows ``[case, truth, median, lo68,
+    hi68]`` (uas): ``n_misses`` of ``n_cases``; ``near``: misses by at most ``near_uas`` (under half a 5 uas pixel:
+    an interval too narrow about the right size), ``far``: by more than ``far_uas`` (the fits on another
+    ring size); ``small``: misses with the median below the truth; the intervals' median width (uas) over the hits
+    and over the misses. None without a row with an interval."""
+    d = np.array([r[1:5] for r in rows if None not in r[1:5]], dtype=float).reshape(-1, 4)
+    d = d[np.isfinite(d).all(1)]
+    if not len(d):
+        return None
+    truth, med, lo, hi = d.T
+    gap = np.maximum(lo - truth, truth - hi)  # > 0: outside, by this much
+    miss = gap > 0
+    width = hi - lo
+    return {"n_cases": len(d), "n_misses": int(miss.sum()), "near": int((miss & (gap <= near_uas)).sum()),
+            "far": int((gap > far_uas).sum()), "small": int((miss & (med < truth)).sum()),
+            "near_uas": near_uas, "far_uas": far_uas,
+            "width_median_uas": {"hits": float(np.median(width[~miss])) if (~miss).any() else None,
+                                 "misses": float(np.median(width[miss])) if miss.any() else None}}
 
 
 def pooled_rates(cases: list[dict]) -> dict:
@@ -267,6 +291,9 @@ def aggregate(cases: list[dict]) -> dict:
                                         for d, t in sorted(by_device.items())}
     if any(c.get("fits_chi2_worst") is not None for c in cases):
         out["by_fit_convergence"] = by_fit_convergence(cases)
+    missed = ring_misses(out["ring_diameters_uas"])
+    if missed is not None:
+        out["ring_diameter_misses_68"] = missed
     own = fits_data_fit(cases)
     if own is not None:
         out["chi2_fits_median"] = own

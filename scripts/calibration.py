@@ -75,7 +75,9 @@ medians over every fit of its own mean's and its own samples' chi^2, over all fi
 reached the data, at most ``posterior.calibration.FIT_CHI2_STALLED`` = 2; an exact posterior's samples exceed
 its mean by at most 1),
 the coverage of the cases whose fits all reached the data beside those where one stalled
-(``by_fit_convergence``), the truth's log-likelihood rank among the samples'
+(``by_fit_convergence``), how the ring-diameter 68% intervals miss (``ring_diameter_misses_68``: by at most
+2 uas, under half a pixel, or by more than 10 uas, on another ring size; ``posterior.calibration.ring_misses``),
+the truth's log-likelihood rank among the samples'
 (``loglik_rank_mean``, ``loglik_rank_hist`` over cases, ``loglik_excess_median``: reconstruct's
 ``truth_loglik_rank`` / ``truth_loglik_excess``, a test of simulation-based calibration that is uniform over
 truths, mean 0.5, with an excess near 0 nats for an exact posterior), the coverage by the pooled samples' own
@@ -651,6 +653,14 @@ def main() -> None:
             if own and own["n_fits"]:  # within one fit: its samples' data fit against its mean's
                 print(f"{'':16s} {'':22s} fits that reached the data (n={own['n_fits']}), own chi^2 of mean / samples: "
                       + ", ".join(f"{k} {own['mean'][k]:.2f} / {own['samples'][k]:.2f}" for k in own["mean"]))
+            ring_miss = r.get("ring_diameter_misses_68")
+            if ring_miss and ring_miss["n_misses"]:  # near the interval or on another ring size
+                w = {k: "-" if v is None else f"{v:.1f}" for k, v in ring_miss["width_median_uas"].items()}
+                print(f"{'':16s} {'':22s} ring diameter outside its 68% interval: {ring_miss['n_misses']} of"
+                      f" {ring_miss['n_cases']} ({ring_miss['near']} by <= {ring_miss['near_uas']:g} uas,"
+                      f" {ring_miss['far']} by > {ring_miss['far_uas']:g} uas, {ring_miss['small']} put small);"
+                      f" median interval width {w['hits']} uas where it holds, {w['misses']} uas"
+                      " where it misses")
             g = r["goal"]
             missed = [k for k, c in g["checks"].items() if not c["within"]]
             print(f"{'':16s} {'':22s} goal ({g['n_required']} truths, within {g['within']:.2f}):"

@@ -533,6 +533,9 @@ def test_calibration_aggregate_pools_pixels_by_weight_and_lists_ring_diameters(t
     assert "fit_seconds_by_device" not in r  # all fitted on one device (no "device" key: the CPU)
     assert "by_fit_convergence" not in r  # no case says how its fits ended
     assert "chi2_fits_median" not in r
+    assert r["ring_diameter_misses_68"] | {"width_median_uas": None} == {  # case 1's 35 uas in [33, 37]: 40 is 3 out
+        "n_cases": 2, "n_misses": 1, "near": 0, "far": 0, "small": 1, "near_uas": 2.0, "far_uas": 10.0,
+        "width_median_uas": None}
     own = calstats.aggregate([cases[0] | {"fits_chi2": [{"mean": {"cphase": 1.1}, "samples": {"cphase": 2.6}}]},
                               cases[1]])["chi2_fits_median"]
     assert own["reached"] == own["all"] == {"n_fits": 1, "mean": {"cphase": 1.1}, "samples": {"cphase": 2.6}}
@@ -602,6 +605,21 @@ def test_fit_chi2s_pairs_each_fits_mean_with_its_own_samples():
     assert r["reached"] == {"n_fits": 2, "mean": {"cphase": pytest.approx(1.3), "logcamp": pytest.approx(1.6)},
                             "samples": {"cphase": 2.5, "logcamp": 3.0}}
     assert calstats.fits_data_fit([{"case": 0}]) is None
+
+
+def test_ring_misses_sorts_them_by_how_far_the_truth_falls_outside():
+    rows = [[0, 40.0, 41.0, 39.0, 43.0],  # a hit, interval 4 uas wide
+            [1, 47.4, 46.2, 45.4, 47.0],  # 0.4 uas above its interval: near, the median small
+            [2, 78.6, 37.1, 32.3, 42.7],  # 35.9 uas above: far, small
+            [3, 30.0, 35.0, 33.0, 34.5],  # 3 uas below: neither near nor far, the median large
+            [4, 50.0, None, None, None]]  # no interval: not counted
+    r = calstats.ring_misses(rows)
+    assert {k: r[k] for k in ("n_cases", "n_misses", "near", "far", "small")} == {
+        "n_cases": 4, "n_misses": 3, "near": 1, "far": 1, "small": 2}
+    assert (r["near_uas"], r["far_uas"]) == (calstats.RING_MISS_NEAR_UAS, calstats.RING_MISS_FAR_UAS) == (2.0, 10.0)
+    assert r["width_median_uas"] == {"hits": pytest.approx(4.0), "misses": pytest.approx(1.6)}
+    assert calstats.ring_misses(rows[:1])["width_median_uas"] == {"hits": pytest.approx(4.0), "misses": None}
+    assert calstats.ring_misses(rows[4:]) is None and calstats.ring_misses([]) is None
 
 
 def test_calibrated_pass_chance_is_the_binomial_mass_within_five_points():
